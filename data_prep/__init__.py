@@ -1,0 +1,1 @@
+"""Turn raw datasets into prepared em3rec dataset folders (Parquet + item content)."""

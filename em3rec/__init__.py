@@ -1,0 +1,1 @@
+"""em3rec: end-to-end multimodal item model and ranking model (EM3) on TorchRec."""

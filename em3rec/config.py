@@ -1,0 +1,255 @@
+"""Run configuration: dataclasses loaded from TOML with ``--set section.key=value`` overrides.
+
+A variant (backbone, with/without EM3, history mode) is a TOML file under ``em3rec/configs/``; every
+key not in a file keeps the default below. Unknown keys are errors, never ignored.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or a value of the wrong type."""
+
+
+@dataclass
+class DataConfig:
+    path: str = "data/ml100k"  # prepared dataset folder (see em3rec/data/schema.py)
+    batch_size: int = 512  # per rank
+    eval_batch_size: int = 2048  # per rank
+    shuffle_buffer: int = 65536  # rows held by the training shuffle buffer
+    max_history: int = 50  # history positions fed to the model (<= the dataset's)
+    modalities: list[str] = field(default_factory=lambda: ["title", "meta"])
+    pooled_content: bool = False  # one pooled vector per modality instead of its tokens
+
+
+@dataclass
+class QFormerConfig:
+    dim: int = 64  # d: width of the projected modality tokens and queries
+    num_queries: int = 2  # Q
+    num_layers: int = 1
+    num_heads: int = 4
+    dropout: float = 0.5
+    attention: str = "self"  # "self": over [queries; tokens] (EM3); "cross": BLIP-2-style
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 4
+    alpha: float = 8.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["attn", "token_proj"])
+
+
+@dataclass
+class CICConfig:
+    weight: float = 0.1  # lambda; 0 turns the loss off
+    temperature: float = 0.1
+    num_negatives: int = 0  # 0: all distinct in-batch items; K > 0: K sampled in-batch negatives
+    dim: int = 64  # width of the projection heads
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "din"  # dlrm | dcn | din
+    content: str = "em3"  # none (ID only) | frozen (pre-extracted pooled vectors) | em3
+    embedding_dim: int = 64
+    seq_content_mode: str = "lora"  # none | frozen | lora | full | cached
+    dedup: bool = True  # encode each distinct item once per step (off: every position, the oracle)
+    cache_refresh_steps: int = 50  # `cached` mode: recompute a bank entry older than this
+    dense_layers: list[int] = field(default_factory=lambda: [128, 64])
+    over_layers: list[int] = field(default_factory=lambda: [256, 128])
+    cross_layers: int = 3  # DCN-v2
+    cross_low_rank: int = 32  # DCN-v2 low-rank cross projection
+    attention_hidden: list[int] = field(default_factory=lambda: [64, 32])  # DIN attention MLP
+    dropout: float = 0.1
+    qformer: QFormerConfig = field(default_factory=QFormerConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    cic: CICConfig = field(default_factory=CICConfig)
+
+
+@dataclass
+class OptimConfig:
+    embedding_optimizer: str = "rowwise_adagrad"  # rowwise_adagrad | adagrad | adam | sgd (fused, in backward)
+    embedding_lr: float = 0.05
+    dense_lr: float = 1e-3
+    weight_decay: float = 1e-5
+    grad_clip: float = 0.0  # dense grad-norm clip; 0 = off
+
+
+@dataclass
+class ShardingConfig:
+    # Allowed sharding types for the planner; empty = all the device supports
+    # (CPU/gloo: table_wise, column_wise, table_column_wise, data_parallel; CUDA adds row_wise).
+    types: list[str] = field(default_factory=list)
+    pipeline: bool = True  # TorchRec's TrainPipelineSparseDist where the device allows
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    log_every: int = 50  # steps between log lines
+    checkpoint_every: int = 0  # steps between checkpoints; 0 = end of each epoch only
+    keep_checkpoints: int = 2
+    run_dir: str = "runs"
+    run_name: str = ""  # default: the config file's stem
+    max_steps_per_epoch: int = 0  # 0 = the whole split (for quick checks)
+    nan_policy: str = "stop"  # stop | skip
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check/convert a TOML or override value to the dataclass field's type."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return _build(annotation, value, where)
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{where}: union types are not supported in configs")
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, str, bool, float) and type(value) is not annotation:
+        raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw  # a bare word is a string: --set model.backbone=dcn
+    return key.strip().split("."), value
+
+
+def _merge(base: dict[str, Any], path: list[str], value: Any) -> None:
+    node = base
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: {part!r} is not a section")
+    node[path[-1]] = value
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A path, or the stem of a bundled config (``din_em3`` -> em3rec/configs/din_em3.toml)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    bundled = CONFIG_DIR / f"{path.stem}.toml"
+    if bundled.is_file():
+        return bundled
+    known = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+    raise ConfigError(f"config {str(name)!r} not found; bundled configs: {known}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a TOML config (optionally ``include = "other"`` first) and apply ``--set`` overrides."""
+    values: dict[str, Any] = {}
+    run_name = ""
+    if path is not None:
+        file = resolve_config_path(path)
+        values = _load_with_includes(file)
+        run_name = file.stem
+    for text in overrides or []:
+        keys, value = _parse_override(text)
+        _merge(values, keys, value)
+    config = _build(Config, values, "")
+    if not config.train.run_name:
+        config.train.run_name = run_name or "default"
+    validate_config(config)
+    return config
+
+
+def _load_with_includes(file: Path) -> dict[str, Any]:
+    try:
+        values = tomllib.loads(file.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{file}: invalid TOML ({e})") from e
+    include = values.pop("include", None)
+    if include is None:
+        return values
+    base = _load_with_includes(resolve_config_path(include))
+    _deep_update(base, values)
+    return base
+
+
+def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> None:
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_update(base[k], v)
+        else:
+            base[k] = v
+
+
+_CHOICES = {
+    ("model", "backbone"): ("dlrm", "dcn", "din"),
+    ("model", "content"): ("none", "frozen", "em3"),
+    ("model", "seq_content_mode"): ("none", "frozen", "lora", "full", "cached"),
+    ("model.qformer", "attention"): ("self", "cross"),
+    ("optim", "embedding_optimizer"): ("rowwise_adagrad", "adagrad", "adam", "sgd"),
+    ("train", "device"): ("auto", "cpu", "cuda"),
+    ("train", "nan_policy"): ("stop", "skip"),
+}
+SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise")
+
+
+def validate_config(config: Config) -> None:
+    """Reject values outside their allowed set, naming the option."""
+    for (section, key), allowed in _CHOICES.items():
+        node: Any = config
+        for part in section.split("."):
+            node = getattr(node, part)
+        if getattr(node, key) not in allowed:
+            raise ConfigError(f"{section}.{key} = {getattr(node, key)!r}; expected one of {allowed}")
+    for t in config.sharding.types:
+        if t not in SHARDING_TYPES:
+            raise ConfigError(f"sharding.types: {t!r} is not a sharding type; expected some of {SHARDING_TYPES}")
+    if config.data.batch_size < 1 or config.data.eval_batch_size < 1:
+        raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1")
+    if config.model.qformer.dim % config.model.qformer.num_heads:
+        raise ConfigError("model.qformer.dim must be divisible by model.qformer.num_heads")
