@@ -1,0 +1,38 @@
+# The two set-up commands of the README. Each bootstraps .venv (pinned stack) if it is missing.
+#   make train   prepare ml-100k (first time) and train EM3-DIN with 2 processes via torchx
+#   make test    run the test suite
+# Switches: EM3REC_DEVICE=cuda (CUDA stack), CONFIG=<bundled config or TOML>, NPROC=2, SET="k=v ..."
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+CONFIG ?= din_em3
+NPROC ?= 2
+DATA ?= data/ml100k
+SET ?=
+PYTEST_ARGS ?=
+
+.PHONY: venv data train test bench clean
+
+venv:
+	@scripts/bootstrap.sh
+
+$(DATA)/meta.json: | venv
+	$(PY) -m data_prep.ml100k --out $(DATA)
+
+data: $(DATA)/meta.json
+
+train: venv data
+	torchx run -s local_cwd torchx/em3rec.py:train -j 1x$(NPROC) --config $(CONFIG) data.path=$(DATA) $(SET)
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: venv data
+	$(PY) benchmarks/throughput.py --data $(DATA)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

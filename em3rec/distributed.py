@@ -1,0 +1,202 @@
+"""Process groups, sharding plans and optimisers: the TorchRec plumbing around a model.
+
+The recipe follows TorchRec's DLRM example: embedding modules are built on ``meta``; their
+parameters get a fused in-backward optimiser (FBGEMM applies it inside the backward pass);
+``DistributedModelParallel`` shards them by an ``EmbeddingShardingPlanner`` plan and wraps the
+dense rest in DDP; the dense parameters get AdamW; ``CombinedOptimizer`` steps both.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.optim import _apply_optimizer_in_backward
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.distributed.types import ShardingPlan
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+from torchrec.optim import RowWiseAdagrad
+
+from em3rec.config import OptimConfig, ShardingConfig
+
+log = logging.getLogger(__name__)
+
+# What FBGEMM's CPU kernels and gloo collectives can shard; row-wise needs CUDA.
+CPU_SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise")
+CUDA_SHARDING_TYPES = CPU_SHARDING_TYPES + ("row_wise", "table_row_wise")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto", timeout_s: int = 300) -> DistEnv:
+    """Initialise the default process group from torchrun/torchx env vars (or a 1-rank group).
+
+    ``device="auto"`` picks CUDA with nccl when a GPU is visible, else CPU with gloo.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device = 'cuda' but torch.cuda.is_available() is False")
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    backend = "nccl" if device == "cuda" else "gloo"
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+        torch_device = torch.device("cuda", local_rank)
+    else:
+        torch_device = torch.device("cpu")
+    if not dist.is_initialized():
+        if "MASTER_ADDR" not in os.environ:  # plain `python -m`: a one-process group
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        dist.init_process_group(
+            backend=backend,
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+    return DistEnv(rank, world_size, local_rank, torch_device, backend)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def allowed_sharding_types(config: ShardingConfig, device: torch.device) -> list[str]:
+    """The sharding types the planner may use: the config's, checked against the device."""
+    supported = CUDA_SHARDING_TYPES if device.type == "cuda" else CPU_SHARDING_TYPES
+    if not config.types:
+        return list(supported)
+    unsupported = [t for t in config.types if t not in supported]
+    if unsupported:
+        raise ValueError(
+            f"sharding.types {unsupported} cannot run on {device.type}; "
+            f"{device.type} supports {list(supported)}"
+        )
+    return list(config.types)
+
+
+def embedding_tables(model: nn.Module) -> list[str]:
+    """Names of all embedding tables in the model's EBC/EC modules."""
+    names = []
+    for module in model.modules():
+        if isinstance(module, EmbeddingBagCollection):
+            names += [t.name for t in module.embedding_bag_configs()]
+        elif isinstance(module, EmbeddingCollection):
+            names += [t.name for t in module.embedding_configs()]
+    return names
+
+
+def plan_sharding(
+    model: nn.Module, env: DistEnv, config: ShardingConfig, batch_size: int
+) -> ShardingPlan:
+    """An ``EmbeddingShardingPlanner`` plan restricted to the sharding types the device allows."""
+    types = allowed_sharding_types(config, env.device)
+    constraints = {name: ParameterConstraints(sharding_types=types) for name in embedding_tables(model)}
+    topology = Topology(
+        world_size=env.world_size,
+        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size)),
+        compute_device=env.device.type,
+    )
+    planner = EmbeddingShardingPlanner(
+        topology=topology, batch_size=batch_size, constraints=constraints, debug=False
+    )
+    return planner.collective_plan(model, get_default_sharders(), dist.GroupMember.WORLD)
+
+
+def get_default_sharders() -> list[Any]:
+    from torchrec.distributed.sharding_plan import get_default_sharders as _sharders
+
+    return _sharders()
+
+
+def apply_embedding_optimizer(model: nn.Module, config: OptimConfig) -> None:
+    """Attach the fused in-backward optimiser to every EBC/EC parameter (before sharding)."""
+    optimizers: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
+        "rowwise_adagrad": (RowWiseAdagrad, {"lr": config.embedding_lr, "eps": 1e-8}),
+        "adagrad": (torch.optim.Adagrad, {"lr": config.embedding_lr, "eps": 1e-8}),
+        "adam": (torch.optim.Adam, {"lr": config.embedding_lr}),
+        "sgd": (torch.optim.SGD, {"lr": config.embedding_lr}),
+    }
+    cls, kwargs = optimizers[config.embedding_optimizer]
+    for module in model.modules():
+        if isinstance(module, (EmbeddingBagCollection, EmbeddingCollection)):
+            _apply_optimizer_in_backward(cls, module.parameters(), kwargs)
+
+
+def shard_model(
+    model: nn.Module,
+    env: DistEnv,
+    sharding: ShardingConfig,
+    optim: OptimConfig,
+    batch_size: int,
+    plan: ShardingPlan | None = None,
+) -> DistributedModelParallel:
+    """Fused optimiser on the embeddings, then ``DistributedModelParallel`` with a planner plan."""
+    apply_embedding_optimizer(model, optim)
+    if plan is None:
+        plan = plan_sharding(model, env, sharding, batch_size)
+    return DistributedModelParallel(
+        module=model, device=env.device, plan=plan, sharders=get_default_sharders()
+    )
+
+
+def build_optimizer(model: DistributedModelParallel, config: OptimConfig) -> CombinedOptimizer:
+    """The fused embedding optimiser and AdamW over the dense parameters, stepped together."""
+    dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
+    dense = KeyedOptimizerWrapper(
+        dense_params,
+        lambda params: torch.optim.AdamW(params, lr=config.dense_lr, weight_decay=config.weight_decay),
+    )
+    return CombinedOptimizer([model.fused_optimizer, dense])
+
+
+def describe_plan(plan: ShardingPlan) -> str:
+    """One line per table: module path, table, sharding type and ranks."""
+    lines = []
+    for module_path, module_plan in plan.plan.items():
+        for table, param in module_plan.items():  # type: ignore[union-attr]
+            ranks = param.ranks if param.ranks is not None else "all"
+            lines.append(f"  {module_path}.{table}: {param.sharding_type} on ranks {ranks} ({param.compute_kernel})")
+    return "sharding plan:\n" + "\n".join(lines)
+
+
+def _main() -> None:
+    """``python -m em3rec.distributed`` under torchrun: check every rank can reach every other."""
+    env = init_distributed()
+    total = torch.tensor([env.rank + 1.0], device=env.device)
+    dist.all_reduce(total)
+    expected = env.world_size * (env.world_size + 1) / 2
+    status = "ok" if total.item() == expected else f"FAILED (all_reduce gave {total.item()}, expected {expected})"
+    print(f"rank {env.rank}/{env.world_size} on {env.device} ({env.backend}): all_reduce {status}", flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,147 @@
+"""torchx components for em3rec: ``train``, ``evaluate`` and ``bench``.
+
+Each wraps ``torchx.components.dist.ddp`` (torchrun under the hood), so the same line runs locally
+and on a cluster scheduler::
+
+    torchx run -s local_cwd torchx/em3rec.py:train -j 1x2 --config din_em3
+    torchx run -s kubernetes -cfg queue=default torchx/em3rec.py:train -j 4x8 --gpu 8 \
+        --image my-registry/em3rec:latest --config din_em3 -- data.path=/mnt/data/ml100k
+    torchx run -s slurm torchx/em3rec.py:train -j 2x8 --gpu 8 --config din_em3
+
+Trailing arguments are ``section.key=value`` config overrides.
+This folder has no ``__init__.py`` on purpose: it would shadow the installed ``torchx`` package.
+"""
+
+
+from typing import Dict, List, Optional, Tuple
+
+import torchx
+import torchx.specs as specs
+from torchx.components import dist
+
+
+def _ddp(
+    module: Optional[str],
+    script: Optional[str],
+    args: List[str],
+    name: str,
+    j: str,
+    cpu: int,
+    gpu: int,
+    memMB: int,
+    h: Optional[str],
+    image: str,
+    env: Optional[Dict[str, str]],
+    max_retries: int,
+    max_restarts: int,
+) -> specs.AppDef:
+    app = dist.ddp(
+        *args, m=module, script=script, name=name, j=j, cpu=cpu, gpu=gpu, memMB=memMB, h=h,
+        image=image, env=env, max_retries=max_retries,
+    )
+    if max_restarts:
+        # torchrun restarts the whole worker group (all ranks) from the last checkpoint.
+        role = app.roles[0]
+        role.args = [a.replace("torchrun ", f"torchrun --max-restarts {max_restarts} ", 1) for a in role.args]
+    return app
+
+
+def _overrides(overrides: Tuple[str, ...]) -> List[str]:
+    args: List[str] = []
+    for o in overrides:
+        args += ["--set", o]
+    return args
+
+
+def train(
+    *overrides: str,
+    config: str = "din_em3",
+    resume: bool = False,
+    j: str = "1x2",
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = 8192,
+    h: Optional[str] = None,
+    image: str = torchx.IMAGE,
+    env: Optional[Dict[str, str]] = None,
+    max_retries: int = 0,
+    max_restarts: int = 0,
+) -> specs.AppDef:
+    """Train an em3rec ranking model (prepares the bundled ml-100k first if it is missing).
+
+    Args:
+        overrides: config overrides, ``section.key=value`` (e.g. ``model.backbone=dcn``)
+        config: a bundled config name (``em3rec/configs/<name>.toml``) or a TOML path
+        resume: continue from the run's latest checkpoint
+        j: {nnodes}x{nproc_per_node}
+        cpu: cpus per replica
+        gpu: gpus per replica (0: CPU with gloo; >0: CUDA with nccl)
+        memMB: memory per replica in MB
+        h: a registered named resource (takes precedence over cpu, gpu, memMB)
+        image: the image (container) to run in; local_cwd ignores it
+        env: environment variables, e.g. ENV1=v1,ENV2=v2
+        max_retries: scheduler-level retries of the whole job
+        max_restarts: torchrun restarts of the worker group after a failure (resumes from checkpoint)
+    """
+    args = ["--config", config, *(["--resume"] if resume else []), *_overrides(overrides)]
+    return _ddp("em3rec.train", None, args, "em3rec/train", j, cpu, gpu, memMB, h, image, env,
+                max_retries, max_restarts)
+
+
+def evaluate(
+    *overrides: str,
+    config: str = "din_em3",
+    checkpoint: str = "",
+    split: str = "test",
+    j: str = "1x1",
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = 8192,
+    h: Optional[str] = None,
+    image: str = torchx.IMAGE,
+    env: Optional[Dict[str, str]] = None,
+) -> specs.AppDef:
+    """Evaluate a checkpoint (any world size: checkpoints reshard on load).
+
+    Args:
+        overrides: config overrides, ``section.key=value``
+        config: a bundled config name or a TOML path (must match the checkpoint's model)
+        checkpoint: checkpoint folder; default: the run's latest
+        split: valid or test
+        j: {nnodes}x{nproc_per_node}
+        cpu: cpus per replica
+        gpu: gpus per replica
+        memMB: memory per replica in MB
+        h: a registered named resource
+        image: the image (container) to run in
+        env: environment variables
+    """
+    args = ["--config", config, "--split", split, *(["--checkpoint", checkpoint] if checkpoint else []),
+            *_overrides(overrides)]
+    return _ddp("em3rec.evaluate", None, args, "em3rec/evaluate", j, cpu, gpu, memMB, h, image, env, 0, 0)
+
+
+def bench(
+    *bench_args: str,
+    j: str = "1x1",
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = 8192,
+    h: Optional[str] = None,
+    image: str = torchx.IMAGE,
+    env: Optional[Dict[str, str]] = None,
+) -> specs.AppDef:
+    """Run the training-step throughput benchmark (benchmarks/throughput.py) under torchrun.
+
+    Args:
+        bench_args: arguments for benchmarks/throughput.py
+        j: {nnodes}x{nproc_per_node}
+        cpu: cpus per replica
+        gpu: gpus per replica
+        memMB: memory per replica in MB
+        h: a registered named resource
+        image: the image (container) to run in
+        env: environment variables
+    """
+    return _ddp(None, "benchmarks/throughput.py", list(bench_args), "em3rec/bench", j, cpu, gpu, memMB,
+                h, image, env, 0, 0)
