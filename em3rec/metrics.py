@@ -1,0 +1,107 @@
+"""Ranking metrics of the ml100k-ctr-v1 protocol: AUC, GAUC, logloss and cold-item AUC.
+
+Metrics are computed on the *gathered* predictions of all ranks (``gather_predictions``), never as
+averages of per-rank metrics, which are biased for AUC. AUC comes from torchmetrics; GAUC is ours:
+TorchRec's ``GAUCMetric`` averages sessions unweighted and ignores score ties, while the protocol
+weights each user's AUC by their row count and ties must count one half.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torchmetrics.functional.classification import binary_auroc
+
+
+@dataclass
+class Predictions:
+    """Per-row evaluation outputs (``N`` real rows; padding rows already removed)."""
+
+    logits: torch.Tensor  # (N,) float
+    labels: torch.Tensor  # (N,) float in {0, 1}
+    user_ids: torch.Tensor  # (N,) int64
+    item_ids: torch.Tensor  # (N,) int64
+
+    @staticmethod
+    def cat(parts: list["Predictions"]) -> "Predictions":
+        return Predictions(*(torch.cat([getattr(p, f) for p in parts]) for f in ("logits", "labels", "user_ids", "item_ids")))
+
+
+def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """ROC AUC (ties count one half); NaN when only one class is present."""
+    if labels.numel() == 0 or labels.min() == labels.max():
+        return float("nan")
+    return float(binary_auroc(scores.double(), labels.long()))
+
+
+def group_auc(scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> tuple[float, int]:
+    """GAUC: per-group AUC over groups with both classes, weighted by the group's row count.
+
+    Vectorised Mann-Whitney: rank scores within each group (ties get their average rank), then
+    ``AUC_g = (sum of positive ranks - P(P+1)/2) / (P * N)``.
+
+    Args:
+        scores: ``(N,)`` predictions.
+        labels: ``(N,)`` {0, 1}.
+        groups: ``(N,)`` int64 group (user) ids.
+
+    Returns:
+        (GAUC, number of groups that counted); NaN if none did.
+    """
+    scores = scores.double()
+    order = torch.argsort(scores, stable=True)
+    order = order[torch.argsort(groups[order], stable=True)]  # (N,) sorted by (group, score)
+    g, s, y = groups[order], scores[order], labels[order].double()
+    n = g.numel()
+    new_group = torch.ones(n, dtype=torch.bool)
+    new_group[1:] = g[1:] != g[:-1]
+    group_id = torch.cumsum(new_group, 0) - 1  # (N,) dense group index
+    starts = torch.nonzero(new_group).squeeze(1)  # (G,)
+    position = torch.arange(n, dtype=torch.float64) - starts[group_id].double() + 1  # 1-based rank in group
+    new_tie = new_group.clone()
+    new_tie[1:] |= s[1:] != s[:-1]
+    tie_id = torch.cumsum(new_tie, 0) - 1
+    tie_rank_sum = torch.zeros(int(tie_id[-1]) + 1, dtype=torch.float64).index_add_(0, tie_id, position)
+    tie_size = torch.bincount(tie_id).double()
+    rank = (tie_rank_sum / tie_size)[tie_id]  # average rank within ties
+    num_groups = starts.numel()
+    pos = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, group_id, y)
+    size = torch.bincount(group_id, minlength=num_groups).double()
+    neg = size - pos
+    pos_rank_sum = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, group_id, rank * y)
+    valid = (pos > 0) & (neg > 0)
+    if not valid.any():
+        return float("nan"), 0
+    group_aucs = (pos_rank_sum[valid] - pos[valid] * (pos[valid] + 1) / 2) / (pos[valid] * neg[valid])
+    weights = size[valid]
+    return float((group_aucs * weights).sum() / weights.sum()), int(valid.sum())
+
+
+def compute_metrics(pred: Predictions, cold_items: torch.Tensor | None = None) -> dict[str, float]:
+    """AUC, GAUC, logloss, and AUC on rows whose item is cold (``cold_items`` is a bool mask over
+    item indices: True for items never seen in training)."""
+    scores = torch.sigmoid(pred.logits.double())
+    result = {
+        "auc": auc(scores, pred.labels),
+        "logloss": float(F.binary_cross_entropy_with_logits(pred.logits.double(), pred.labels.double())),
+        "rows": int(pred.labels.numel()),
+        "positive_rate": float(pred.labels.double().mean()) if pred.labels.numel() else float("nan"),
+    }
+    result["gauc"], result["gauc_users"] = group_auc(scores, pred.labels, pred.user_ids)
+    if cold_items is not None:
+        cold = cold_items[pred.item_ids]
+        result["cold_auc"] = auc(scores[cold], pred.labels[cold])
+        result["cold_rows"] = int(cold.sum())
+    return result
+
+
+def gather_predictions(local: Predictions) -> Predictions:
+    """All ranks' rows, on every rank (CPU tensors); uneven row counts are fine."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return local
+    parts: list[Predictions | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, Predictions(*(t.cpu() for t in (local.logits, local.labels, local.user_ids, local.item_ids))))
+    return Predictions.cat([p for p in parts if p is not None])
