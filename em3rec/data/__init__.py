@@ -1,0 +1,1 @@
+"""Reading prepared datasets: schema (meta.json), item content store, streaming loader, batch type."""
