@@ -1,0 +1,51 @@
+"""Evaluation: run a model over a split on every rank, gather the rows, compute the metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow.dataset as ds
+import torch
+from torch import nn
+
+from em3rec.data.batch import Batch
+from em3rec.data.schema import DatasetMeta
+from em3rec.metrics import Predictions, compute_metrics, gather_predictions
+
+
+def cold_item_mask(folder: str | Path, meta: DatasetMeta) -> torch.Tensor:
+    """``(num_item_rows,)`` bool: True for items that never occur as a training target."""
+    item = meta.features_of("item")[0]
+    column = ds.dataset(Path(folder) / "train", format="parquet").to_table(columns=[item.column]).column(0)
+    seen = torch.from_numpy(column.to_numpy()).long()
+    cold = torch.ones(item.vocab_size, dtype=torch.bool)
+    cold[seen] = False
+    return cold
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Iterable[Batch], device: torch.device) -> Predictions:
+    """Logits of this rank's real rows (padding rows, weight 0, dropped).
+
+    ``model`` is the training wrapper: ``model(batch) -> (loss, (loss, logits, labels, aux))``.
+    """
+    was_training = model.training
+    model.eval()
+    parts = []
+    for batch in batches:
+        _, (_, logits, _, _) = model(batch.to(device))
+        real = batch.weights > 0
+        parts.append(Predictions(logits.float().cpu()[real], batch.labels[real], batch.user_ids[real], batch.item_ids[real]))
+    model.train(was_training)
+    if not parts:
+        empty = torch.empty(0)
+        return Predictions(empty, empty, empty.long(), empty.long())
+    return Predictions.cat(parts)
+
+
+def evaluate(
+    model: nn.Module, batches: Iterable[Batch], device: torch.device, cold_items: torch.Tensor | None
+) -> dict[str, float]:
+    """Metrics over all ranks' rows (every rank gets the same numbers)."""
+    return compute_metrics(gather_predictions(predict(model, batches, device)), cold_items)
