@@ -1,0 +1,126 @@
+"""Impression tables: the protocol's rows joined with user / item side features and index columns.
+
+Shared by every importer. Side features live once per entity (row ``i`` of ``users`` / ``items`` is
+vocabulary index ``i``) and are gathered per impression chunk, so large splits stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from em3rec.data.schema import DatasetMeta
+
+from data_prep.protocol import LABEL_THRESHOLD, ChronologicalSplit, cold_items
+from data_prep.vocab import Feature, Vocab, add_index_columns
+
+
+def aligned(vocab: Vocab, keys: pa.Array | pa.ChunkedArray, table: pa.Table) -> pa.Table:
+    """``table`` (one row per ``keys`` value) reordered so that row ``i`` is vocabulary index ``i``.
+
+    Row 0 (reserved) and known values without a row in ``table`` are null.
+    """
+    rows = pc.index_in(vocab.values, value_set=keys)  # (n,) table row of each known value, or null
+    idx = pa.concat_arrays([pa.nulls(1, pa.int32()), rows.cast(pa.int32())])
+    return pa.table({c: table.column(c).take(idx) for c in table.column_names})
+
+
+@dataclass
+class Impressions:
+    """The protocol's rows plus everything needed to write their side features and index columns.
+
+    Fields:
+        split: the chronological split (labels, order, histories).
+        features: every ID feature, in the order their index columns are written.
+        user_vocab, item_vocab: the id vocabularies (the item one is shared with the history).
+        users: row ``i`` = user index ``i``: user side columns copied into every impression.
+        items: row ``i`` = item index ``i``: ``item_idx``, ``item_id`` and the item side columns.
+        item_columns: the ``items`` columns copied into every impression.
+    """
+
+    split: ChronologicalSplit
+    features: list[Feature]
+    user_vocab: Vocab
+    item_vocab: Vocab
+    users: pa.Table
+    items: pa.Table
+    item_columns: Sequence[str]
+
+    def table(self, positions: np.ndarray) -> pa.Table:
+        """Impressions at protocol ``positions``: protocol columns, raw side features, index columns."""
+        base = self.split.table(positions)
+        user_idx = self.user_vocab.lookup(base.column("user_id"))  # (n,)
+        item_idx = self.item_vocab.lookup(base.column("item_id"))  # (n,)
+        for name in self.users.column_names:
+            base = base.append_column(name, self.users.column(name).take(user_idx))
+        for name in self.item_columns:
+            base = base.append_column(name, self.items.column(name).take(item_idx))
+        return add_index_columns(base, self.features)
+
+    def tables(self, split: str, chunk_rows: int = 1_000_000) -> Iterator[pa.Table]:
+        """The split's impressions in protocol order, ``chunk_rows`` at a time."""
+        start, stop = self.split.bounds[split]
+        for lo in range(start, stop, chunk_rows):
+            yield self.table(np.arange(lo, min(lo + chunk_rows, stop)))
+
+    def vocabs(self) -> dict[str, Vocab]:
+        return {f.name: f.vocab for f in self.features if f.kind != "history"}
+
+    def extra(self) -> dict:
+        """Protocol facts recorded in ``meta.extra``."""
+        cold_test_items, cold_test_rows = cold_items(self.split)
+        return {
+            "label": f"rating >= {LABEL_THRESHOLD:g}",
+            "split_order": "timestamp, user_id, item_id",
+            "split_rows": {s: b - a for s, (a, b) in self.split.bounds.items()},
+            "max_history": self.split.max_history,
+            "num_real_users": self.user_vocab.size - 1,
+            "num_real_items": self.item_vocab.size - 1,
+            "index_note": "num_users / num_items and every vocab_size count the reserved index 0",
+            "cold_test_items": cold_test_items,
+            "cold_test_rows": cold_test_rows,
+        }
+
+
+def id_vocabs(
+    user_ids: pa.ChunkedArray | pa.Array,
+    item_ids: pa.ChunkedArray | pa.Array,
+    listed_users: pa.Array | pa.ChunkedArray | None,
+    listed_items: pa.Array | pa.ChunkedArray | None,
+) -> tuple[Vocab, Vocab]:
+    """User and item vocabularies over every interaction and every listed entity.
+
+    Users and items are known entities (the dump lists them), so their vocabularies are built over
+    all rows and all listed entities, not over train only: a test row's user or item has an index
+    (its embedding is simply untrained if it never occurs in train).
+    """
+    users = [user_ids] + ([listed_users] if listed_users is not None else [])
+    items = [item_ids] + ([listed_items] if listed_items is not None else [])
+    return Vocab.build("user_id", *users), Vocab.build("item_id", *items)
+
+
+def id_features(user_vocab: Vocab, item_vocab: Vocab, max_history: int) -> list[Feature]:
+    """The user, target-item and history features every dataset has (history shares the item table)."""
+    return [
+        Feature("user_id", "user_id", "user_idx", "user", user_vocab),
+        Feature("item_id", "item_id", "item_idx", "item", item_vocab),
+        Feature("hist_item_ids", "hist_item_ids", "hist_item_idx", "history", item_vocab, max_length=max_history),
+    ]
+
+
+def summary(meta: DatasetMeta, seconds: float) -> str:
+    """Human-readable lines: split sizes and positive rates, entities, modalities, extras."""
+    lines = [f"prepared {meta.name} ({meta.protocol}) in {seconds:.1f}s"]
+    for split, spec in meta.splits.items():
+        lines.append(f"  {split:5s} {spec.rows:>10,d} rows  positive rate {spec.positive_rate:.4f}")
+    lines.append(f"  users {meta.extra.get('num_real_users')}, items {meta.extra.get('num_real_items')} (+ reserved index 0)")
+    for m in meta.modalities:
+        lines.append(f"  modality {m.name}: {m.tokens} x {m.width} from {m.encoder}")
+    for key in ("wikidata_matches", "items_with_image", "cold_test_items", "cold_test_rows"):
+        if meta.extra.get(key) is not None:
+            lines.append(f"  {key}: {meta.extra[key]}")
+    return "\n".join(lines)
