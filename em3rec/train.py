@@ -11,6 +11,7 @@ evaluated once on test.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -23,12 +24,14 @@ from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
 from em3rec.checkpoint import CheckpointManager, load_checkpoint
 from em3rec.config import Config, load_config
 from em3rec.data.batch import Batch
+from em3rec.data.item_store import ItemStore
 from em3rec.data.loader import ImpressionLoader
 from em3rec.data.schema import DatasetMeta
 from em3rec.distributed import DistEnv, build_optimizer, describe_plan, init_distributed, shard_model
@@ -89,6 +92,8 @@ class Recipe:
         self.progress = Progress()
         self.writer = MetricWriter(self.run_dir, enabled=env.is_main)
         self.pipeline = self._make_pipeline()
+        content = config.model.content != "none"
+        self._item_store = ItemStore(config.data.path, config.data.modalities, self.meta) if content else None
         self._pipeline_attached = True
         if env.is_main:
             log.info(describe_plan(self.model.plan))
@@ -99,13 +104,14 @@ class Recipe:
         return TrainPipelineSparseDist(self.model, self.optimizer, self.env.device, execute_all_batches=True)
 
     def loader(self, split: str, epoch: int = 0) -> ImpressionLoader:
-        train = split == "train"
-        loader = ImpressionLoader(
-            self.config.data.path, split, self.config.data, meta=self.meta,
-            rank=self.env.rank, world_size=self.env.world_size,
-            shuffle=train, seed=self.config.train.seed,
-            batch_size=self.config.data.batch_size if train else self.config.data.eval_batch_size,
-            max_batches=self.config.train.max_steps_per_epoch if train else 0,
+        """This rank's loader for ``split``; ID-only models read no content tensors."""
+        data = self.config.data
+        if self.config.model.content == "none":
+            data = dataclasses.replace(data, modalities=[])
+        loader = ImpressionLoader.from_config(
+            data, split, rank=self.env.rank, world_size=self.env.world_size, seed=self.config.train.seed,
+            max_batches=(self.config.train.max_steps_per_epoch or None) if split == "train" else None,
+            item_store=self._item_store,
         )
         loader.set_epoch(epoch)
         return loader
@@ -182,7 +188,7 @@ class Recipe:
 
     def _step(self, batches: Iterator[Batch]) -> tuple[float, dict[str, float]]:
         if self.pipeline is not None:
-            loss, (_, _, _, aux) = self.pipeline.progress(batches)
+            loss, _, _, aux = self.pipeline.progress(batches)  # it returns the model's second output
         else:
             batch = next(batches).to(self.env.device)
             loss, (_, _, _, aux) = self.model(batch)
@@ -258,6 +264,7 @@ def write_results(recipe: Recipe, test: dict[str, Any], seconds: float) -> Path:
     return path
 
 
+@record  # under torchrun, a rank's exception (with traceback) lands in the job's error file
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     config = load_config(args.config, args.set)
