@@ -1,0 +1,268 @@
+"""Fusion-Q-Former: Q trainable queries read an item's modality tokens into a fixed-length embedding.
+
+EM3's variant runs self-attention over ``[queries; tokens]`` (``attention = "self"``); the BLIP-2
+variant lets the queries self-attend and then cross-attend to the tokens (``attention = "cross"``).
+Attention is written with plain ``nn.Linear`` projections and ``F.scaled_dot_product_attention`` so
+that peft LoRA can target the Linears by name and ``torch.compile`` / ``torch.fx`` see plain ops.
+
+Notation: ``U`` items, ``T`` tokens of all modalities together, ``Q`` queries, ``d`` model width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from em3rec.config import QFormerConfig
+
+
+@dataclass
+class QFormerOutput:
+    """Output of :class:`FusionQFormer`.
+
+    Fields:
+        query_embeddings: ``(U, Q, d)`` the final (layer-normed) query vectors.
+        pooled: ``(U, out_dim)`` the flattened query vectors through a Linear: the item's content
+            embedding.
+    """
+
+    query_embeddings: torch.Tensor
+    pooled: torch.Tensor
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention from ``x`` to ``context`` with a key-padding mask.
+
+    Args:
+        dim (int): model width ``d`` (divisible by ``num_heads``).
+        num_heads (int): attention heads.
+
+    Example::
+
+        attn = MultiHeadAttention(dim=32, num_heads=4)
+        y = attn(torch.randn(8, 2, 32), torch.randn(8, 10, 32), torch.ones(8, 10, dtype=torch.bool))
+    """
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self._num_heads = num_heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """
+        Args:
+            x (torch.Tensor): ``(U, S, d)`` the attending rows.
+            context (torch.Tensor): ``(U, K, d)`` the keys/values.
+            key_mask (torch.Tensor | None): ``(U, K)`` bool, True = attend; every row needs at
+                least one True (the caller guarantees it). None = attend to all.
+
+        Returns:
+            torch.Tensor: ``(U, S, d)``.
+        """
+        U, S, d = x.shape
+        K = context.shape[1]
+        H = self._num_heads
+        q = self.q_proj(x).view(U, S, H, d // H).transpose(1, 2)  # (U, H, S, d/H)
+        k = self.k_proj(context).view(U, K, H, d // H).transpose(1, 2)  # (U, H, K, d/H)
+        v = self.v_proj(context).view(U, K, H, d // H).transpose(1, 2)  # (U, H, K, d/H)
+        mask = None if key_mask is None else key_mask[:, None, None, :]  # (U, 1, 1, K)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (U, H, S, d/H)
+        return self.out_proj(y.transpose(1, 2).reshape(U, S, d))  # (U, S, d)
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP ``d -> mlp_ratio * d -> d`` with GELU.
+
+    Args:
+        dim (int): model width ``d``.
+        mlp_ratio (int): hidden width multiplier.
+    """
+
+    def __init__(self, dim: int, mlp_ratio: int) -> None:
+        super().__init__()
+        self.fc_in = nn.Linear(dim, mlp_ratio * dim)
+        self.fc_out = nn.Linear(mlp_ratio * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc_out(F.gelu(self.fc_in(x)))
+
+
+class SelfAttentionLayer(nn.Module):
+    """EM3's layer: pre-LayerNorm transformer block over ``[queries; tokens]``.
+
+    Args:
+        dim (int): model width ``d``.
+        num_heads (int): attention heads.
+        mlp_ratio (int): feed-forward hidden width multiplier.
+        dropout (float): dropout on each residual branch.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: int, dropout: float) -> None:
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(dim)
+        self.attn = MultiHeadAttention(dim, num_heads)
+        self.ln_mlp = nn.LayerNorm(dim)
+        self.mlp = FeedForward(dim, mlp_ratio)
+        self._dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, num_out: int | None = None) -> torch.Tensor:
+        """
+        Args:
+            x (torch.Tensor): ``(U, Q + T, d)`` queries first, then tokens.
+            key_mask (torch.Tensor): ``(U, Q + T)`` bool, True for queries and real tokens.
+            num_out (int | None): compute only the first ``num_out`` rows (the last layer needs
+                only the queries; the token rows' outputs would be discarded). None = all rows.
+
+        Returns:
+            torch.Tensor: ``(U, num_out or Q + T, d)``.
+        """
+        h = self.ln_attn(x)  # (U, Q + T, d)
+        if num_out is not None:
+            x, rows = x[:, :num_out], h[:, :num_out]  # (U, Q, d)
+        else:
+            rows = h
+        x = x + self._dropout(self.attn(rows, h, key_mask))
+        return x + self._dropout(self.mlp(self.ln_mlp(x)))
+
+
+class CrossAttentionLayer(nn.Module):
+    """BLIP-2-style layer: queries self-attend, then cross-attend to the tokens, then an MLP.
+
+    BLIP-2 cross-attends every other layer; here every layer does (our stacks are 1-2 layers).
+    An item with no real token at all skips the cross-attention (its output is zeroed), so it still
+    gives finite queries.
+
+    Args:
+        dim (int): model width ``d``.
+        num_heads (int): attention heads.
+        mlp_ratio (int): feed-forward hidden width multiplier.
+        dropout (float): dropout on each residual branch.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: int, dropout: float) -> None:
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(dim)
+        self.attn = MultiHeadAttention(dim, num_heads)
+        self.ln_cross = nn.LayerNorm(dim)
+        self.cross_attn = MultiHeadAttention(dim, num_heads)
+        self.ln_mlp = nn.LayerNorm(dim)
+        self.mlp = FeedForward(dim, mlp_ratio)
+        self._dropout = nn.Dropout(dropout)
+
+    def forward(self, queries: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            queries (torch.Tensor): ``(U, Q, d)``.
+            tokens (torch.Tensor): ``(U, T, d)`` projected, layer-normed tokens.
+            token_mask (torch.Tensor): ``(U, T)`` bool, True for a real token.
+
+        Returns:
+            torch.Tensor: ``(U, Q, d)``.
+        """
+        h = self.ln_attn(queries)
+        queries = queries + self._dropout(self.attn(h, h, None))
+        has_tokens = token_mask.any(dim=1)  # (U,)
+        # An item without tokens attends to its (padding) tokens so that softmax stays finite; the
+        # result is then zeroed, so neither the output nor any gradient depends on them.
+        safe_mask = token_mask | ~has_tokens[:, None]  # (U, T)
+        cross = self.cross_attn(self.ln_cross(queries), tokens, safe_mask)  # (U, Q, d)
+        cross = torch.where(has_tokens[:, None, None], cross, torch.zeros_like(cross))
+        queries = queries + self._dropout(cross)
+        return queries + self._dropout(self.mlp(self.ln_mlp(queries)))
+
+
+class FusionQFormer(nn.Module):
+    """EM3's Fusion-Q-Former: the item's modality tokens -> ``Q`` query vectors and one pooled vector.
+
+    Each modality's tokens go through their own Linear to width ``d`` and get a learned
+    modality-type embedding; ``Q`` trainable queries are prepended; ``N`` layers run over them (see
+    :class:`SelfAttentionLayer` / :class:`CrossAttentionLayer`). Padded tokens and whole missing
+    modalities are removed from attention by the key mask (never zero-filled into it); the queries
+    always attend to themselves, so an item with no tokens at all still gets a finite embedding.
+
+    Args:
+        modality_widths (dict[str, int]): modality name -> token width ``W_m`` (e.g. 384 for
+            MiniLM), in the order the modalities are concatenated.
+        config (QFormerConfig): ``dim`` (d), ``num_queries`` (Q), ``num_layers``, ``num_heads``,
+            ``mlp_ratio``, ``dropout``, ``attention`` ("self" | "cross").
+        out_dim (int | None): width of the pooled vector; default ``d``.
+
+    Example::
+
+        qformer = FusionQFormer({"title": 384}, QFormerConfig(dim=32, num_heads=4))
+        out = qformer({"title": torch.randn(8, 16, 384)}, {"title": torch.ones(8, 16, dtype=torch.bool)})
+        out.query_embeddings.shape, out.pooled.shape  # (8, 2, 32), (8, 32)
+    """
+
+    def __init__(self, modality_widths: dict[str, int], config: QFormerConfig, out_dim: int | None = None) -> None:
+        super().__init__()
+        if config.attention not in ("self", "cross"):
+            raise ValueError(f"attention = {config.attention!r}; expected 'self' or 'cross'")
+        if config.num_layers < 1 or config.num_queries < 1:
+            raise ValueError("the Q-Former needs num_layers >= 1 and num_queries >= 1")
+        d, Q = config.dim, config.num_queries
+        self._modalities = list(modality_widths)
+        self._num_queries = Q
+        self._cross = config.attention == "cross"
+        self.token_proj = nn.ModuleDict({m: nn.Linear(w, d) for m, w in modality_widths.items()})
+        self.modality_embedding = nn.Parameter(torch.randn(len(modality_widths), d) * 0.02)  # (M, d)
+        self.queries = nn.Parameter(torch.randn(Q, d) * 0.02)  # (Q, d)
+        self._dropout = nn.Dropout(config.dropout)
+        layer = CrossAttentionLayer if self._cross else SelfAttentionLayer
+        self.layers = nn.ModuleList(
+            [layer(d, config.num_heads, config.mlp_ratio, config.dropout) for _ in range(config.num_layers)]
+        )
+        self.token_norm = nn.LayerNorm(d) if self._cross else nn.Identity()
+        self.ln_final = nn.LayerNorm(d)
+        self.head = nn.Linear(Q * d, out_dim or d)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self._modalities)
+
+    def forward(self, tokens: dict[str, torch.Tensor], token_mask: dict[str, torch.Tensor]) -> QFormerOutput:
+        """
+        Args:
+            tokens (dict[str, torch.Tensor]): modality -> ``(U, T_m, W_m)`` token features (any
+                float dtype; cast to the parameters' dtype).
+            token_mask (dict[str, torch.Tensor]): modality -> ``(U, T_m)`` bool, True = real token.
+
+        Returns:
+            QFormerOutput: ``query_embeddings (U, Q, d)``, ``pooled (U, out_dim)``.
+        """
+        dtype = self.queries.dtype
+        # Padded tokens are masked out of attention below; clearing them first also keeps garbage
+        # (NaN/inf padding) out of the projections' gradients.
+        projected = [
+            self.token_proj[m](tokens[m].to(dtype).masked_fill(~token_mask[m][..., None], 0.0))
+            + self.modality_embedding[i]  # (U, T_m, d)
+            for i, m in enumerate(self._modalities)
+        ]
+        x_tokens = self._dropout(torch.cat(projected, dim=1))  # (U, T, d)
+        token_mask_all = torch.cat([token_mask[m] for m in self._modalities], dim=1)  # (U, T)
+        U, Q = x_tokens.shape[0], self._num_queries
+        queries = self.queries.expand(U, -1, -1)  # (U, Q, d)
+
+        if self._cross:
+            x_tokens = self.token_norm(x_tokens)
+            for layer in self.layers:
+                queries = layer(queries, x_tokens, token_mask_all)  # (U, Q, d)
+        else:
+            x = torch.cat([queries, x_tokens], dim=1)  # (U, Q + T, d)
+            key_mask = torch.cat([token_mask_all.new_ones(U, Q), token_mask_all], dim=1)  # (U, Q + T)
+            last = len(self.layers) - 1
+            for i, layer in enumerate(self.layers):
+                x = layer(x, key_mask, num_out=Q if i == last else None)
+            queries = x[:, :Q]  # (U, Q, d)
+
+        query_embeddings = self.ln_final(queries)  # (U, Q, d)
+        pooled = self.head(query_embeddings.flatten(1))  # (U, out_dim)
+        return QFormerOutput(query_embeddings=query_embeddings, pooled=pooled)

@@ -1,0 +1,54 @@
+"""DIN-style target attention: pool a behaviour sequence with the target item as the query."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchrec.modules.mlp import MLP
+
+
+class TargetAttention(nn.Module):
+    """Target attention pooling (DIN, Zhou et al. 2018) of ``(B, L, D)`` keys by a ``(B, D)`` query.
+
+    The weight of position ``l`` is ``MLP([q, k_l, q - k_l, q * k_l])``; masked positions get weight
+    exactly 0, so an all-empty history pools to zeros. By default the weights are used as they come
+    (the DIN paper drops the softmax to keep the intensity of interest); ``softmax=True`` normalises
+    them over the real positions instead.
+
+    Args:
+        dim (int): width ``D`` of query and keys.
+        hidden (list[int]): hidden layer sizes of the attention MLP (PReLU activations).
+        softmax (bool): normalise the weights over the real positions.
+
+    Example::
+
+        attention = TargetAttention(dim=16, hidden=[32, 16])
+        pooled = attention(torch.randn(4, 10, 16), torch.randn(4, 16), torch.ones(4, 10, dtype=torch.bool))
+    """
+
+    def __init__(self, dim: int, hidden: list[int], softmax: bool = False) -> None:
+        super().__init__()
+        self._softmax = softmax
+        self.mlp = MLP(4 * dim, hidden, activation=nn.PReLU) if hidden else nn.Identity()
+        self.score = nn.Linear(hidden[-1] if hidden else 4 * dim, 1)
+
+    def forward(self, keys: torch.Tensor, query: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            keys (torch.Tensor): ``(B, L, D)`` history vectors.
+            query (torch.Tensor): ``(B, D)`` target vector.
+            mask (torch.Tensor): ``(B, L)`` bool, True where a position holds an item.
+
+        Returns:
+            torch.Tensor: ``(B, D)`` the weighted sum of the real positions.
+        """
+        q = query.unsqueeze(1).expand_as(keys)  # (B, L, D)
+        scores = self.score(self.mlp(torch.cat([q, keys, q - keys, q * keys], dim=-1))).squeeze(-1)  # (B, L)
+        if self._softmax:
+            scores = scores.masked_fill(~mask, float("-inf"))
+            # A row with no real position would be all -inf (NaN softmax); give it finite scores,
+            # the mask below zeroes its weights anyway.
+            scores = torch.where(mask.any(dim=1, keepdim=True), scores, torch.zeros_like(scores))
+            scores = scores.softmax(dim=1)  # (B, L)
+        weights = torch.where(mask, scores, torch.zeros_like(scores))  # (B, L)
+        return torch.bmm(weights.unsqueeze(1), keys).squeeze(1)  # (B, D)

@@ -1,0 +1,239 @@
+"""The EM3 ranking model: ID side + content side + backbone + CIC, and its training wrapper.
+
+One batch goes: ``IdArch`` (TorchRec lookups) and the content tower (Fusion-Q-Former or the frozen
+baseline) -> content interest (target attention) -> backbone (DLRM / DCN-v2 / DIN) -> logits; the
+CIC loss aligns the target items' ID and content embeddings. A variant is a config:
+``build_model(ModelConfig(backbone="dcn", content="em3", seq_content_mode="lora"), ...)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from em3rec.config import DataConfig, ModelConfig
+from em3rec.data.batch import Batch
+from em3rec.data.schema import DatasetMeta
+from em3rec.modules.backbones import BACKBONES, RankingInputs, build_backbone
+from em3rec.modules.cic import ContentIDContrastive
+from em3rec.modules.content_tower import (
+    SEQ_CONTENT_MODES,
+    ContentTower,
+    DistinctTargets,
+    FrozenContentTower,
+    PooledContentProjection,
+)
+from em3rec.modules.fusion_qformer import FusionQFormer
+from em3rec.modules.interest import TargetAttention
+from em3rec.modules.sparse import IdArch, build_embedding_collections
+
+CONTENT_VARIANTS = ("none", "frozen", "em3")
+
+
+@dataclass
+class EM3Output:
+    """Output of :class:`EM3Model`.
+
+    Fields:
+        logits: ``(B,)`` click logits.
+        cic_loss: ``()`` ``lambda * cic_value`` (0 when CIC is off).
+        cic_value: ``()`` the raw CIC InfoNCE (0 when CIC is off).
+        item_ids: ``(V,)`` int64 the batch's distinct target items (None without content).
+        item_content: ``(V, D)`` their target-branch content embeddings (None without content).
+    """
+
+    logits: torch.Tensor
+    cic_loss: torch.Tensor
+    cic_value: torch.Tensor
+    item_ids: torch.Tensor | None
+    item_content: torch.Tensor | None
+
+
+class EM3Model(nn.Module):
+    """A ranking model with optional end-to-end item content (EM3).
+
+    Args:
+        id_arch (IdArch): the TorchRec lookups (EBC + EC).
+        backbone (nn.Module): maps :class:`RankingInputs` to ``(B,)`` logits.
+        content_tower (nn.Module | None): :class:`ContentTower` (EM3) or
+            :class:`FrozenContentTower` (baseline); None for ID only.
+        content_interest (TargetAttention | None): pools the history content with the target
+            content as the query; None when there is no history content.
+        cic (ContentIDContrastive | None): the CIC loss; None when off.
+
+    Build it with :func:`build_model`.
+    """
+
+    def __init__(
+        self,
+        id_arch: IdArch,
+        backbone: nn.Module,
+        content_tower: nn.Module | None = None,
+        content_interest: TargetAttention | None = None,
+        cic: ContentIDContrastive | None = None,
+    ) -> None:
+        super().__init__()
+        self.id_arch = id_arch
+        self.content_tower = content_tower
+        self.content_interest = content_interest
+        self.backbone = backbone
+        self.cic = cic
+
+    def encode_items(self, tokens: dict[str, torch.Tensor], token_mask: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Target-branch content embeddings ``(N, D)`` of any items (for export)."""
+        if self.content_tower is None:
+            raise ValueError("this model has no content tower")
+        return self.content_tower.encode_items(tokens, token_mask)
+
+    def forward(self, batch: Batch) -> EM3Output:
+        """
+        Args:
+            batch (Batch): ``B`` rows with history length ``L``.
+
+        Returns:
+            EM3Output: logits ``(B,)``, CIC loss parts, the distinct target items' content.
+        """
+        mask = batch.history_mask  # (B, L)
+        ids = self.id_arch(batch.sparse_features, batch.sequence_features, mask.shape[1])
+        content_vectors = []
+        item_ids = item_content = None
+        cic_loss = cic_value = ids.target.new_zeros(())
+        if self.content_tower is not None:
+            targets = DistinctTargets.of(batch.target_content_index, batch.weights)
+            content = self.content_tower(batch, targets)
+            content_vectors.append(content.target)  # (B, D)
+            # Python-level branch on the module, not on the tensor: TorchRec's train pipeline
+            # fx-traces this forward, where `content.history` is a Proxy.
+            if self.content_interest is not None:
+                content_vectors.append(self.content_interest(content.history, content.target, mask))  # (B, D)
+            item_ids = batch.content_item_ids[targets.index]  # (V,)
+            item_content = content.item_content  # (V, D)
+            if self.cic is not None:
+                cic = self.cic(ids.target[targets.first_row], item_content, item_ids, targets.weight)
+                cic_loss, cic_value = cic.loss, cic.value
+        B, D = ids.target.shape
+        inputs = RankingInputs(
+            pooled=ids.pooled,
+            target_id=ids.target,
+            history_ids=ids.history,
+            history_mask=mask,
+            content=torch.stack(content_vectors, dim=1) if content_vectors else ids.target.new_zeros(B, 0, D),
+        )
+        logits = self.backbone(inputs)  # (B,)
+        return EM3Output(logits=logits, cic_loss=cic_loss, cic_value=cic_value, item_ids=item_ids, item_content=item_content)
+
+
+class EM3Train(nn.Module):
+    """Training wrapper (like TorchRec's ``DLRMTrain``): the loss of a batch.
+
+    ``loss = sum(w * BCE(logits, labels)) / sum(w) + lambda * CIC`` with ``w = Batch.weights``
+    (padding rows weigh 0).
+
+    Args:
+        model (EM3Model): the model.
+
+    Example::
+
+        train = EM3Train(build_model(ModelConfig(), meta, DataConfig()))
+        loss, (loss_detached, logits, labels, aux) = train(batch)
+        loss.backward()
+    """
+
+    def __init__(self, model: EM3Model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, batch: Batch
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
+        """
+        Returns:
+            ``(loss, (loss.detach(), logits.detach(), labels, {"bce": ..., "cic": ...}))``; ``bce``
+            is the weighted BCE and ``cic`` the raw (unweighted) CIC value, both detached scalars.
+        """
+        out = self.model(batch)
+        weights = batch.weights
+        bce = F.binary_cross_entropy_with_logits(out.logits, batch.labels, weight=weights, reduction="sum")
+        bce = bce / weights.sum().clamp_min(1.0)
+        loss = bce + out.cic_loss
+        aux = {"bce": bce.detach(), "cic": out.cic_value.detach()}
+        return loss, (loss.detach(), out.logits.detach(), batch.labels, aux)
+
+
+def _check(model_config: ModelConfig) -> None:
+    if model_config.backbone not in BACKBONES:
+        raise ValueError(f"model.backbone = {model_config.backbone!r}; expected one of {BACKBONES}")
+    if model_config.content not in CONTENT_VARIANTS:
+        raise ValueError(f"model.content = {model_config.content!r}; expected one of {CONTENT_VARIANTS}")
+    if model_config.seq_content_mode not in SEQ_CONTENT_MODES:
+        raise ValueError(f"model.seq_content_mode = {model_config.seq_content_mode!r}; expected one of {SEQ_CONTENT_MODES}")
+    if model_config.content == "em3" and model_config.seq_content_mode == "cached" and not model_config.dedup:
+        raise ValueError("model.seq_content_mode = 'cached' needs model.dedup = true")
+    if not model_config.over_layers:
+        raise ValueError("model.over_layers needs at least one hidden layer")
+
+
+def build_model(
+    model_config: ModelConfig,
+    meta: DatasetMeta,
+    data_config: DataConfig,
+    sparse_device: torch.device | None = None,
+    dense_device: torch.device | None = None,
+) -> EM3Model:
+    """Build the model a config names.
+
+    ``content``: ``none`` (ID only), ``frozen`` (pooled pre-extracted vectors through a trainable
+    Linear, for the target and, unless ``seq_content_mode = "none"``, the history) or ``em3``
+    (Fusion-Q-Former, ``seq_content_mode`` for the history, CIC when ``cic.weight > 0``). Only the
+    modules a variant uses are built, so every trainable dense parameter gets a gradient every step
+    (DDP under DMP requires it).
+
+    Args:
+        model_config (ModelConfig): the model section of the run config.
+        meta (DatasetMeta): features (vocabularies, tables) and modalities (token widths).
+        data_config (DataConfig): ``modalities`` the model reads.
+        sparse_device (torch.device | None): where the embedding tables are built (``meta`` for DMP).
+        dense_device (torch.device | None): where the dense modules are built.
+
+    Returns:
+        EM3Model
+    """
+    _check(model_config)
+    D = model_config.embedding_dim
+    ebc, ec = build_embedding_collections(meta, D, device=sparse_device)
+    id_arch = IdArch(ebc, ec, meta.features_of("item")[0].name, meta.features_of("history")[0].name)
+    num_pooled = len(id_arch.pooled_feature_names)
+    widths = {m.name: m.width for m in meta.modalities}
+    missing = [m for m in data_config.modalities if m not in widths]
+    if model_config.content != "none" and missing:
+        raise ValueError(f"data.modalities {missing} are not in the dataset's modalities {sorted(widths)}")
+    modality_widths = {m: widths[m] for m in data_config.modalities}
+    with_history = model_config.seq_content_mode != "none"
+
+    with torch.device(dense_device or "cpu"):
+        content_tower = content_interest = cic = None
+        num_content = 0
+        if model_config.content == "em3":
+            qformer = FusionQFormer(modality_widths, model_config.qformer, out_dim=D)
+            content_tower = ContentTower(
+                qformer,
+                model_config.seq_content_mode,
+                dedup=model_config.dedup,
+                lora=model_config.lora,
+                num_items=meta.features_of("item")[0].vocab_size,
+                cache_refresh_steps=model_config.cache_refresh_steps,
+            )
+            if model_config.cic.weight > 0:
+                cic = ContentIDContrastive(D, D, model_config.cic)
+        elif model_config.content == "frozen":
+            content_tower = FrozenContentTower(PooledContentProjection(modality_widths, D), use_history=with_history)
+        if content_tower is not None:
+            num_content = 1
+            if with_history:
+                content_interest = TargetAttention(D, model_config.attention_hidden, model_config.attention_softmax)
+                num_content = 2
+        backbone = build_backbone(model_config, num_pooled, num_content)
+    return EM3Model(id_arch, backbone, content_tower, content_interest, cic)

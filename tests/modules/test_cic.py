@@ -1,0 +1,90 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from em3rec.config import CICConfig
+from em3rec.modules.cic import ContentIDContrastive
+
+
+def _reference(cic, id_emb, content, item_ids, valid):
+    """Loop-by-loop symmetric InfoNCE with same-item and invalid rows removed from the negatives."""
+    z_i = F.normalize(cic.id_head(id_emb), dim=-1)
+    z_c = F.normalize(cic.content_head(content), dim=-1)
+    tau = cic._temperature
+    total, count = 0.0, 0
+    for i in range(len(item_ids)):
+        if not valid[i]:
+            continue
+        others = [j for j in range(len(item_ids)) if j == i or (valid[j] and item_ids[j] != item_ids[i])]
+        i2c = torch.stack([z_i[i] @ z_c[j] / tau for j in others])
+        c2i = torch.stack([z_c[i] @ z_i[j] / tau for j in others])
+        pos = others.index(i)
+        total = total + 0.5 * (-(i2c.log_softmax(0)[pos]) - c2i.log_softmax(0)[pos])
+        count += 1
+    return total / max(count, 1)
+
+
+def test_matches_reference_with_duplicates_and_padding():
+    cic = ContentIDContrastive(12, 10, CICConfig(weight=0.3, temperature=0.2, dim=6))
+    id_emb, content = torch.randn(7, 12), torch.randn(7, 10)
+    item_ids = torch.tensor([3, 5, 3, 8, 9, 5, 1])
+    weights = torch.tensor([1, 1, 1, 1, 0, 1, 1.0])
+    out = cic(id_emb, content, item_ids, weights)
+    expected = _reference(cic, id_emb, content, item_ids.tolist(), (weights > 0).tolist())
+    torch.testing.assert_close(out.value, expected)
+    torch.testing.assert_close(out.loss, 0.3 * expected)
+
+
+def test_all_distinct_equals_plain_symmetric_infonce():
+    cic = ContentIDContrastive(8, 8, CICConfig(weight=1.0, temperature=0.1, dim=8))
+    id_emb, content = torch.randn(5, 8), torch.randn(5, 8)
+    out = cic(id_emb, content, torch.arange(5))
+    logits = F.normalize(cic.id_head(id_emb), dim=-1) @ F.normalize(cic.content_head(content), dim=-1).T / 0.1
+    expected = 0.5 * (F.cross_entropy(logits, torch.arange(5)) + F.cross_entropy(logits.T, torch.arange(5)))
+    torch.testing.assert_close(out.value, expected)
+
+
+@pytest.mark.parametrize("num_negatives", [0, 4])
+@pytest.mark.parametrize("item_ids", [[4, 4, 4, 4], [7], [1, 2, 1, 2]])
+def test_finite_with_duplicates_or_one_item(num_negatives, item_ids):
+    cic = ContentIDContrastive(8, 8, CICConfig(weight=0.1, num_negatives=num_negatives, dim=4))
+    n = len(item_ids)
+    id_emb = torch.randn(n, 8, requires_grad=True)
+    content = torch.randn(n, 8, requires_grad=True)
+    out = cic(id_emb, content, torch.tensor(item_ids))
+    out.loss.backward()
+    assert torch.isfinite(out.value)
+    assert torch.isfinite(id_emb.grad).all() and torch.isfinite(content.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in cic.parameters())
+    if len(set(item_ids)) == 1:
+        assert out.value == 0
+
+
+def test_sampled_negatives_match_reference():
+    torch.manual_seed(0)
+    K, N, tau = 3, 6, 0.5
+    cic = ContentIDContrastive(8, 8, CICConfig(temperature=tau, num_negatives=K, dim=4))
+    id_emb, content = torch.randn(N, 8), torch.randn(N, 8)
+    item_ids = torch.tensor([0, 1, 2, 0, 4, 5])
+    torch.manual_seed(123)
+    value = cic(id_emb, content, item_ids).value
+    torch.manual_seed(123)
+    negatives = (torch.arange(N)[:, None] + torch.randint(1, N, (N, K))) % N
+    z_i = F.normalize(cic.id_head(id_emb), dim=-1)
+    z_c = F.normalize(cic.content_head(content), dim=-1)
+    total = 0.0
+    for i in range(N):
+        negs = [j for j in negatives[i].tolist() if item_ids[j] != item_ids[i]]
+        for a, b in ((z_i, z_c), (z_c, z_i)):
+            logits = torch.stack([a[i] @ b[i]] + [a[i] @ b[j] for j in negs]) / tau
+            total = total - 0.5 * logits.log_softmax(0)[0]
+    torch.testing.assert_close(value, total / N)
+    assert negatives.ne(torch.arange(N)[:, None]).all()
+
+
+def test_random_embeddings_give_about_log_n():
+    cic = ContentIDContrastive(32, 32, CICConfig(temperature=100.0, dim=32))  # flat logits
+    value = cic(torch.randn(50, 32), torch.randn(50, 32), torch.arange(50)).value
+    assert abs(value.item() - math.log(50)) < 0.05

@@ -1,0 +1,167 @@
+import pytest
+import torch
+
+from em3rec.config import LoraConfig, QFormerConfig
+from em3rec.modules.content_tower import (
+    ContentTower,
+    DistinctTargets,
+    FrozenContentTower,
+    PooledContentProjection,
+)
+from em3rec.modules.fusion_qformer import FusionQFormer
+
+WIDTHS = {"title": 24, "meta": 20}
+LORA = LoraConfig(rank=2, alpha=4.0, target_modules=["attn", "cross_attn", "token_proj"])
+
+
+def _tower(mode: str, dedup: bool = True, attention: str = "self", dropout: float = 0.0, **kwargs) -> ContentTower:
+    torch.manual_seed(0)
+    qformer = FusionQFormer(WIDTHS, QFormerConfig(dim=16, num_heads=2, num_layers=2, dropout=dropout, attention=attention))
+    tower = ContentTower(qformer, mode, dedup=dedup, lora=LORA, **kwargs)
+    with torch.no_grad():  # LoRA B starts at 0; make the adapters matter
+        for name, p in tower.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    return tower
+
+
+def _loss(out, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    def weighted(x: torch.Tensor) -> torch.Tensor:
+        return (x * torch.randn(x.shape, generator=g, dtype=torch.float64).to(x.dtype)).sum()
+
+    loss = weighted(out.target) + weighted(out.item_content)
+    if out.history is not None and out.history.requires_grad:
+        loss = loss + weighted(out.history)
+    return loss
+
+
+def _grads(module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("mode", ["none", "frozen", "lora", "full"])
+@pytest.mark.parametrize("attention", ["self", "cross"])
+def test_dedup_matches_per_position_reference(batch, mode, attention):
+    # float64, so that the only difference (summation order of duplicate gradients) is invisible
+    targets = DistinctTargets.of(batch.target_content_index, batch.weights)
+    fast = _tower(mode, dedup=True, attention=attention).eval().double()
+    slow = _tower(mode, dedup=False, attention=attention).eval().double()
+    slow.load_state_dict(fast.state_dict())
+    out_fast, out_slow = fast(batch, targets), slow(batch, targets)
+    exact = dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out_fast.target, out_slow.target, **exact)
+    torch.testing.assert_close(out_fast.item_content, out_slow.item_content, **exact)
+    if mode == "none":
+        assert out_fast.history is None and out_slow.history is None
+    else:
+        torch.testing.assert_close(out_fast.history, out_slow.history, **exact)
+        assert (out_fast.history[~batch.history_mask] == 0).all()
+    _loss(out_fast).backward()
+    _loss(out_slow).backward()
+    grads_fast, grads_slow = _grads(fast), _grads(slow)
+    assert grads_fast.keys() == grads_slow.keys() and grads_fast
+    for name in grads_fast:
+        torch.testing.assert_close(grads_fast[name], grads_slow[name], rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_lora_history_branch_trains_only_adapters(batch):
+    targets = DistinctTargets.of(batch.target_content_index, batch.weights)
+    tower = _tower("lora").eval()
+    adapters = {n for n, _ in tower.named_parameters() if "lora_" in n}
+    assert adapters and any("token_proj" in n for n in adapters) and any("attn.q_proj" in n for n in adapters)
+    assert all(p.requires_grad for p in tower.parameters())  # peft turned the base off; we turn it back on
+
+    out = tower(batch, targets)
+    assert out.history.requires_grad
+    g = torch.Generator().manual_seed(3)
+    w_target, w_history = torch.randn(out.target.shape, generator=g), torch.randn(out.history.shape, generator=g)
+    ((out.target * w_target).sum() + (out.history * w_history).sum()).backward()
+    both = _grads(tower)
+    tower.zero_grad(set_to_none=True)
+
+    out = tower(batch, targets)
+    (out.target * w_target).sum().backward()  # target branch only
+    target_only = _grads(tower)
+    tower.zero_grad(set_to_none=True)
+
+    for name, grad in target_only.items():
+        assert name not in adapters, f"target branch reached adapter {name}"
+        torch.testing.assert_close(both[name], grad, rtol=0, atol=0, msg=name)
+    for name in adapters:
+        assert both[name].abs().sum() > 0, name
+
+
+def test_lora_history_differs_from_target_branch(batch):
+    targets = DistinctTargets.of(batch.target_content_index, batch.weights)
+    lora = _tower("lora").eval()
+    frozen = _tower("frozen").eval()
+    # base weights live under ".base_layer." in the adapted Q-Former
+    state = {k.replace(".base_layer", ""): v for k, v in lora.state_dict().items() if "lora_" not in k}
+    frozen.load_state_dict(state)
+    out_lora, out_frozen = lora(batch, targets), frozen(batch, targets)
+    torch.testing.assert_close(out_lora.target, out_frozen.target)  # adapters are off for the target
+    assert not torch.allclose(out_lora.history, out_frozen.history)
+
+
+def test_frozen_history_has_no_gradient(batch):
+    targets = DistinctTargets.of(batch.target_content_index, batch.weights)
+    out = _tower("frozen")(batch, targets)
+    assert out.target.requires_grad and not out.history.requires_grad
+
+
+def test_cached_refreshes_stale_entries(batch):
+    targets = DistinctTargets.of(batch.target_content_index, batch.weights)
+    tower = _tower("cached", num_items=41, cache_refresh_steps=2).train()
+    history_items = batch.content_item_ids[torch.unique(batch.history_content_index[batch.history_mask])]
+    history_only = history_items[~torch.isin(history_items, batch.item_ids)]
+
+    assert not any("_bank" in k or "_step" in k for k in tower.state_dict())  # per rank, not checkpointed
+    out = tower(batch, targets)  # step 0: targets are written first; the other history items computed
+    assert 0 < history_only.numel() < history_items.numel()
+    assert tower.last_refresh_count == history_only.numel()
+    assert not out.history.requires_grad
+    with torch.no_grad():
+        reference = tower.eval()(batch, targets).history  # fresh encodings (dropout is 0)
+    tower.train()
+    torch.testing.assert_close(out.history, reference)
+
+    with torch.no_grad():  # change the Q-Former: the bank now holds stale values
+        for p in tower.qformer.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    with torch.no_grad():
+        fresh = tower.eval()(batch, targets).history
+    tower.train()
+    for step in (1, 2):  # entries written at step 0 are read through step 2
+        out = tower(batch, targets)
+        assert tower.last_refresh_count == 0
+        # targets are rewritten each step, so only history-only items keep the old values
+        keep = torch.isin(batch.content_item_ids[batch.history_content_index], history_only) & batch.history_mask
+        torch.testing.assert_close(out.history[keep], reference[keep])
+        moved = torch.isin(batch.content_item_ids[batch.history_content_index], batch.item_ids) & batch.history_mask
+        torch.testing.assert_close(out.history[moved], fresh[moved])
+    out = tower(batch, targets)  # step 3: the history-only entries are 3 steps old -> recomputed
+    assert tower.last_refresh_count == history_only.numel()
+    torch.testing.assert_close(out.history, fresh)
+
+
+def test_cached_needs_dedup():
+    with pytest.raises(ValueError, match="dedup"):
+        _tower("cached", dedup=False, num_items=41)
+
+
+def test_frozen_baseline_tower(batch):
+    targets = DistinctTargets.of(batch.target_content_index, batch.weights)
+    tower = FrozenContentTower(PooledContentProjection(WIDTHS, 16), use_history=True)
+    out = tower(batch, targets)
+    B, L = batch.history_mask.shape
+    assert out.target.shape == (B, 16) and out.history.shape == (B, L, 16)
+    assert out.item_content.shape == (targets.index.numel(), 16)
+    # the pooled vector is the masked mean: a missing modality is zeros, padded tokens are ignored
+    tokens = {m: t.clone() for m, t in batch.content_tokens.items()}
+    for m in tokens:
+        tokens[m][~batch.content_token_mask[m]] = 7.0
+    torch.testing.assert_close(
+        tower.projection(tokens, batch.content_token_mask),
+        tower.projection(batch.content_tokens, batch.content_token_mask),
+    )

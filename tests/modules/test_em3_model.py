@@ -1,0 +1,116 @@
+import itertools
+
+import pytest
+import torch
+
+from em3rec.config import CICConfig, QFormerConfig
+from em3rec.modules.model import EM3Model, EM3Train, build_model
+
+BACKBONES = ("dlrm", "dcn", "din")
+CONTENTS = ("none", "frozen", "em3")
+SEQ_MODES = ("none", "frozen", "lora", "full", "cached")
+
+
+@pytest.mark.parametrize("backbone,content,mode", list(itertools.product(BACKBONES, CONTENTS, SEQ_MODES)))
+def test_every_variant_runs_and_trains_every_parameter(meta, data_config, batch, backbone, content, mode, model_config):
+    config = model_config(backbone=backbone, content=content, seq_content_mode=mode)
+    train = EM3Train(build_model(config, meta, data_config))
+    loss, (loss_detached, logits, labels, aux) = train(batch)
+    B = batch.batch_size
+    assert logits.shape == (B,) and labels is batch.labels and loss.shape == ()
+    assert set(aux) == {"bce", "cic"} and torch.isfinite(loss)
+    assert not loss_detached.requires_grad and not logits.requires_grad
+    out = train.model(batch)
+    if content == "none":
+        assert out.item_ids is None and out.item_content is None and aux["cic"] == 0
+    else:
+        V = batch.target_content_index.unique().numel()
+        assert out.item_ids.shape == (V,) and out.item_content.shape == (V, 16)
+        assert (aux["cic"] > 0) == (content == "em3")
+    # DDP under DMP needs a gradient for every trainable dense parameter on every step
+    loss.backward()
+    missing = [n for n, p in train.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+    assert all(torch.isfinite(p.grad).all() for p in train.parameters() if p.grad is not None)
+
+
+def test_only_the_modules_a_variant_uses_are_built(meta, data_config, model_config):
+    model = build_model(model_config(content="none"), meta, data_config)
+    assert model.content_tower is None and model.content_interest is None and model.cic is None
+    model = build_model(model_config(seq_content_mode="none", cic=CICConfig(weight=0.0)), meta, data_config)
+    assert model.content_interest is None and model.cic is None
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    model = build_model(model_config(seq_content_mode="lora"), meta, data_config)
+    assert any("lora_" in n for n, _ in model.named_parameters())
+
+
+def test_padding_rows_do_not_count(meta, data_config, batch, model_config):
+    train = EM3Train(build_model(model_config(), meta, data_config)).eval()
+    loss, (_, _, _, aux) = train(batch)
+    batch.labels[-2:] = 1.0 - batch.labels[-2:]  # the 2 padding rows
+    loss2, (_, _, _, aux2) = train(batch)
+    torch.testing.assert_close(aux["bce"], aux2["bce"])
+
+
+def test_loss_is_bce_plus_weighted_cic(meta, data_config, batch, model_config):
+    train = EM3Train(build_model(model_config(cic=CICConfig(weight=0.5, dim=8)), meta, data_config)).eval()
+    loss, (_, logits, labels, aux) = train(batch)
+    w = batch.weights
+    bce = (torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none") * w).sum() / w.sum()
+    torch.testing.assert_close(aux["bce"], bce)
+    torch.testing.assert_close(loss, bce + 0.5 * aux["cic"])
+
+
+def test_cross_attention_variant_and_export(meta, data_config, batch, model_config):
+    config = model_config(qformer=QFormerConfig(dim=16, num_heads=2, num_layers=2, dropout=0.0, attention="cross"))
+    model = build_model(config, meta, data_config).eval()
+    out = model(batch)
+    exported = model.encode_items(
+        {m: t[batch.target_content_index.unique()] for m, t in batch.content_tokens.items()},
+        {m: t[batch.target_content_index.unique()] for m, t in batch.content_token_mask.items()},
+    )
+    torch.testing.assert_close(exported, out.item_content)
+
+
+def test_dedup_off_gives_the_same_logits(meta, data_config, batch, model_config):
+    fast = build_model(model_config(dedup=True), meta, data_config).eval()
+    slow = build_model(model_config(dedup=False), meta, data_config).eval()
+    slow.load_state_dict(fast.state_dict())
+    torch.testing.assert_close(fast(batch).logits, slow(batch).logits, rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_on_meta_device(meta, data_config, model_config):
+    model = build_model(model_config(), meta, data_config, sparse_device=torch.device("meta"))
+    assert isinstance(model, EM3Model)
+    assert all(p.is_meta for p in model.id_arch.parameters())
+    assert not any(p.is_meta for n, p in model.named_parameters() if not n.startswith("id_arch."))
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (dict(backbone="xdeepfm"), "backbone"),
+        (dict(content="clip"), "content"),
+        (dict(seq_content_mode="sometimes"), "seq_content_mode"),
+        (dict(seq_content_mode="cached", dedup=False), "dedup"),
+    ],
+)
+def test_bad_configs_are_rejected(meta, data_config, overrides, match, model_config):
+    with pytest.raises(ValueError, match=match):
+        build_model(model_config(**overrides), meta, data_config)
+
+
+@pytest.mark.parametrize("content,mode", [("none", "none"), ("frozen", "none"), ("frozen", "full"), ("em3", "none"), ("em3", "lora"), ("em3", "cached")])
+def test_fx_traceable_for_the_train_pipeline(meta, data_config, content, mode, model_config):
+    """TorchRec's TrainPipelineSparseDist fx-traces the model with every sharding-free child as a
+    leaf; the EBC and EC must then take the batch's KJTs unchanged (so they can be pipelined)."""
+    from torchrec.distributed.train_pipeline.tracing import Tracer
+
+    train = EM3Train(build_model(model_config(content=content, seq_content_mode=mode), meta, data_config))
+    collections = ["model.id_arch.embedding_bag_collection", "model.id_arch.embedding_collection"]
+    leaves = [f"model.{n}" for n, _ in train.model.named_children() if n != "id_arch"] + collections
+    graph = Tracer(leaf_modules=leaves).trace(train)
+    calls = {n.target: n for n in graph.nodes if n.op == "call_module"}
+    for name, feature in zip(collections, ["sparse_features", "sequence_features"]):
+        (arg,) = calls[name].args
+        assert arg.op == "call_function" and arg.args[1] == feature  # getattr(batch, feature)

@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from em3rec.config import QFormerConfig
+from em3rec.modules.content_tower import lora_target_names
+from em3rec.modules.fusion_qformer import FusionQFormer
+
+WIDTHS = {"title": 24, "meta": 20}
+
+
+def _inputs(U: int = 5, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = {"title": torch.randn(U, 4, 24, generator=g).half(), "meta": torch.randn(U, 6, 20, generator=g).half()}
+    mask = {"title": torch.ones(U, 4, dtype=torch.bool), "meta": torch.ones(U, 6, dtype=torch.bool)}
+    mask["title"][:, 3:] = False
+    if U > 1:
+        mask["meta"][1, 2:] = False
+    return tokens, mask
+
+
+def _qformer(attention: str, num_layers: int = 2, num_queries: int = 2, out_dim=None) -> FusionQFormer:
+    config = QFormerConfig(dim=16, num_queries=num_queries, num_layers=num_layers, num_heads=2, dropout=0.1, attention=attention)
+    return FusionQFormer(WIDTHS, config, out_dim=out_dim).eval()
+
+
+@pytest.mark.parametrize("attention", ["self", "cross"])
+@pytest.mark.parametrize("num_layers,num_queries", [(1, 1), (2, 3)])
+def test_shapes(attention, num_layers, num_queries):
+    out = _qformer(attention, num_layers, num_queries, out_dim=12)(*_inputs())
+    assert out.query_embeddings.shape == (5, num_queries, 16)
+    assert out.pooled.shape == (5, 12)
+
+
+@pytest.mark.parametrize("attention", ["self", "cross"])
+def test_padded_tokens_change_nothing(attention):
+    qformer = _qformer(attention)
+    tokens, mask = _inputs()
+    before = qformer(tokens, mask).query_embeddings
+    tokens["title"][:, 3:] = 100.0  # padded positions
+    tokens["meta"][1, 2:] = -50.0
+    after = qformer(tokens, mask).query_embeddings
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("attention", ["self", "cross"])
+def test_missing_modality_changes_nothing(attention):
+    qformer = _qformer(attention)
+    tokens, mask = _inputs()
+    mask["meta"][2] = False  # item 2 has no meta modality
+    before = qformer(tokens, mask).pooled
+    tokens["meta"][2] = torch.randn(6, 20).half() * 10
+    after = qformer(tokens, mask).pooled
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+    # masking is not zero-filling: zero tokens that take part in attention give another result
+    tokens["meta"][2] = 0.0
+    mask["meta"][2] = True
+    assert not torch.allclose(qformer(tokens, mask).pooled[2], before[2])
+
+
+@pytest.mark.parametrize("attention", ["self", "cross"])
+def test_item_without_tokens_is_finite(attention):
+    qformer = _qformer(attention).train()
+    tokens, mask = _inputs()
+    for m in mask:
+        mask[m][0] = False
+    tokens["title"][0] = float("nan")  # never read: every token of item 0 is masked
+    out = qformer(tokens, mask)
+    assert torch.isfinite(out.pooled).all()
+    out.pooled.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in qformer.parameters() if p.grad is not None)
+
+
+def test_no_items():
+    tokens, mask = _inputs(U=0)
+    assert _qformer("self")(tokens, mask).pooled.shape == (0, 16)
+
+
+def test_lora_targets_name_linears():
+    names = lora_target_names(_qformer("cross", num_layers=1), ["attn", "token_proj"])
+    assert "token_proj.title" in names and "layers.0.attn.q_proj" in names
+    assert not any("cross_attn" in n or "mlp" in n for n in names)
+    with pytest.raises(ValueError):
+        lora_target_names(_qformer("self"), ["nothing"])
+
+
+def test_compiles_without_graph_breaks():
+    qformer = _qformer("self")
+    tokens, mask = _inputs()
+    compiled = torch.compile(qformer, backend="eager", fullgraph=True, dynamic=False)
+    torch.testing.assert_close(compiled(tokens, mask).pooled, qformer(tokens, mask).pooled)
