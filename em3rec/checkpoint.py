@@ -165,6 +165,11 @@ def load_checkpoint(
     """
     path = Path(path)
     progress = validate_checkpoint(path)
+    if optimizer is not None and hasattr(optimizer, "init_state"):
+        # Optimiser state is created lazily by the first step; DCP loads in place, so a fresh
+        # optimiser needs its state tensors first (a zero-grad step; the weights it touches are
+        # overwritten by the model load below).
+        optimizer.init_state()
     state: dict[str, Any] = {"model": model.state_dict()}
     if optimizer is not None:
         state["optim"] = optimizer.state_dict()

@@ -1,0 +1,102 @@
+"""The ml100k-ctr-v1 quality table: every backbone x {ID only, ID + frozen content, EM3} x seeds.
+
+    python benchmarks/ml100k_quality.py --seeds 0 1 2 [--nproc 1] [--set train.epochs=4]
+
+Each run is ``python -m em3rec.train`` (under torchrun when ``--nproc > 1``); the epoch is chosen on
+valid AUC inside each run and test is evaluated once, on that epoch. Writes
+``benchmarks/results/ml100k_ctr_v1.md`` (mean +- std over seeds) and a JSON of every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKBONES = ("dlrm", "dcn", "din")
+VARIANTS = {"id": "ID only", "frozen": "ID + frozen content", "em3": "EM3"}
+METRICS = ("auc", "gauc", "logloss", "cold_auc")
+
+
+def run_one(config: str, seed: int, nproc: int, overrides: list[str], run_dir: str) -> dict:
+    name = f"{config}_seed{seed}"
+    args = ["--config", config, "--set", f"train.seed={seed}", "--set", f"train.run_name={name}",
+            "--set", f"train.run_dir={run_dir}"]
+    for o in overrides:
+        args += ["--set", o]
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "em3rec.train", *args]
+    else:
+        cmd = [sys.executable, "-m", "em3rec.train", *args]
+    start = time.perf_counter()
+    log_file = Path(run_dir) / f"{name}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "w") as log:
+        subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+    result = json.loads((Path(run_dir) / name / "metrics.json").read_text())
+    result["wall_seconds"] = time.perf_counter() - start
+    return result
+
+
+def table(results: dict[str, list[dict]], seeds: list[int]) -> str:
+    lines = ["| backbone | variant | " + " | ".join(f"test {m}" for m in METRICS) + " | best epochs | s/run |",
+             "|---|---|" + "---|" * (len(METRICS) + 2)]
+    for backbone in BACKBONES:
+        for variant, label in VARIANTS.items():
+            runs = results.get(f"{backbone}_{variant}", [])
+            if not runs:
+                continue
+            cells = []
+            for m in METRICS:
+                values = [r["test"][m] for r in runs]
+                std = statistics.stdev(values) if len(values) > 1 else 0.0
+                cells.append(f"{statistics.mean(values):.4f} ± {std:.4f}")
+            epochs = ",".join(str(r["best_epoch"]) for r in runs)
+            secs = statistics.mean(r["wall_seconds"] for r in runs)
+            lines.append(f"| {backbone} | {label} | " + " | ".join(cells) + f" | {epochs} | {secs:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--nproc", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--run-dir", default="runs/quality")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/ml100k_ctr_v1.md"))
+    args = parser.parse_args()
+    results: dict[str, list[dict]] = {}
+    for seed in args.seeds:  # seeds outermost: a partial run still covers every variant
+        for backbone in args.backbones:
+            for variant in args.variants:
+                config = f"{backbone}_{variant}"
+                r = run_one(config, seed, args.nproc, args.set, args.run_dir)
+                results.setdefault(config, []).append(r)
+                print(f"{config} seed {seed}: " + " ".join(f"{m}={r['test'][m]:.4f}" for m in METRICS)
+                      + f" best_epoch={r['best_epoch']} ({r['wall_seconds']:.0f}s)", flush=True)
+                write(args, results)
+
+
+def write(args: argparse.Namespace, results: dict[str, list[dict]]) -> None:
+    command = "python benchmarks/ml100k_quality.py " + " ".join(sys.argv[1:])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        "# ml100k-ctr-v1: test metrics at the best-valid epoch (mean ± std over seeds)\n\n"
+        f"Command: `{command}`  \nMachine: {platform.machine()}, {platform.processor() or 'cpu'}, "
+        f"Python {platform.python_version()}; {args.nproc} process(es) per run; seeds {args.seeds}.\n\n"
+        + table(results, args.seeds) + "\n"
+    )
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

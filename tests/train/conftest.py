@@ -1,0 +1,71 @@
+"""A tiny synthetic prepared dataset and tiny model overrides for end-to-end training tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from data_prep.synthetic import SyntheticConfig, generate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A small EM3-DIN: every part of the model runs, each step takes milliseconds.
+TINY = [
+    "data.batch_size=64", "data.eval_batch_size=256", "data.max_history=20",
+    "model.embedding_dim=16", "model.qformer.dim=16", "model.qformer.num_heads=2", "model.cic.dim=16",
+    "model.dense_layers=[32]", "model.over_layers=[32,16]", "model.attention_hidden=[16]",
+    "train.epochs=2", "train.log_every=10",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "syn"
+    generate(SyntheticConfig(out=out, rows=6000, items=300, users=100, history_mean=8.0, history_max=20,
+                             modalities=("title", "meta"), tokens=(4, 6), width=(16, 8), seed=3))
+    return out
+
+
+def train_command(nproc: int, config: str, overrides: list[str], resume: bool = False, module: str = "em3rec.train") -> list[str]:
+    launcher = [sys.executable, "-m", "em3rec.train"] if module == "em3rec.train" else [sys.executable, "-m", module]
+    if nproc > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", module]
+    args = ["--config", config, *(["--resume"] if resume else [])]
+    for o in overrides:
+        args += ["--set", o]
+    return launcher + args
+
+
+def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"{' '.join(cmd)}\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}"
+    return out
+
+
+def run_and_kill_after(cmd: list[str], marker: Path, timeout: float = 300) -> None:
+    """Start ``cmd`` in its own process group and SIGKILL the whole group once ``marker`` exists."""
+    log = marker.parent.parent / "killed_run.log"  # a file, not a pipe: a full pipe would block the job
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended (rc={proc.returncode}) before {marker} appeared:\n{log.read_text()[-4000:]}")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"{marker} did not appear in {timeout}s")
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
