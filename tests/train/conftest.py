@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from em3rec.config import load_config
+from em3rec.distributed import init_distributed
+from em3rec.train import Recipe
+
 from data_prep.synthetic import SyntheticConfig, generate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,3 +73,16 @@ def run_and_kill_after(cmd: list[str], marker: Path, timeout: float = 300) -> No
 
 def metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def recipe(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Recipe:
+    """A 1-process EM3-DIN recipe (no train pipeline) after 3 training steps."""
+    run_dir = tmp_path_factory.mktemp("ckpt")
+    config = load_config("din_em3", [*TINY, f"data.path={tiny_prepared}", f"train.run_dir={run_dir}",
+                                     "train.run_name=r", "sharding.pipeline=false"])
+    recipe = Recipe(config, init_distributed("cpu"))
+    batches = iter(recipe.loader("train"))
+    for _ in range(3):
+        recipe._step(batches)
+    return recipe

@@ -8,10 +8,7 @@ import pytest
 import torch
 
 from em3rec.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
-from em3rec.config import load_config
-from em3rec.distributed import init_distributed
 from em3rec.train import Recipe
-from tests.train.conftest import TINY
 
 
 def _flat(state: object, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -25,18 +22,6 @@ def _flat(state: object, prefix: str = "") -> dict[str, torch.Tensor]:
     elif hasattr(state, "local_shards"):
         out[prefix] = torch.cat([s.tensor.flatten() for s in state.local_shards()]).clone()
     return out
-
-
-@pytest.fixture(scope="module")
-def recipe(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Recipe:
-    run_dir = tmp_path_factory.mktemp("ckpt")
-    config = load_config("din_em3", [*TINY, f"data.path={tiny_prepared}", f"train.run_dir={run_dir}",
-                                     "train.run_name=r", "sharding.pipeline=false"])
-    recipe = Recipe(config, init_distributed("cpu"))
-    batches = iter(recipe.loader("train"))
-    for _ in range(3):
-        recipe._step(batches)
-    return recipe
 
 
 def test_optimizer_and_model_state_round_trip(recipe: Recipe, tmp_path: Path) -> None:

@@ -1,0 +1,100 @@
+"""Export item content embeddings for serving and cold start.
+
+    python -m em3rec.export --config din_em3 [--checkpoint DIR] [--out FILE.parquet]
+
+Runs the trained content tower (the Fusion-Q-Former's target branch, or the frozen baseline's
+projection) over *every* item of the catalogue, including items never seen in training: that is
+what makes content useful for cold start. Writes ``item_idx``, the raw ``item_id`` and a
+``content_embedding`` fixed-size list of float32 ``(D,)`` per item.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from em3rec.checkpoint import load_checkpoint
+from em3rec.config import load_config
+from em3rec.data.item_store import ItemStore
+from em3rec.distributed import init_distributed
+from em3rec.modules.model import EM3Model
+from em3rec.run_log import setup_logging
+from em3rec.train import Recipe
+
+
+@torch.no_grad()
+def item_embeddings(model: EM3Model, store: ItemStore, pooled: bool, device: torch.device,
+                    chunk: int = 1024) -> np.ndarray:
+    """``(num_items, D)`` float32 content embeddings of every item row (row 0: the padding item)."""
+    model.eval()
+    rows = []
+    for start in tqdm(range(0, store.num_rows, chunk), desc="items", unit="chunk"):
+        ids = np.arange(start, min(start + chunk, store.num_rows))
+        tokens, mask = store.gather(ids, pooled=pooled)
+        tokens = {k: v.to(device) for k, v in tokens.items()}
+        mask = {k: v.to(device) for k, v in mask.items()}
+        rows.append(model.encode_items(tokens, mask).float().cpu().numpy())  # (chunk, D)
+    return np.concatenate(rows)
+
+
+def write_embeddings(path: Path, embeddings: np.ndarray, raw_item_ids: pa.Array | None) -> None:
+    n, d = embeddings.shape
+    columns = {"item_idx": pa.array(np.arange(n, dtype=np.int64))}
+    if raw_item_ids is not None:
+        columns["item_id"] = raw_item_ids
+    columns["content_embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1)), d)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+
+
+def raw_item_ids(folder: Path, num_rows: int) -> pa.Array | None:
+    """The dataset's own item ids by item index, when ``items/items.parquet`` has them."""
+    file = folder / "items" / "items.parquet"
+    if not file.is_file():
+        return None
+    table = pq.read_table(file, columns=["item_idx", "item_id"])
+    by_index = [None] * num_rows
+    for idx, raw in zip(table["item_idx"].to_pylist(), table["item_id"].to_pylist()):
+        by_index[idx] = raw
+    return pa.array(by_index, type=table.schema.field("item_id").type)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip())
+    parser.add_argument("--config", default="din_em3")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--checkpoint", default="", help="checkpoint folder (default: the run's best)")
+    parser.add_argument("--out", default="", help="default: runs/<name>/item_embeddings.parquet")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, args.set)
+    if config.model.content == "none":
+        raise SystemExit(f"config {args.config!r} has model.content = 'none': no content tower to export")
+    config.sharding.pipeline = False
+    env = init_distributed(config.train.device)
+    setup_logging(env.rank)
+    recipe = Recipe(config, env)
+    path = Path(args.checkpoint) if args.checkpoint else recipe.checkpoints.best()
+    if path is None:
+        raise SystemExit(f"no checkpoint under {recipe.checkpoints.folder}; pass --checkpoint")
+    load_checkpoint(path, recipe.model, optimizer=None, restore_rng=False)
+    out = Path(args.out) if args.out else recipe.run_dir / "item_embeddings.parquet"
+    if env.is_main:
+        store = ItemStore(config.data.path, config.data.modalities, recipe.meta)
+        model = recipe.model.module.model  # DMP -> EM3Train -> EM3Model (dense parts are local)
+        embeddings = item_embeddings(model, store, config.data.pooled_content, env.device)
+        write_embeddings(out, embeddings, raw_item_ids(Path(config.data.path), store.num_rows))
+        print(f"wrote {embeddings.shape[0]} item embeddings of width {embeddings.shape[1]} to {out}", flush=True)
+    dist.barrier()
+    dist.destroy_process_group()
+    return out
+
+
+if __name__ == "__main__":
+    main()
