@@ -74,7 +74,11 @@ class SplitSpec:
 
 @dataclass(frozen=True)
 class DatasetMeta:
-    """Everything a model and loader need to know about a prepared dataset."""
+    """Everything a model and loader need to know about a prepared dataset.
+
+    ``num_items`` / ``num_users`` count every index including the reserved 0: ``num_items`` is the
+    item feature's ``vocab_size``, the row count of ``items/items.parquet`` and of every item array.
+    """
 
     name: str
     protocol: str
