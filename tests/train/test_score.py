@@ -1,0 +1,29 @@
+"""Scores come out one per impression, in file order, and agree with the evaluation metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import torch
+
+from em3rec.evaluation import predict
+from em3rec.metrics import auc
+from em3rec.score import write_scores
+from em3rec.train import Recipe
+
+
+def test_scores_follow_file_order(recipe: Recipe, tmp_path: Path) -> None:
+    loader = recipe.loader("valid")
+    pred = predict(recipe.model, loader, recipe.env.device)
+    write_scores(tmp_path / "scores.parquet", pred)
+    scores = pq.read_table(tmp_path / "scores.parquet")
+    user, item = recipe.meta.features_of("user")[0].column, recipe.meta.features_of("item")[0].column
+    rows = ds.dataset(Path(recipe.config.data.path) / "valid", format="parquet").to_table(columns=[user, item])
+    assert scores.num_rows == rows.num_rows
+    assert scores["user_idx"].to_pylist() == rows[user].to_pylist()
+    assert scores["item_idx"].to_pylist() == rows[item].to_pylist()
+    s = torch.from_numpy(scores["score"].to_numpy())
+    assert torch.all((s > 0) & (s < 1))
+    assert abs(auc(s.double(), torch.from_numpy(scores["label"].to_numpy())) - auc(pred.logits.double(), pred.labels)) < 1e-9
