@@ -80,10 +80,6 @@ class ContentOutput:
     item_content: torch.Tensor
 
 
-def _select(features: dict[str, torch.Tensor], index: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    return dict(features) if index is None else {m: t[index] for m, t in features.items()}
-
-
 def _place_history(values: torch.Tensor, history_mask: torch.Tensor) -> torch.Tensor:
     """``values (P, D)`` for the ``P`` True positions of ``history_mask (B, L)`` -> ``(B, L, D)``."""
     B, L = history_mask.shape
@@ -156,7 +152,9 @@ class ContentTower(nn.Module):
     target branch runs with the adapters disabled and trains the base; the history branch calls
     the Q-Former through ``torch.func.functional_call`` with its base parameters *detached* and the
     adapters enabled, so the base gets gradients from the target branch only and the adapters from
-    the history branch only (tests check both). The alternative, a separate history copy whose
+    the history branch only (tests check both). With no adapter dropout each adapter is folded into
+    its Linear for that call (``W.detach() + s B A``, ``merge_history_adapters``): the same values
+    and gradients as peft's forward, without its low-rank passes over every row. The alternative, a separate history copy whose
     base is synced every N steps, is not implemented: it would double the dense state and make the
     history side lag.
 
@@ -204,8 +202,19 @@ class ContentTower(nn.Module):
         self._mode = seq_content_mode
         self._dedup = dedup
         self._base_names: list[str] = []
+        self._adapted: list[tuple[str, str, str, float]] = []  # (base weight, A, B, scaling) per adapted Linear
+        lora = lora or LoraConfig()
         if seq_content_mode == "lora":
-            self._base_names = add_history_adapters(qformer, lora or LoraConfig())
+            self._base_names = add_history_adapters(qformer, lora)
+            for name, module in qformer.named_modules():
+                if isinstance(module, peft.tuners.lora.LoraLayer) and HISTORY_ADAPTER in module.lora_A:
+                    self._adapted.append((
+                        f"{name}.base_layer.weight", f"{name}.lora_A.{HISTORY_ADAPTER}.weight",
+                        f"{name}.lora_B.{HISTORY_ADAPTER}.weight", float(module.scaling[HISTORY_ADAPTER]),
+                    ))  # fmt: skip
+        # The history branch folds each adapter into its Linear's weight (W + s B A) instead of running
+        # peft's extra low-rank passes over every row; exact without adapter dropout.
+        self.merge_history_adapters = lora.dropout == 0.0
         self._refresh_steps = cache_refresh_steps
         self.last_refresh_count = 0  # `cached`: bank entries recomputed in the last training step
         if seq_content_mode == "cached":
@@ -220,23 +229,35 @@ class ContentTower(nn.Module):
     def seq_content_mode(self) -> str:
         return self._mode
 
-    def encode_items(self, tokens: dict[str, torch.Tensor], token_mask: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Target-branch content embeddings ``(N, D)`` of items given as ``(N, T_m, W_m)`` tokens."""
-        return self.qformer(tokens, token_mask).pooled
+    def encode_items(
+        self, tokens: dict[str, torch.Tensor], token_mask: dict[str, torch.Tensor], index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Target-branch content embeddings ``(U, D)`` of items given as ``(N, T_m, W_m)`` tokens:
+        rows ``index (U,)`` of them (None: all, ``U = N``)."""
+        return self.qformer(tokens, token_mask, index).pooled
 
-    def _encode_history(self, tokens: dict[str, torch.Tensor], token_mask: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The history branch: ``(N, D)``; no gradient reaches the Q-Former's base weights."""
+    def _encode_history(
+        self, tokens: dict[str, torch.Tensor], token_mask: dict[str, torch.Tensor], index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The history branch for rows ``index`` of the tokens: ``(U, D)``; no gradient reaches the
+        Q-Former's base weights."""
         if self._mode == "frozen" or self._mode == "cached":
             with torch.no_grad():
-                return self.encode_items(tokens, token_mask)
+                return self.encode_items(tokens, token_mask, index)
         if self._mode == "full":
-            return self.encode_items(tokens, token_mask)
+            return self.encode_items(tokens, token_mask, index)
         # lora: base weights enter as detached tensors, so only the adapters get this branch's grads.
         params = dict(self.qformer.named_parameters())
         detached = {name: params[name].detach() for name in self._base_names}
+        if self.merge_history_adapters:
+            # x (W + s B A)^T = x W^T + s (x A^T) B^T: one matmul per adapted Linear instead of three
+            # passes over the rows, and the adapters' gradients through an (out, in) weight gradient.
+            for base, a, b, scaling in self._adapted:
+                detached[base] = detached[base] + scaling * (params[b] @ params[a])  # (out, in)
+            return torch.func.functional_call(self.qformer, detached, (tokens, token_mask, index)).pooled
         _set_adapters(self.qformer, enabled=True)
         try:
-            out = torch.func.functional_call(self.qformer, detached, (tokens, token_mask))
+            out = torch.func.functional_call(self.qformer, detached, (tokens, token_mask, index))
         finally:
             _set_adapters(self.qformer, enabled=False)
         return out.pooled
@@ -264,7 +285,7 @@ class ContentTower(nn.Module):
             item_content = items[targets.index]  # (V, D)
             return ContentOutput(target=item_content[targets.inverse], history=history, item_content=item_content)
 
-        item_content = self.encode_items(_select(tokens, targets.index), _select(token_mask, targets.index))  # (V, D)
+        item_content = self.encode_items(tokens, token_mask, targets.index)  # (V, D)
         history = None
         if self._mode != "none":
             # Only the items at real history positions: (H,) distinct, (P,) one per real position.
@@ -274,7 +295,7 @@ class ContentTower(nn.Module):
             elif self._mode in ("frozen", "cached"):
                 history_items = self._frozen_history(batch, targets, item_content, history_index)  # (H, D)
             else:
-                history_items = self._encode_history(_select(tokens, history_index), _select(token_mask, history_index))
+                history_items = self._encode_history(tokens, token_mask, history_index)  # (H, D)
             history = _place_history(history_items[position_item], mask)  # (B, L, D)
         return ContentOutput(target=item_content[targets.inverse], history=history, item_content=item_content)
 
@@ -291,7 +312,7 @@ class ContentTower(nn.Module):
         history_items = item_content.detach().new_empty(history_index.shape[0], item_content.shape[-1])
         history_items[is_target] = item_content.detach()[position[is_target]]
         rest = history_index[~is_target]
-        history_items[~is_target] = self._encode_history(_select(batch.content_tokens, rest), _select(batch.content_token_mask, rest))
+        history_items[~is_target] = self._encode_history(batch.content_tokens, batch.content_token_mask, rest)
         return history_items
 
     def _read_bank(
@@ -308,9 +329,7 @@ class ContentTower(nn.Module):
         self.last_refresh_count = int(stale.sum())
         if self.last_refresh_count:
             refresh = history_index[stale]
-            fresh = self._encode_history(
-                _select(batch.content_tokens, refresh), _select(batch.content_token_mask, refresh)
-            )
+            fresh = self._encode_history(batch.content_tokens, batch.content_token_mask, refresh)
             self._bank[history_ids[stale]] = fresh.to(self._bank.dtype)
             self._bank_step[history_ids[stale]] = step
         self._step += 1
@@ -319,15 +338,13 @@ class ContentTower(nn.Module):
     def _forward_per_position(self, batch: Batch, targets: DistinctTargets) -> ContentOutput:
         """The reference: every target row and every history position encoded on its own."""
         tokens, token_mask = batch.content_tokens, batch.content_token_mask
-        target = self.encode_items(
-            _select(tokens, batch.target_content_index), _select(token_mask, batch.target_content_index)
-        )  # (B, D)
+        target = self.encode_items(tokens, token_mask, batch.target_content_index)  # (B, D)
         history = None
         if self._mode != "none":
             B, L = batch.history_mask.shape
             flat = batch.history_content_index.reshape(-1)  # (B*L,)
             encode = self.encode_items if self._mode == "full" else self._encode_history
-            history = encode(_select(tokens, flat), _select(token_mask, flat)).view(B, L, -1)  # (B, L, D)
+            history = encode(tokens, token_mask, flat).view(B, L, -1)  # (B, L, D)
             history = torch.where(batch.history_mask[..., None], history, torch.zeros_like(history))
         return ContentOutput(target=target, history=history, item_content=target[targets.first_row])
 

@@ -33,6 +33,17 @@ class QFormerOutput:
     pooled: torch.Tensor
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout, as ``F.dropout``: each element kept with probability ``1 - p`` and scaled
+    by ``1 / (1 - p)``. On CPU the mask is drawn as ``uniform >= p``, about 3x faster than
+    ``F.dropout``'s Bernoulli sampling (the same distribution, other random draws); elsewhere it
+    is ``F.dropout``."""
+    if not training or p == 0.0 or x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, training)
+    keep = torch.rand_like(x) >= p
+    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention from ``x`` to ``context`` with a key-padding mask.
 
@@ -228,19 +239,53 @@ class FusionQFormer(nn.Module):
     def modalities(self) -> list[str]:
         return list(self._modalities)
 
-    def forward(self, tokens: dict[str, torch.Tensor], token_mask: dict[str, torch.Tensor]) -> QFormerOutput:
-        """
-        Args:
-            tokens (dict[str, torch.Tensor]): modality -> ``(U, T_m, W_m)`` token features (any
-                float dtype; cast to the parameters' dtype).
-            token_mask (dict[str, torch.Tensor]): modality -> ``(U, T_m)`` bool, True = real token.
+    def embed_tokens(
+        self, tokens: dict[str, torch.Tensor], token_mask: dict[str, torch.Tensor], index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention input: projected, modality-tagged (dropped-out) tokens and their mask.
+
+        Only the real tokens are read, cast and projected (packed as rows); padded positions of the
+        output hold zeros. Attention masks them out, so their value never reaches an output or a
+        gradient, and garbage (NaN/inf) in padded inputs is never read. Same result as
+        :meth:`embed_tokens_dense` (the reference) except at padded positions, and half the work
+        when half the tokens are padding.
+
+        Args: as :meth:`forward`.
 
         Returns:
-            QFormerOutput: ``query_embeddings (U, Q, d)``, ``pooled (U, out_dim)``.
+            ``x_tokens (U, T, d)`` (T = all modalities' tokens) and ``token_mask (U, T)`` bool.
         """
         dtype = self.queries.dtype
-        # Padded tokens are masked out of attention below; clearing them first also keeps garbage
-        # (NaN/inf padding) out of the projections' gradients.
+        masks = [token_mask[m] if index is None else token_mask[m][index] for m in self._modalities]  # (U, T_m)
+        token_mask_all = torch.cat(masks, dim=1)  # (U, T)
+        U, T = token_mask_all.shape
+        device = token_mask_all.device
+        rows = torch.arange(U, device=device)[:, None]  # (U, 1)
+        source_rows = rows if index is None else index[:, None]  # (U, 1)
+        values, positions = [], []
+        offset = 0
+        for i, (m, mask) in enumerate(zip(self._modalities, masks)):
+            x = tokens[m]  # (N, T_m, W_m)
+            T_m = x.shape[1]
+            slots = torch.arange(T_m, device=device)  # (T_m,)
+            real = x.reshape(-1, x.shape[-1])[(source_rows * T_m + slots)[mask]]  # (R_m, W_m): real tokens only
+            values.append(self.token_proj[m](real.to(dtype)) + self.modality_embedding[i])  # (R_m, d)
+            positions.append((rows * T + offset + slots)[mask])  # (R_m,) flat positions in (U, T)
+            offset += T_m
+        packed = dropout(torch.cat(values), self._dropout.p, self.training)  # (R, d)
+        d = packed.shape[-1]
+        x_tokens = packed.new_zeros(U * T, d).index_copy(0, torch.cat(positions), packed)
+        return x_tokens.view(U, T, d), token_mask_all  # (U, T, d), (U, T)
+
+    def embed_tokens_dense(
+        self, tokens: dict[str, torch.Tensor], token_mask: dict[str, torch.Tensor], index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference of :meth:`embed_tokens`: every token position cast and projected, padded
+        tokens zeroed first (so garbage in them stays out of the projections' gradients)."""
+        if index is not None:
+            tokens = {m: tokens[m][index] for m in self._modalities}
+            token_mask = {m: token_mask[m][index] for m in self._modalities}
+        dtype = self.queries.dtype
         projected = [
             self.token_proj[m](tokens[m].to(dtype).masked_fill(~token_mask[m][..., None], 0.0))
             + self.modality_embedding[i]  # (U, T_m, d)
@@ -248,6 +293,30 @@ class FusionQFormer(nn.Module):
         ]
         x_tokens = self._dropout(torch.cat(projected, dim=1))  # (U, T, d)
         token_mask_all = torch.cat([token_mask[m] for m in self._modalities], dim=1)  # (U, T)
+        return x_tokens, token_mask_all
+
+    def forward(
+        self,
+        tokens: dict[str, torch.Tensor],
+        token_mask: dict[str, torch.Tensor],
+        index: torch.Tensor | None = None,
+    ) -> QFormerOutput:
+        """
+        Args:
+            tokens (dict[str, torch.Tensor]): modality -> ``(N, T_m, W_m)`` token features (any
+                float dtype; cast to the parameters' dtype).
+            token_mask (dict[str, torch.Tensor]): modality -> ``(N, T_m)`` bool, True = real token.
+            index (torch.Tensor | None): ``(U,)`` int64 rows of ``tokens`` to encode (repeats
+                allowed); None = all ``N`` rows. Passing the rows saves gathering copies of their
+                tokens first.
+
+        Returns:
+            QFormerOutput: ``query_embeddings (U, Q, d)``, ``pooled (U, out_dim)``.
+        """
+        if torch.compiler.is_compiling():  # the packed path has data-dependent shapes
+            x_tokens, token_mask_all = self.embed_tokens_dense(tokens, token_mask, index)
+        else:
+            x_tokens, token_mask_all = self.embed_tokens(tokens, token_mask, index)
         U, Q = x_tokens.shape[0], self._num_queries
         queries = self.queries.expand(U, -1, -1)  # (U, Q, d)
 

@@ -88,3 +88,56 @@ def test_compiles_without_graph_breaks():
     tokens, mask = _inputs()
     compiled = torch.compile(qformer, backend="eager", fullgraph=True, dynamic=False)
     torch.testing.assert_close(compiled(tokens, mask).pooled, qformer(tokens, mask).pooled)
+
+
+@pytest.mark.parametrize("attention", ["self", "cross"])
+def test_packed_token_embedding_matches_the_dense_reference(attention):
+    # The fast path reads only real tokens; the dense path (kept as the reference, and what
+    # torch.compile uses) projects every position. float64 and eval: outputs and grads must agree.
+    qformer = _qformer(attention).double()
+    tokens, mask = _inputs(U=6)
+    mask["meta"][4] = False  # a missing modality
+    index = torch.tensor([5, 0, 2, 2, 4])  # rows to encode, with a repeat
+
+    def run(dense: bool):
+        qformer.zero_grad(set_to_none=True)
+        if dense:
+            qformer.embed_tokens = qformer.embed_tokens_dense  # instance override
+        try:
+            out = qformer(tokens, mask, index)
+        finally:
+            qformer.__dict__.pop("embed_tokens", None)
+        out.pooled.pow(2).sum().backward()
+        return out.pooled.detach(), {n: p.grad.clone() for n, p in qformer.named_parameters() if p.grad is not None}
+
+    (fast, fast_grads), (slow, slow_grads) = run(dense=False), run(dense=True)
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
+    assert fast_grads.keys() == slow_grads.keys()
+    for name in fast_grads:
+        torch.testing.assert_close(fast_grads[name], slow_grads[name], rtol=1e-10, atol=1e-12, msg=name)
+    x_fast, mask_fast = qformer.embed_tokens(tokens, mask, index)
+    x_slow, mask_slow = qformer.embed_tokens_dense(tokens, mask, index)
+    assert torch.equal(mask_fast, mask_slow)
+    torch.testing.assert_close(x_fast[mask_fast], x_slow[mask_slow], rtol=0, atol=1e-12)
+    assert (x_fast[~mask_fast] == 0).all()
+
+
+def test_packed_token_embedding_never_reads_padded_tokens():
+    qformer = _qformer("self").train()
+    tokens, mask = _inputs()
+    tokens["title"][:, 3:] = float("nan")  # padding of every item
+    out = qformer(tokens, mask)
+    out.pooled.sum().backward()
+    assert torch.isfinite(out.pooled).all()
+    assert all(torch.isfinite(p.grad).all() for p in qformer.parameters() if p.grad is not None)
+
+
+def test_cpu_dropout_keeps_the_rate_and_the_scale():
+    from em3rec.modules.fusion_qformer import dropout
+
+    x = torch.ones(200_000)
+    y = dropout(x, 0.3, training=True)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.01
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    assert torch.equal(dropout(x, 0.3, training=False), x)

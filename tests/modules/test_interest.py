@@ -38,3 +38,26 @@ def test_softmax_weights_sum_to_one_over_real_positions():
     keys = torch.ones(1, 5, 4)
     mask = torch.tensor([[1, 1, 0, 1, 0]], dtype=torch.bool)
     torch.testing.assert_close(attention(keys, torch.randn(1, 4), mask), torch.ones(1, 4))
+
+
+@pytest.mark.parametrize("hidden", [[16, 8], [8], []])
+def test_expanded_first_layer_matches_the_reference(hidden):
+    attention = TargetAttention(6, hidden).double()
+    keys = torch.randn(3, 5, 6, dtype=torch.float64, requires_grad=True)
+    query = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 5, dtype=torch.float64)
+
+    def run(fn):
+        attention.zero_grad(set_to_none=True)
+        keys.grad = query.grad = None
+        out = fn(keys, query)
+        (out * g).sum().backward()
+        grads = {n: p.grad.clone() for n, p in attention.named_parameters()}
+        return out.detach(), grads, keys.grad.clone(), query.grad.clone()
+
+    fast, slow = run(attention.scores), run(attention.scores_reference)
+    torch.testing.assert_close(fast[0], slow[0], rtol=1e-12, atol=1e-12)
+    for name in slow[1]:
+        torch.testing.assert_close(fast[1][name], slow[1][name], rtol=1e-10, atol=1e-12, msg=name)
+    torch.testing.assert_close(fast[2], slow[2], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast[3], slow[3], rtol=1e-10, atol=1e-12)
