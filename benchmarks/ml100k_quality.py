@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -44,22 +45,26 @@ def run_one(config: str, seed: int, nproc: int, overrides: list[str], run_dir: s
     return result
 
 
-def table(results: dict[str, list[dict]], seeds: list[int]) -> str:
-    lines = ["| backbone | variant | " + " | ".join(f"test {m}" for m in METRICS) + " | best epochs | s/run |",
-             "|---|---|" + "---|" * (len(METRICS) + 2)]
+def _cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def table(results: dict[str, list[dict]]) -> str:
+    """One row per backbone x variant: mean ± std over the seeds that finished (n says how many)."""
+    lines = ["| backbone | variant | n | valid auc | " + " | ".join(f"test {m}" for m in METRICS) + " | best epochs | s/run |",
+             "|---|---|---|---|" + "---|" * (len(METRICS) + 2)]
     for backbone in BACKBONES:
         for variant, label in VARIANTS.items():
             runs = results.get(f"{backbone}_{variant}", [])
             if not runs:
                 continue
-            cells = []
-            for m in METRICS:
-                values = [r["test"][m] for r in runs]
-                std = statistics.stdev(values) if len(values) > 1 else 0.0
-                cells.append(f"{statistics.mean(values):.4f} ± {std:.4f}")
+            cells = [_cell([r["test"][m] for r in runs]) for m in METRICS]
+            valid = _cell([r["valid"]["auc"] for r in runs])
             epochs = ",".join(str(r["best_epoch"]) for r in runs)
             secs = statistics.mean(r["wall_seconds"] for r in runs)
-            lines.append(f"| {backbone} | {label} | " + " | ".join(cells) + f" | {epochs} | {secs:.0f} |")
+            lines.append(f"| {backbone} | {label} | {len(runs)} | {valid} | " + " | ".join(cells) + f" | {epochs} | {secs:.0f} |")
     return "\n".join(lines)
 
 
@@ -72,8 +77,13 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--run-dir", default="runs/quality")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/ml100k_ctr_v1.md"))
+    parser.add_argument("--table-only", metavar="RUNS_COMMAND", default="",
+                        help="rewrite the table from the JSON of earlier runs made by RUNS_COMMAND")
     args = parser.parse_args()
     results: dict[str, list[dict]] = {}
+    if args.table_only:
+        write(args, json.loads(Path(args.out).with_suffix(".json").read_text()))
+        return
     for seed in args.seeds:  # seeds outermost: a partial run still covers every variant
         for backbone in args.backbones:
             for variant in args.variants:
@@ -86,14 +96,15 @@ def main() -> None:
 
 
 def write(args: argparse.Namespace, results: dict[str, list[dict]]) -> None:
-    command = "python benchmarks/ml100k_quality.py " + " ".join(sys.argv[1:])
+    command = args.table_only or "python benchmarks/ml100k_quality.py " + " ".join(sys.argv[1:])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
-        "# ml100k-ctr-v1: test metrics at the best-valid epoch (mean ± std over seeds)\n\n"
-        f"Command: `{command}`  \nMachine: {platform.machine()}, {platform.processor() or 'cpu'}, "
-        f"Python {platform.python_version()}; {args.nproc} process(es) per run; seeds {args.seeds}.\n\n"
-        + table(results, args.seeds) + "\n"
+        "# ml100k-ctr-v1: test metrics at the best-valid epoch (mean ± std over n seeds)\n\n"
+        f"Command: `{command}`  \nMachine: {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}; {args.nproc} process(es) per run. s/run is wall time on a "
+        "machine shared with other jobs (not a benchmark: see throughput_*.md).\n\n"
+        + table(results) + "\n"
     )
     out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str))
 
