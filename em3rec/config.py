@@ -31,6 +31,9 @@ class DataConfig:
     max_history: int = 50  # history positions fed to the model (<= the dataset's)
     modalities: list[str] = field(default_factory=lambda: ["title", "meta"])
     pooled_content: bool = False  # one pooled vector per modality instead of its tokens
+    # Splits up to this many rows are value-checked (labels, ids, nulls) when opened; larger ones
+    # batch by batch as they are read, so a bad row stops the job when its rank reaches it.
+    scan_rows: int = 1_000_000
 
 
 @dataclass
@@ -114,7 +117,14 @@ class TrainConfig:
     run_dir: str = "runs"
     run_name: str = ""  # default: the config file's stem
     max_steps_per_epoch: int = 0  # 0 = the whole split (for quick checks)
+    # A NaN/inf loss: "stop" raises NonFiniteLossError naming the step and the batch's ids; "skip"
+    # drops the batch before backward and the optimiser step (counted in metrics.json; needs the
+    # non-pipelined step, so it turns sharding.pipeline off).
     nan_policy: str = "stop"  # stop | skip
+    nan_skip_limit: int = 20  # "skip": stop after this many skipped batches in a row (0 = no limit)
+    # Seconds a collective (all-reduce, all-to-all, barrier) may wait before the job fails. Under
+    # torchrun a rank that exits stops the others at once; this bounds a hang without an agent.
+    collective_timeout_s: int = 300
 
 
 @dataclass
@@ -261,3 +271,12 @@ def validate_config(config: Config) -> None:
         raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1")
     if config.model.qformer.dim % config.model.qformer.num_heads:
         raise ConfigError("model.qformer.dim must be divisible by model.qformer.num_heads")
+    train = config.train
+    for key, value, low in (
+        ("train.epochs", train.epochs, 1), ("train.log_every", train.log_every, 1),
+        ("train.checkpoint_every", train.checkpoint_every, 0), ("train.keep_checkpoints", train.keep_checkpoints, 1),
+        ("train.max_steps_per_epoch", train.max_steps_per_epoch, 0), ("train.nan_skip_limit", train.nan_skip_limit, 0),
+        ("train.collective_timeout_s", train.collective_timeout_s, 1), ("data.scan_rows", config.data.scan_rows, 0),
+    ):
+        if value < low:
+            raise ConfigError(f"{key} = {value}; expected >= {low}")

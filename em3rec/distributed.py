@@ -27,7 +27,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim import RowWiseAdagrad
 
-from em3rec.config import OptimConfig, ShardingConfig
+from em3rec.config import ConfigError, OptimConfig, ShardingConfig
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,9 @@ class DistEnv:
 def init_distributed(device: str = "auto", timeout_s: int = 300) -> DistEnv:
     """Initialise the default process group from torchrun/torchx env vars (or a 1-rank group).
 
-    ``device="auto"`` picks CUDA with nccl when a GPU is visible, else CPU with gloo.
+    ``device="auto"`` picks CUDA with nccl when a GPU is visible, else CPU with gloo. ``timeout_s``
+    bounds every collective (``train.collective_timeout_s``): a rank left waiting for a peer that
+    died fails after that long even without torchrun's agent to stop it.
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -68,34 +70,53 @@ def init_distributed(device: str = "auto", timeout_s: int = 300) -> DistEnv:
     else:
         torch_device = torch.device("cpu")
     if not dist.is_initialized():
-        if "MASTER_ADDR" not in os.environ:  # plain `python -m`: a one-process group
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        dist.init_process_group(
-            backend=backend,
-            rank=rank,
-            world_size=world_size,
-            timeout=datetime.timedelta(seconds=timeout_s),
-        )
+        timeout = datetime.timedelta(seconds=timeout_s)
+        if "MASTER_ADDR" not in os.environ and world_size == 1:
+            # Plain `python -m`: a one-process group needs no network store. (Picking a free TCP
+            # port and binding it again later raced with other processes: EADDRINUSE at start-up.)
+            store = dist.HashStore()
+        else:
+            store = _restart_safe_store(world_size, timeout)
+        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     return DistEnv(rank, world_size, local_rank, torch_device, backend)
 
 
-def _free_port() -> int:
-    import socket
+def _restart_safe_store(world_size: int, timeout: datetime.timedelta) -> dist.Store | None:
+    """The store the process group rendezvouses through; None: the default (``env://``).
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    torchrun shares its rendezvous TCPStore with the workers (``TORCHELASTIC_USE_AGENT_STORE``)
+    and, in this torch, keeps it across restarts of the worker group, so a restarted group reads
+    the previous attempt's keys: gloo connects to the dead workers' addresses and the restart fails
+    (pytorch/pytorch#135712; ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` on the agent avoids it). On
+    one node every worker restarts together, so a prefix per restart keeps the attempts apart.
+    Across nodes the restart counts are per agent and may disagree: there we only warn.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    restarts_allowed = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
+    if int(os.environ.get("GROUP_WORLD_SIZE", "1")) > 1:
+        if restarts_allowed and int(os.environ.get("RANK", "0")) == 0:
+            log.warning("torchrun --max-restarts over several nodes with the shared rendezvous store: a restarted "
+                        "group may read the failed attempt's addresses; set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
+                        "for torchrun (the em3rec torchx component does)")
+        return None
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"em3rec/attempt_{attempt}", store)
 
 
 def allowed_sharding_types(config: ShardingConfig, device: torch.device) -> list[str]:
-    """The sharding types the planner may use: the config's, checked against the device."""
+    """The sharding types the planner may use: the config's, checked against the device.
+
+    Raises ``ConfigError`` for a type the device cannot run (e.g. ``row_wise`` on CPU).
+    """
     supported = CUDA_SHARDING_TYPES if device.type == "cuda" else CPU_SHARDING_TYPES
     if not config.types:
         return list(supported)
     unsupported = [t for t in config.types if t not in supported]
     if unsupported:
-        raise ValueError(
+        raise ConfigError(
             f"sharding.types {unsupported} cannot run on {device.type}; "
             f"{device.type} supports {list(supported)}"
         )

@@ -6,6 +6,12 @@ covers every variant; the config says which backbone, content mode and history m
 Per epoch: train (TorchRec's ``TrainPipelineSparseDist`` overlaps the sparse input all-to-all with
 compute), evaluate on valid, checkpoint. The epoch with the best valid AUC is reloaded at the end and
 evaluated once on test.
+
+Failure handling: every split and the item arrays are validated when the recipe is built (a bad test
+split fails the job in its first seconds, not after training); a NaN/inf loss stops the run naming
+the step and the batch's ids, or with ``train.nan_policy = "skip"`` drops the batch before backward
+and counts it; a restarted job (``--resume`` or a torchrun restart) cleans up an interrupted save,
+then loads the newest checkpoint that verifies, falling back to older ones.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import math
 import os
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,13 +35,15 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
-from em3rec.checkpoint import CheckpointManager, load_checkpoint
+from em3rec.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 from em3rec.config import Config, load_config
 from em3rec.data.batch import Batch
 from em3rec.data.item_store import ItemStore
 from em3rec.data.loader import ImpressionLoader
-from em3rec.data.schema import DatasetMeta
-from em3rec.distributed import DistEnv, build_optimizer, describe_plan, init_distributed, shard_model
+from em3rec.data.schema import SPLITS, DatasetMeta
+from em3rec.distributed import (
+    DistEnv, allowed_sharding_types, build_optimizer, describe_plan, init_distributed, shard_model,
+)
 from em3rec.evaluation import cold_item_mask, evaluate
 from em3rec.modules.model import EM3Train, build_model
 from em3rec.run_log import MetricWriter, memory_mb, setup_logging
@@ -43,7 +52,49 @@ log = logging.getLogger("em3rec.train")
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; the message names the step and the batch's ids."""
+    """The loss became NaN or inf; the message names the step and the batch's ids (training) or
+    the split (evaluation, where NaN scores would make AUC meaningless)."""
+
+
+@dataclass(frozen=True)
+class BatchIds:
+    """The ids of one training batch, kept to name it if its loss is not finite."""
+
+    user_ids: torch.Tensor  # (B,)
+    item_ids: torch.Tensor  # (B,) target items
+    content_item_ids: torch.Tensor  # (U,) distinct target and history items
+
+    @staticmethod
+    def of(batch: Batch) -> "BatchIds":
+        return BatchIds(batch.user_ids, batch.item_ids, batch.content_item_ids)
+
+    def describe(self) -> str:
+        return (f"user_ids={self.user_ids.tolist()} item_ids={self.item_ids.tolist()} "
+                f"target+history item ids={self.content_item_ids.tolist()}")
+
+
+class TrackedBatches:
+    """An iterator over batches that remembers the ids of those handed out but not yet trained.
+
+    ``TrainPipelineSparseDist`` reads up to two batches ahead and trains them in order, so the
+    batch whose loss ``progress()`` returns is the oldest one handed out (:meth:`trained`).
+    """
+
+    def __init__(self, batches: Iterator[Batch]) -> None:
+        self._batches = batches
+        self._pending: deque[BatchIds] = deque()
+
+    def __iter__(self) -> "TrackedBatches":
+        return self
+
+    def __next__(self) -> Batch:
+        batch = next(self._batches)
+        self._pending.append(BatchIds.of(batch))
+        return batch
+
+    def trained(self) -> BatchIds:
+        """The ids of the batch just trained (the oldest pending one)."""
+        return self._pending.popleft()
 
 
 @dataclass
@@ -56,7 +107,7 @@ class Progress:
     best_valid_auc: float = -1.0
     best_epoch: int = -1
     valid: list[dict[str, Any]] = field(default_factory=list)
-    skipped_batches: int = 0
+    skipped_batches: int = 0  # batches dropped for a non-finite loss (train.nan_policy = "skip")
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Progress":
@@ -80,7 +131,14 @@ class Recipe:
         self.config = config
         self.env = env
         self.run_dir = Path(config.train.run_dir) / config.train.run_name
+        # Fail fast, before building anything: sharding types the device cannot run, then every
+        # split and the item arrays against meta.json (a bad test split would otherwise surface
+        # only after training).
+        allowed_sharding_types(config.sharding, env.device)
         self.meta = DatasetMeta.load(config.data.path)
+        content = config.model.content != "none"
+        self._item_store = ItemStore(config.data.path, config.data.modalities, self.meta) if content else None
+        self._loaders = {split: self._open_loader(split) for split in SPLITS}
         self.cold_items = cold_item_mask(config.data.path, self.meta)
         torch.manual_seed(config.train.seed)  # identical dense init on every rank
         model = EM3Train(build_model(config.model, self.meta, config.data,
@@ -92,27 +150,36 @@ class Recipe:
         self.progress = Progress()
         self.writer = MetricWriter(self.run_dir, enabled=env.is_main)
         self.pipeline = self._make_pipeline()
-        content = config.model.content != "none"
-        self._item_store = ItemStore(config.data.path, config.data.modalities, self.meta) if content else None
         self._pipeline_attached = True
+        self._skipped_in_a_row = 0
         if env.is_main:
             log.info(describe_plan(self.model.plan))
 
     def _make_pipeline(self) -> TrainPipelineSparseDist | None:
         if not self.config.sharding.pipeline:
             return None
+        if self.config.train.nan_policy == "skip":
+            if self.env.is_main:
+                log.info("train.nan_policy = 'skip': training without TrainPipelineSparseDist (it runs backward and "
+                         "the optimiser step inside progress(), before the loss can be checked); each loss is "
+                         "checked before backward")
+            return None
         return TrainPipelineSparseDist(self.model, self.optimizer, self.env.device, execute_all_batches=True)
 
-    def loader(self, split: str, epoch: int = 0) -> ImpressionLoader:
-        """This rank's loader for ``split``; ID-only models read no content tensors."""
+    def _open_loader(self, split: str) -> ImpressionLoader:
+        """Open (and validate) this rank's loader for ``split``; ID-only models read no content tensors."""
         data = self.config.data
         if self.config.model.content == "none":
             data = dataclasses.replace(data, modalities=[])
-        loader = ImpressionLoader.from_config(
+        return ImpressionLoader.from_config(
             data, split, rank=self.env.rank, world_size=self.env.world_size, seed=self.config.train.seed,
             max_batches=(self.config.train.max_steps_per_epoch or None) if split == "train" else None,
-            item_store=self._item_store,
+            item_store=self._item_store, scan_rows=data.scan_rows,
         )
+
+    def loader(self, split: str, epoch: int = 0) -> ImpressionLoader:
+        """This rank's loader for ``split`` (opened and validated once, at start-up), at ``epoch``."""
+        loader = self._loaders[split]
         loader.set_epoch(epoch)
         return loader
 
@@ -123,12 +190,39 @@ class Recipe:
         log.info("resumed from %s at epoch %d, batch %d, step %d", path, self.progress.epoch,
                  self.progress.batches_done, self.progress.step)
 
+    def resume_latest(self) -> Path | None:
+        """Resume from the newest checkpoint that verifies and loads, falling back to older ones.
+
+        Collective. Returns None (a fresh start) only if there is no checkpoint at all; if there
+        are checkpoints but every one is refused, raises rather than silently start over.
+        """
+        candidates = self.checkpoints.candidates()
+        for i, path in enumerate(candidates):
+            try:
+                self.resume(path)
+            except CheckpointError as e:
+                after = (f"falling back to {candidates[i + 1].name}" if i + 1 < len(candidates)
+                         else "no older checkpoint")
+                log.warning("checkpoint refused: %s; %s", e, after)
+                continue
+            if i and self.env.is_main:
+                log.warning("resumed from %s, an older checkpoint: the newer one(s) %s were refused", path.name,
+                            [p.name for p in candidates[:i]])
+            return path
+        if candidates:
+            raise CheckpointError(
+                f"{self.checkpoints.folder}: every checkpoint was refused ({[p.name for p in candidates]}; reasons "
+                "above); not starting from scratch over them: move them away to start a fresh run"
+            )
+        return None
+
     def fit(self) -> None:
         cfg = self.config.train
         while self.progress.epoch < cfg.epochs:
             epoch = self.progress.epoch
             self._train_epoch(epoch)
             valid = evaluate(self._eval_model(), self.loader("valid"), self.env.device, self.cold_items)
+            _check_predictions(valid, "valid", epoch)
             valid["epoch"] = epoch
             self.progress.valid.append(valid)
             improved = valid["auc"] > self.progress.best_valid_auc
@@ -138,7 +232,9 @@ class Recipe:
             self._save(best=improved)
             self.writer.scalars("valid", valid, self.progress.step)
             if self.env.is_main:
-                log.info("epoch %d valid %s%s", epoch, _fmt(valid), "  (best so far)" if improved else "")
+                skipped = f"  ({self.progress.skipped_batches} batches skipped so far: non-finite loss)" \
+                    if self.progress.skipped_batches else ""
+                log.info("epoch %d valid %s%s%s", epoch, _fmt(valid), "  (best so far)" if improved else "", skipped)
 
     def _eval_model(self) -> torch.nn.Module:
         """The model with its original forwards (the train pipeline rewrites the sharded ones)."""
@@ -152,9 +248,10 @@ class Recipe:
         cfg = self.config.train
         loader = self.loader("train", epoch)
         total = loader.num_batches
-        batches: Iterator[Batch] = iter(loader)
+        data: Iterator[Batch] = iter(loader)
         for _ in range(self.progress.batches_done):  # resume mid-epoch at the same data position
-            next(batches)
+            next(data)
+        batches = TrackedBatches(data)
         self.model.train()
         if self.pipeline is not None:
             if not self._pipeline_attached:
@@ -167,16 +264,19 @@ class Recipe:
         window_start = time.perf_counter()
         while True:
             try:
-                loss, aux = self._step(batches)
+                result = self._step(batches)
             except StopIteration:
                 break
             self.progress.batches_done += 1
+            bar.update(1)
+            if result is None:  # skipped: a non-finite loss under train.nan_policy = "skip"
+                continue
+            loss, aux = result
             self.progress.step += 1
             window["loss"] += loss
             window["bce"] += aux.get("bce", loss)
             window["cic"] += aux.get("cic", 0.0)
             window["n"] += 1
-            bar.update(1)
             if self.progress.step % cfg.log_every == 0:
                 elapsed = time.perf_counter() - window_start
                 self._log_window(epoch, window, elapsed)
@@ -186,22 +286,63 @@ class Recipe:
                 self._save(best=False)
         bar.close()
 
-    def _step(self, batches: Iterator[Batch]) -> tuple[float, dict[str, float]]:
+    def _step(self, batches: Iterator[Batch]) -> tuple[float, dict[str, float]] | None:
+        """Train one batch; None if it was skipped for a non-finite loss (``nan_policy = "skip"``).
+
+        The pipelined step needs ``batches`` to be :class:`TrackedBatches` (to name the batch).
+        """
         if self.pipeline is not None:
+            assert isinstance(batches, TrackedBatches), "the pipelined step needs TrackedBatches"
             loss, _, _, aux = self.pipeline.progress(batches)  # it returns the model's second output
+            self._check_loss(float(loss), batches.trained())  # "stop" only: the step is already taken
         else:
-            batch = next(batches).to(self.env.device)
-            loss, (_, _, _, aux) = self.model(batch)
+            batch = next(batches)
+            ids = batches.trained() if isinstance(batches, TrackedBatches) else BatchIds.of(batch)
+            loss, (_, _, _, aux) = self.model(batch.to(self.env.device))
+            if not self._check_loss(float(loss.detach()), ids):
+                return None
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise NonFiniteLossError(
-                f"non-finite loss {value} at step {self.progress.step + 1} "
-                f"(epoch {self.progress.epoch}, batch {self.progress.batches_done + 1})"
-            )
-        return value, {k: float(v) for k, v in aux.items()}
+        return float(loss.detach()), {k: float(v) for k, v in aux.items()}
+
+    def _nonfinite_ranks(self, value: float) -> list[int]:
+        """The ranks whose loss this step is NaN or inf; every rank gets the same list."""
+        flags = torch.zeros(self.env.world_size, device=self.env.device)
+        flags[self.env.rank] = 0.0 if math.isfinite(value) else 1.0
+        if self.env.world_size > 1:
+            dist.all_reduce(flags)  # one float per rank: all ranks stop or skip together
+        return [r for r, bad in enumerate(flags.tolist()) if bad]
+
+    def _check_loss(self, value: float, ids: BatchIds) -> bool:
+        """True if every rank's loss is finite. Otherwise raise :class:`NonFiniteLossError` on every
+        rank (``stop``), or count the batch and return False (``skip``)."""
+        bad = self._nonfinite_ranks(value)
+        if not bad:
+            self._skipped_in_a_row = 0
+            return True
+        cfg = self.config.train
+        where = (f"step {self.progress.step + 1} (epoch {self.progress.epoch}, batch {self.progress.batches_done + 1}) "
+                 f"on rank(s) {bad}")
+        if self.env.rank in bad:
+            batch = f"loss {value} on rank {self.env.rank}, batch {ids.describe()}"
+        else:
+            batch = f"this rank's loss was finite ({value:.6g}); the batch ids are in rank {bad[0]}'s log"
+        if cfg.nan_policy == "skip":
+            self.progress.skipped_batches += 1
+            self._skipped_in_a_row += 1
+            if self.env.rank in bad or self.env.is_main:
+                log.warning("non-finite loss at %s: batch skipped (train.nan_policy = 'skip'; %d skipped so far); %s",
+                            where, self.progress.skipped_batches, batch)
+            if cfg.nan_skip_limit and self._skipped_in_a_row >= cfg.nan_skip_limit:
+                raise NonFiniteLossError(
+                    f"{self._skipped_in_a_row} batches in a row had a non-finite loss (train.nan_skip_limit = "
+                    f"{cfg.nan_skip_limit}); the model has probably diverged. Last at {where}: {batch}"
+                )
+            return False
+        message = f"non-finite loss at {where}: {batch}"
+        log.error("%s", message)
+        raise NonFiniteLossError(message)
 
     def _log_window(self, epoch: int, window: dict[str, float], elapsed: float) -> None:
         n = max(window["n"], 1)
@@ -213,7 +354,8 @@ class Recipe:
         if self.env.is_main:
             tqdm.write(
                 f"step {self.progress.step} epoch {epoch} loss={parts['loss']:.4f} bce={parts['bce']:.4f} "
-                f"cic={parts['cic']:.4f} samples/s={parts['samples_per_s']:.0f} mem={parts['memory_mb']:.0f}MB",
+                f"cic={parts['cic']:.4f} samples/s={parts['samples_per_s']:.0f} mem={parts['memory_mb']:.0f}MB"
+                + (f" skipped={self.progress.skipped_batches}" if self.progress.skipped_batches else ""),
                 file=sys.stderr,
             )
 
@@ -231,8 +373,18 @@ class Recipe:
         model = self._eval_model()
         load_checkpoint(best, model, optimizer=None, restore_rng=False)
         test = evaluate(model, self.loader("test"), self.env.device, self.cold_items)
+        _check_predictions(test, "test", self.progress.best_epoch)
         test["epoch"] = self.progress.best_epoch
         return test
+
+
+def _check_predictions(metrics: dict[str, Any], split: str, epoch: int) -> None:
+    """A non-finite logloss means some score is NaN/inf: refuse to report AUCs computed over it."""
+    if not math.isfinite(metrics["logloss"]):
+        raise NonFiniteLossError(
+            f"non-finite predictions on {split} after epoch {epoch} (logloss {metrics['logloss']}): an item's "
+            f"content tokens or a weight is NaN/inf; the metrics would be meaningless"
+        )
 
 
 def _fmt(metrics: dict[str, Any]) -> str:
@@ -248,6 +400,7 @@ def write_results(recipe: Recipe, test: dict[str, Any], seconds: float) -> Path:
         "valid_by_epoch": recipe.progress.valid,
         "test": test,
         "best_epoch": recipe.progress.best_epoch,
+        "skipped_batches": recipe.progress.skipped_batches,
         "world_size": recipe.env.world_size,
         "train_seconds": seconds,
         "config": recipe.config.to_dict(),
@@ -259,6 +412,9 @@ def write_results(recipe: Recipe, test: dict[str, Any], seconds: float) -> Path:
     for v in recipe.progress.valid:
         lines.append(f"  epoch {v['epoch']}: valid {_fmt(v)}")
     lines.append(f"  best epoch {recipe.progress.best_epoch} (valid auc {recipe.progress.best_valid_auc:.4f})")
+    if recipe.progress.skipped_batches or recipe.config.train.nan_policy == "skip":
+        lines.append(f"  skipped batches (non-finite loss, train.nan_policy = "
+                     f"{recipe.config.train.nan_policy!r}): {recipe.progress.skipped_batches}")
     lines.append(f"  test {_fmt(test)} rows={test['rows']} cold_rows={test.get('cold_rows', 0)}")
     (recipe.run_dir / "summary.txt").write_text("\n".join(lines) + "\n")
     return path
@@ -268,16 +424,18 @@ def write_results(recipe: Recipe, test: dict[str, Any], seconds: float) -> Path:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     config = load_config(args.config, args.set)
-    env = init_distributed(config.train.device)
+    env = init_distributed(config.train.device, timeout_s=config.train.collective_timeout_s)
     setup_logging(env.rank)
     start = time.perf_counter()
     recipe = Recipe(config, env)
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-    if args.resume or restarted:
-        latest = recipe.checkpoints.latest_valid()
-        if latest is not None:
-            recipe.resume(latest)
-        elif env.is_main:
+    if env.is_main:
+        recipe.checkpoints.remove_partial()  # what a save interrupted by a crash left behind
+    dist.barrier()
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if args.resume or restarts:
+        if restarts and env.is_main:
+            log.warning("torchrun restart %d of the worker group: resuming from the latest checkpoint", restarts)
+        if recipe.resume_latest() is None and env.is_main:
             log.info("no checkpoint to resume from under %s; starting fresh", recipe.checkpoints.folder)
     if env.is_main:
         log.info("run %s: %s", config.train.run_name, recipe.run_dir)

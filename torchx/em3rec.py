@@ -35,6 +35,11 @@ def _ddp(
     max_retries: int,
     max_restarts: int,
 ) -> specs.AppDef:
+    if max_restarts:
+        # torchrun keeps its rendezvous store across restarts unless told not to share it with the
+        # workers; a restarted group would then read the failed attempt's addresses
+        # (pytorch/pytorch#135712).
+        env = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", **(env or {})}
     app = dist.ddp(
         *args, m=module, script=script, name=name, j=j, cpu=cpu, gpu=gpu, memMB=memMB, h=h,
         image=image, env=env, max_retries=max_retries,
