@@ -44,6 +44,7 @@ from em3rec.data.validation import (
     check_meta_counts,
     check_record_batch,
     is_list_feature,
+    read_error,
     validate_split,
 )
 
@@ -190,6 +191,18 @@ class _Piece:
     group: RowGroup
     start: int
     stop: int
+
+
+def _decoded(batches: Iterator[pa.RecordBatch], where: str) -> Iterator[pa.RecordBatch]:
+    """Record batches, with decode failures (corrupt pages) raised as errors naming the row group."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowInvalid, OSError) as e:
+            raise read_error(where, e) from e
+        yield batch
 
 
 def shard_bounds(rows: int, world_size: int, training: bool) -> list[tuple[int, int]]:
@@ -381,9 +394,9 @@ class ImpressionLoader(IterableDataset):
             check = not self._info.scanned and group.start not in self._checked
             offset = 0
             with pq.ParquetFile(group.fragment.path, metadata=group.fragment.metadata) as file:
-                for record_batch in file.iter_batches(
+                for record_batch in _decoded(file.iter_batches(
                     batch_size=self._read_rows, row_groups=[group.index], columns=self._columns
-                ):
+                ), group.where):
                     n = record_batch.num_rows
                     start, stop = max(piece.start - offset, 0), min(piece.stop - offset, n)
                     offset += n

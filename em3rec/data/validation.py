@@ -86,10 +86,19 @@ def open_split(folder: str | Path, split: str) -> tuple[ds.FileSystemDataset, li
     groups: list[RowGroup] = []
     start = 0
     for fragment in dataset.get_fragments():
-        for rg in fragment.row_groups:
+        try:
+            row_groups = fragment.row_groups  # reads this file's footer
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DatasetError(f"{fragment.path}: cannot open as Parquet ({e})") from e
+        for rg in row_groups:
             groups.append(RowGroup(fragment, rg.id, start, rg.num_rows))
             start += rg.num_rows
     return dataset, groups
+
+
+def read_error(where: str, error: Exception) -> DatasetError:
+    """A Parquet decode failure (corrupt page, truncated file) as an error naming the row group."""
+    return DatasetError(f"{where}: cannot read ({type(error).__name__}: {error})")
 
 
 def check_columns(schema: pa.Schema, features: Sequence[FeatureSpec], where: str) -> None:
@@ -239,7 +248,10 @@ def validate_split(
     if scanned:
         columns = [LABEL] + [f.column for f in features]
         for group in groups:
-            table = group.fragment.subset(row_group_ids=[group.index]).to_table(columns=columns)
+            try:
+                table = group.fragment.subset(row_group_ids=[group.index]).to_table(columns=columns)
+            except (pa.ArrowInvalid, OSError) as e:
+                raise read_error(group.where, e) from e
             check_record_batch(table, features, group.where, check_ids=not stats_cover_ids)
     return SplitInfo(dataset, groups, rows, stats_cover_ids, scanned)
 

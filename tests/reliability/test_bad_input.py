@@ -241,7 +241,7 @@ def test_world_size_that_does_not_divide_the_data(reliable_data: Path) -> None:
     assert split_table(reliable_data, "valid").num_rows == 601
 
 
-# --------------------------------------------------- loader gaps (xfail until em3rec/data handles them)
+# ------------------------------------------------------------------------- corrupt Parquet data
 
 
 def _flip_bytes_inside_the_data(file: Path) -> None:
@@ -252,10 +252,6 @@ def _flip_bytes_inside_the_data(file: Path) -> None:
     file.write_bytes(bytes(data))
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason=(
-    "loader gap: a corrupt data page (footer intact) raises pyarrow's bare OSError 'Corrupt snappy "
-    "compressed data.' naming no file, from validation.validate_split's value scan and from "
-    "ImpressionLoader._read (lazy mode); it should be a DatasetError naming the file and row group"))
 @pytest.mark.parametrize("scan_rows", [1_000_000, 0], ids=["scanned_at_open", "checked_when_read"])
 def test_corrupt_data_page_names_the_file(data: Path, scan_rows: int) -> None:
     _flip_bytes_inside_the_data(_only_file(data, "train"))
@@ -263,10 +259,6 @@ def test_corrupt_data_page_names_the_file(data: Path, scan_rows: int) -> None:
         list(ImpressionLoader(data, "train", batch_size=64, prefetch=0, scan_rows=scan_rows))
 
 
-@pytest.mark.xfail(strict=True, raises=pa.ArrowInvalid, reason=(
-    "loader gap: only the first file's footer is read inside validation.open_split's try; a corrupt "
-    "later file of the same split raises a bare pyarrow ArrowInvalid from fragment.row_groups; it "
-    "should be a DatasetError like the first file's ('cannot open as Parquet')"))
 def test_corrupt_second_file_of_a_split(data: Path) -> None:
     (data / "train" / "part-00001.parquet").write_bytes(b"PAR1")
     with pytest.raises(DatasetError, match=r"train/part-00001.parquet: cannot open as Parquet"):
