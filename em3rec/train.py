@@ -177,10 +177,11 @@ class Recipe:
             item_store=self._item_store, scan_rows=data.scan_rows,
         )
 
-    def loader(self, split: str, epoch: int = 0) -> ImpressionLoader:
-        """This rank's loader for ``split`` (opened and validated once, at start-up), at ``epoch``."""
+    def loader(self, split: str, epoch: int = 0, start_batch: int = 0) -> ImpressionLoader:
+        """This rank's loader for ``split`` (opened and validated once, at start-up), at ``epoch``,
+        skipping the first ``start_batch`` batches (resume mid-epoch)."""
         loader = self._loaders[split]
-        loader.set_epoch(epoch)
+        loader.set_epoch(epoch, start_batch)
         return loader
 
     # ---- training -------------------------------------------------------------------------
@@ -246,11 +247,10 @@ class Recipe:
 
     def _train_epoch(self, epoch: int) -> None:
         cfg = self.config.train
-        loader = self.loader("train", epoch)
+        # Resume mid-epoch at the same data position: the loader skips without building batches.
+        loader = self.loader("train", epoch, start_batch=self.progress.batches_done)
         total = loader.num_batches
         data: Iterator[Batch] = iter(loader)
-        for _ in range(self.progress.batches_done):  # resume mid-epoch at the same data position
-            next(data)
         batches = TrackedBatches(data)
         self.model.train()
         if self.pipeline is not None:
