@@ -542,7 +542,7 @@ def _max_over_ranks(value: float, env: DistEnv) -> float:
     return float(t.item())
 
 
-def profile_variants(args: argparse.Namespace) -> Path:
+def profile_variants(args: argparse.Namespace, argv: list[str] | None = None) -> Path:
     """``--profile``: torch.profiler over ``--steps`` steps of each variant (1 process, after warm-up);
     the top operators by self CPU time and each model component's forward time, as Markdown."""
     from torch.profiler import ProfilerActivity, profile, record_function
@@ -560,7 +560,8 @@ def profile_variants(args: argparse.Namespace) -> Path:
     lines = [
         f"# Profile: {args.name}, L={L}, batch {args.batch_size}, {torch.get_num_threads()} thread(s)",
         "",
-        f"Command: `python {os.path.relpath(__file__, ROOT)} {' '.join(shlex.quote(x) for x in sys.argv[1:])}`",
+        f"Command: `python {os.path.relpath(__file__, ROOT)} "
+        f"{' '.join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))}`",
         "",
         f"Machine: {machine()['nproc']} CPUs ({machine()['cpu']}), load average {machine()['load']}; "
         f"torch {torch.__version__}; commit {machine()['commit']}. {args.warmup} warm-up step(s), then "
@@ -1089,7 +1090,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     _quiet()
     if args.profile:
-        profile_variants(args)
+        profile_variants(args, argv)
         return []
     under_launcher = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     worlds = []

@@ -74,4 +74,5 @@ def test_profile_mode_writes_a_table(tiny_dataset: Path, tmp_path: Path):
         "--steps", "1", "--warmup", "1", "--out", str(tmp_path), "--name", "tiny", "--profile-rows", "5", *TINY_MODEL,
     ])
     text = (tmp_path / "throughput_profile_tiny.md").read_text()
-    assert "## em3-lora" in text and "content_tower" in text and "aten::" in text
+    assert "## em3-lora" in text and "| content_tower |" in text and "Top operators" in text
+    assert "--profile" in text  # the command line is recorded
