@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch.distributed as dist
 
-from em3rec.checkpoint import load_checkpoint
 from em3rec.config import load_config
-from em3rec.distributed import init_distributed
 from em3rec.evaluation import evaluate
-from em3rec.run_log import setup_logging
-from em3rec.train import Recipe
+from em3rec.train import load_trained
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -29,14 +25,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--checkpoint", default="", help="checkpoint folder (default: the run's best)")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set)
-    config.sharding.pipeline = False  # no training here
-    env = init_distributed(config.train.device)
-    setup_logging(env.rank)
-    recipe = Recipe(config, env)
-    path = Path(args.checkpoint) if args.checkpoint else recipe.checkpoints.best()
-    if path is None:
-        raise SystemExit(f"no checkpoint under {recipe.checkpoints.folder}; pass --checkpoint")
-    load_checkpoint(path, recipe.model, optimizer=None, restore_rng=False)
+    recipe, path = load_trained(config, args.checkpoint)
+    env = recipe.env
     metrics = evaluate(recipe.model, recipe.loader(args.split), env.device, recipe.cold_items)
     metrics["checkpoint"] = str(path)
     if env.is_main:

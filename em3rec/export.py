@@ -20,13 +20,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from em3rec.checkpoint import load_checkpoint
 from em3rec.config import load_config
 from em3rec.data.item_store import ItemStore
-from em3rec.distributed import init_distributed
 from em3rec.modules.model import EM3Model
-from em3rec.run_log import setup_logging
-from em3rec.train import Recipe
+from em3rec.train import load_trained
 
 
 @torch.no_grad()
@@ -76,14 +73,8 @@ def main(argv: list[str] | None = None) -> Path:
     config = load_config(args.config, args.set)
     if config.model.content == "none":
         raise SystemExit(f"config {args.config!r} has model.content = 'none': no content tower to export")
-    config.sharding.pipeline = False
-    env = init_distributed(config.train.device)
-    setup_logging(env.rank)
-    recipe = Recipe(config, env)
-    path = Path(args.checkpoint) if args.checkpoint else recipe.checkpoints.best()
-    if path is None:
-        raise SystemExit(f"no checkpoint under {recipe.checkpoints.folder}; pass --checkpoint")
-    load_checkpoint(path, recipe.model, optimizer=None, restore_rng=False)
+    recipe, path = load_trained(config, args.checkpoint)
+    env = recipe.env
     out = Path(args.out) if args.out else recipe.run_dir / "item_embeddings.parquet"
     if env.is_main:
         store = ItemStore(config.data.path, config.data.modalities, recipe.meta)

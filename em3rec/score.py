@@ -18,13 +18,10 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
-from em3rec.checkpoint import load_checkpoint
 from em3rec.config import load_config
-from em3rec.distributed import init_distributed
 from em3rec.evaluation import predict
 from em3rec.metrics import Predictions, gather_predictions
-from em3rec.run_log import setup_logging
-from em3rec.train import Recipe
+from em3rec.train import load_trained
 
 
 def write_scores(path: Path, pred: Predictions) -> None:
@@ -51,14 +48,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", default="", help="default: runs/<name>/scores_<split>.parquet")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set)
-    config.sharding.pipeline = False
-    env = init_distributed(config.train.device)
-    setup_logging(env.rank)
-    recipe = Recipe(config, env)
-    path = Path(args.checkpoint) if args.checkpoint else recipe.checkpoints.best()
-    if path is None:
-        raise SystemExit(f"no checkpoint under {recipe.checkpoints.folder}; pass --checkpoint")
-    load_checkpoint(path, recipe.model, optimizer=None, restore_rng=False)
+    recipe, path = load_trained(config, args.checkpoint)
+    env = recipe.env
     pred = gather_predictions(predict(recipe.model, recipe.loader(args.split), env.device))
     out = Path(args.out) if args.out else recipe.run_dir / f"scores_{args.split}.parquet"
     if env.is_main:

@@ -387,6 +387,20 @@ def _check_predictions(metrics: dict[str, Any], split: str, epoch: int) -> None:
         )
 
 
+
+def load_trained(config: Config, checkpoint: str = "") -> tuple[Recipe, Path]:
+    """For evaluate/export/score: a recipe without the train pipeline, with the weights of
+    ``checkpoint`` (default: the run's best) loaded, resharded to this world size."""
+    config.sharding.pipeline = False
+    env = init_distributed(config.train.device)
+    setup_logging(env.rank)
+    recipe = Recipe(config, env)
+    path = Path(checkpoint) if checkpoint else recipe.checkpoints.best()
+    if path is None:
+        raise SystemExit(f"no checkpoint under {recipe.checkpoints.folder}; pass --checkpoint")
+    load_checkpoint(path, recipe.model, optimizer=None, restore_rng=False)
+    return recipe, path
+
 def _fmt(metrics: dict[str, Any]) -> str:
     keys = ("auc", "gauc", "logloss", "cold_auc")
     return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
