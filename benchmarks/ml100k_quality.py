@@ -80,10 +80,10 @@ def main() -> None:
     parser.add_argument("--table-only", metavar="RUNS_COMMAND", default="",
                         help="rewrite the table from the JSON of earlier runs made by RUNS_COMMAND")
     args = parser.parse_args()
-    results: dict[str, list[dict]] = {}
     if args.table_only:
         write(args, json.loads(Path(args.out).with_suffix(".json").read_text()))
         return
+    results = _earlier_runs(Path(args.out).with_suffix(".json"), exclude_seeds=set(args.seeds))
     for seed in args.seeds:  # seeds outermost: a partial run still covers every variant
         for backbone in args.backbones:
             for variant in args.variants:
@@ -95,13 +95,24 @@ def main() -> None:
                 write(args, results)
 
 
+def _earlier_runs(path: Path, exclude_seeds: set[int]) -> dict[str, list[dict]]:
+    """Runs of other seeds kept from an earlier invocation, so seeds can be added one batch at a time."""
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    return {config: kept for config, runs in earlier.items()
+            if (kept := [r for r in runs if r["config"]["train"]["seed"] not in exclude_seeds])}
+
+
 def write(args: argparse.Namespace, results: dict[str, list[dict]]) -> None:
     command = args.table_only or "python benchmarks/ml100k_quality.py " + " ".join(sys.argv[1:])
+    seeds = sorted({r["config"]["train"]["seed"] for runs in results.values() for r in runs})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         "# ml100k-ctr-v1: test metrics at the best-valid epoch (mean ± std over n seeds)\n\n"
-        f"Command: `{command}`  \nMachine: {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Command: `{command}` (seeds in the table: {seeds}; runs of other seeds are kept from earlier "
+        f"invocations' JSON)  \nMachine: {platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}; {args.nproc} process(es) per run. s/run is wall time on a "
         "machine shared with other jobs (not a benchmark: see throughput_*.md).\n\n"
         + table(results) + "\n"

@@ -1,0 +1,90 @@
+"""Ablations of one backbone's EM3 on ml100k-ctr-v1: which part of EM3 helps or hurts, over seeds.
+
+    python benchmarks/ml100k_ablation.py --backbone din --seeds 0 1 2 [--ablations cic0 pooled]
+
+Each ablation is ``<backbone>_em3`` with a few ``--set`` overrides (``ABLATIONS``), run exactly as
+the quality table runs it (``ml100k_quality.run_one``: epoch chosen on valid, test once). The
+table also carries the quality table's ID-only, frozen-content and default-EM3 rows of the same
+backbone (from ``ml100k_ctr_v1.json``), so every row is read against the same baselines. Writes
+``benchmarks/results/ml100k_ablation_<backbone>.md`` and a JSON of every run; runs of seeds not
+asked for this time are kept from the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(1, str(ROOT))
+from benchmarks.ml100k_quality import METRICS, VARIANTS, _cell, run_one  # noqa: E402
+
+ABLATIONS: dict[str, tuple[str, list[str]]] = {
+    "cic0": ("EM3 without the CIC loss", ["model.cic.weight=0.0"]),
+    "hist_frozen": ("EM3, history content through the Q-Former under no_grad", ["model.seq_content_mode=frozen"]),
+    "hist_none": ("EM3, no history content", ["model.seq_content_mode=none"]),
+    "pooled": ("EM3 over the pooled vectors (one token per modality)", ["data.pooled_content=true"]),
+    "qdrop01": ("EM3 with Q-Former dropout 0.1 (default 0.5)", ["model.qformer.dropout=0.1"]),
+}
+
+
+def _rows(label: str, runs: list[dict]) -> str:
+    cells = [_cell([r["test"][m] for r in runs]) for m in METRICS]
+    valid = _cell([r["valid"]["auc"] for r in runs])
+    epochs = ",".join(str(r["best_epoch"]) for r in runs)
+    return f"| {label} | {len(runs)} | {valid} | " + " | ".join(cells) + f" | {epochs} |"
+
+
+def table(backbone: str, reference: dict[str, list[dict]], results: dict[str, list[dict]]) -> str:
+    lines = ["| variant | n | valid auc | " + " | ".join(f"test {m}" for m in METRICS) + " | best epochs |",
+             "|---|---|---|" + "---|" * (len(METRICS) + 1)]
+    for variant, label in VARIANTS.items():
+        if runs := reference.get(f"{backbone}_{variant}"):
+            lines.append(_rows(f"{label} (quality table)", runs))
+    for name, (label, overrides) in ABLATIONS.items():
+        if runs := results.get(name):
+            lines.append(_rows(f"{label}: `{' '.join(overrides)}`", runs))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="din", choices=["dlrm", "dcn", "din"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--ablations", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
+    parser.add_argument("--run-dir", default="runs/ablation")
+    args = parser.parse_args()
+    results_dir = ROOT / "benchmarks/results"
+    out = results_dir / f"ml100k_ablation_{args.backbone}.md"
+    reference_json = results_dir / "ml100k_ctr_v1.json"
+    reference = json.loads(reference_json.read_text()) if reference_json.exists() else {}
+    results: dict[str, list[dict]] = {}
+    if out.with_suffix(".json").exists():
+        earlier = json.loads(out.with_suffix(".json").read_text())
+        results = {name: kept for name, runs in earlier.items()
+                   if (kept := [r for r in runs if r["config"]["train"]["seed"] not in args.seeds])}
+    command = "python benchmarks/ml100k_ablation.py " + " ".join(sys.argv[1:])
+    for seed in args.seeds:
+        for name in args.ablations:
+            _, overrides = ABLATIONS[name]
+            r = run_one(f"{args.backbone}_em3", seed, 1, overrides, f"{args.run_dir}/{name}")
+            results.setdefault(name, []).append(r)
+            print(f"{name} seed {seed}: " + " ".join(f"{m}={r['test'][m]:.4f}" for m in METRICS)
+                  + f" best_epoch={r['best_epoch']} ({r['wall_seconds']:.0f}s)", flush=True)
+            seeds = sorted({r["config"]["train"]["seed"] for runs in results.values() for r in runs})
+            out.write_text(
+                f"# ml100k-ctr-v1 ablations of {args.backbone} + EM3: test metrics at the best-valid epoch "
+                "(mean ± std over n seeds)\n\n"
+                f"Command: `{command}` (seeds: {seeds}; earlier seeds kept from the JSON)  \n"
+                f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+                "1 process per run.\n\n" + table(args.backbone, reference, results) + "\n"
+            )
+            out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Test AUC by how often the item occurs in train, for every run of the quality table (and ablations).
+
+    python benchmarks/ml100k_buckets.py [--runs benchmarks/results/ml100k_ctr_v1.json ...]
+
+ml100k-ctr-v1 has only 149 cold test rows (48 items), too few to rank variants on. This splits the
+test rows by the item's number of train rows (0, 1-9, 10-49, 50-199, 200+), scores each run's
+best-valid checkpoint on test with ``em3rec.score`` (the config rebuilt from the run's
+``metrics.json``), and reports the AUC inside each bucket (mean ± std over seeds) and the paired
+per-seed difference of EM3 against ID + frozen content. Within a bucket, item popularity can no
+longer separate clicks, so the AUC measures what the model knows about items of that rarity.
+Writes ``benchmarks/results/ml100k_buckets.md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(1, str(ROOT))
+from em3rec.metrics import auc  # noqa: E402
+
+BUCKETS = ((0, 0), (1, 9), (10, 49), (50, 199), (200, None))
+
+
+def _label(bucket: tuple[int, int | None]) -> str:
+    lo, hi = bucket
+    return f"{lo}" if lo == hi else (f"{lo}+" if hi is None else f"{lo}-{hi}")
+
+
+def config_overrides(config: dict, prefix: str = "") -> list[str]:
+    """``section.key=value`` lines (TOML values) that rebuild a config dict from ``metrics.json``."""
+    lines = []
+    for key, value in config.items():
+        if isinstance(value, dict):
+            lines += config_overrides(value, f"{prefix}{key}.")
+        else:
+            lines.append(f"{prefix}{key}={json.dumps(value)}")
+    return lines
+
+
+def test_scores(run: dict) -> Path:
+    """The run's test scores (scored once with its best checkpoint, then reused)."""
+    train = run["config"]["train"]
+    out = ROOT / train["run_dir"] / train["run_name"] / "scores_test.parquet"
+    if not out.exists():
+        model = run["config"]["model"]
+        cmd = [sys.executable, "-m", "em3rec.score", "--config", f"{model['backbone']}_id", "--split", "test",
+               "--out", str(out)]
+        for line in config_overrides(run["config"]):
+            cmd += ["--set", line]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"scoring {train['run_name']} failed:\n{done.stderr[-3000:]}")
+    return out
+
+
+def bucket_aucs(scores: Path, train_count: np.ndarray) -> dict[str, float]:
+    table = pq.read_table(scores, columns=["item_idx", "label", "logit"])
+    items = table.column("item_idx").to_numpy()
+    labels = torch.tensor(table.column("label").to_numpy())
+    logits = torch.tensor(table.column("logit").to_numpy())
+    count = train_count[items]
+    result = {}
+    for bucket in BUCKETS:
+        lo, hi = bucket
+        mask = torch.from_numpy((count >= lo) & (count <= (hi if hi is not None else count.max())))
+        result[_label(bucket)] = auc(logits[mask], labels[mask])
+    return result
+
+
+def _cell(values: list[float]) -> str:
+    return f"{values[0]:.4f}" if len(values) == 1 else f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", nargs="+", default=[str(ROOT / "benchmarks/results/ml100k_ctr_v1.json")],
+                        help="JSON files of runs written by ml100k_quality.py / ml100k_ablation.py")
+    parser.add_argument("--data", default="data/ml100k")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/ml100k_buckets.md"))
+    args = parser.parse_args()
+    train_items = pq.read_table(ROOT / args.data / "train", columns=["item_idx"]).column("item_idx").to_numpy()
+    test = pq.read_table(ROOT / args.data / "test", columns=["item_idx"]).column("item_idx").to_numpy()
+    train_count = np.bincount(train_items, minlength=max(int(test.max()), int(train_items.max())) + 1)
+    rows = {_label(b): int(((train_count[test] >= b[0]) & (train_count[test] <= (b[1] if b[1] is not None else 1 << 40))).sum())
+            for b in BUCKETS}
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    for runs_file in args.runs:
+        source = Path(runs_file).stem
+        for name, runs in json.loads(Path(runs_file).read_text()).items():
+            key = name if source == "ml100k_ctr_v1" else f"{source}:{name}"
+            for run in runs:
+                results.setdefault(key, {})[run["config"]["train"]["seed"]] = bucket_aucs(test_scores(run), train_count)
+                print(key, run["config"]["train"]["seed"], results[key][run["config"]["train"]["seed"]], flush=True)
+    labels = [_label(b) for b in BUCKETS]
+    lines = ["| run | n | " + " | ".join(f"{b} ({rows[b]} rows)" for b in labels) + " |",
+             "|---|---|" + "---|" * len(labels)]
+    for key, by_seed in results.items():
+        lines.append(f"| {key} | {len(by_seed)} | " + " | ".join(_cell([r[b] for r in by_seed.values()]) for b in labels) + " |")
+    deltas = ["| backbone | EM3 - frozen: " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    for backbone in ("dlrm", "dcn", "din"):
+        em3, frozen = results.get(f"{backbone}_em3", {}), results.get(f"{backbone}_frozen", {})
+        seeds = sorted(set(em3) & set(frozen))
+        if seeds:
+            deltas.append(f"| {backbone} (seeds {seeds}) | " + " | ".join(
+                _cell([em3[s][b] - frozen[s][b] for s in seeds]) for b in labels) + " |")
+    out = Path(args.out)
+    out.write_text(
+        "# ml100k-ctr-v1: test AUC by the item's number of train rows (best-valid checkpoints)\n\n"
+        f"Command: `python benchmarks/ml100k_buckets.py {' '.join(sys.argv[1:])}`\n\n"
+        "Bucket = how many train rows the test row's item has (0 = cold). Mean ± std over seeds.\n\n"
+        + "\n".join(lines) + "\n\nPaired per-seed difference, EM3 minus ID + frozen content (mean ± std):\n\n"
+        + "\n".join(deltas) + "\n"
+    )
+    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "auc": results}, indent=2))
+    print(out.read_text())
+
+
+if __name__ == "__main__":
+    main()
