@@ -1,0 +1,46 @@
+"""The quality-table tooling: config round trip for re-scoring runs, seed merging, bucket AUCs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from benchmarks.ml100k_buckets import BUCKETS, bucket_aucs, config_overrides
+from benchmarks.ml100k_quality import _earlier_runs
+from em3rec.config import load_config
+
+
+def test_config_overrides_rebuild_the_run_config() -> None:
+    config = load_config("din_em3", ["data.pooled_content=true", "model.cic.weight=0.0", "train.run_name=x"])
+    rebuilt = load_config("dlrm_id", config_overrides(dataclasses.asdict(config)))
+    assert rebuilt == config
+
+
+def test_earlier_runs_keep_only_other_seeds(tmp_path: Path) -> None:
+    def run(seed: int) -> dict:
+        return {"config": {"train": {"seed": seed}}, "test": {}}
+
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps({"din_em3": [run(0), run(1)], "din_id": [run(1)]}))
+    kept = _earlier_runs(path, exclude_seeds={1, 2})
+    assert kept == {"din_em3": [run(0)]}
+    assert _earlier_runs(tmp_path / "missing.json", {0}) == {}
+
+
+def test_bucket_aucs_split_rows_by_train_count(tmp_path: Path) -> None:
+    # items 0 (cold), 1 (5 train rows), 2 (300 train rows); scores perfect on item 1, reversed on 2.
+    train_count = np.array([0, 5, 300])
+    items = np.array([0, 0, 1, 1, 1, 2, 2])
+    labels = np.array([0, 1, 0, 1, 1, 0, 1], dtype=np.float32)
+    logits = np.array([0.1, 0.2, -1.0, 1.0, 2.0, 1.0, -1.0], dtype=np.float32)
+    path = tmp_path / "scores.parquet"
+    pq.write_table(pa.table({"item_idx": items, "label": labels, "logit": logits}), path)
+    result = bucket_aucs(path, train_count)
+    assert set(result) == {"0", "1-9", "10-49", "50-199", "200+"} and len(result) == len(BUCKETS)
+    assert result["0"] == 1.0 and result["1-9"] == 1.0 and result["200+"] == 0.0
+    assert np.isnan(result["10-49"])  # no rows
