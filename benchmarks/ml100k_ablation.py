@@ -6,8 +6,8 @@ Each ablation is ``<backbone>_em3`` with a few ``--set`` overrides (``ABLATIONS`
 the quality table runs it (``ml100k_quality.run_one``: epoch chosen on valid, test once). The
 table also carries the quality table's ID-only, frozen-content and default-EM3 rows of the same
 backbone (from ``ml100k_ctr_v1.json``), so every row is read against the same baselines. Writes
-``benchmarks/results/ml100k_ablation_<backbone>.md`` and a JSON of every run; runs of seeds not
-asked for this time are kept from the JSON.
+``benchmarks/results/ml100k_ablation_<backbone>.md`` and a JSON of every run; earlier runs of other
+ablations or seeds than those asked for this time are kept from the JSON.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from benchmarks.ml100k_quality import METRICS, VARIANTS, _cell, run_one  # noqa:
 
 ABLATIONS: dict[str, tuple[str, list[str]]] = {
     "cic0": ("EM3 without the CIC loss", ["model.cic.weight=0.0"]),
+    "cic001": ("EM3 with CIC weight 0.01 (default 0.1)", ["model.cic.weight=0.01"]),
     "hist_frozen": ("EM3, history content through the Q-Former under no_grad", ["model.seq_content_mode=frozen"]),
     "hist_none": ("EM3, no history content", ["model.seq_content_mode=none"]),
     "pooled": ("EM3 over the pooled vectors (one token per modality)", ["data.pooled_content=true"]),
@@ -65,8 +66,8 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     if out.with_suffix(".json").exists():
         earlier = json.loads(out.with_suffix(".json").read_text())
-        results = {name: kept for name, runs in earlier.items()
-                   if (kept := [r for r in runs if r["config"]["train"]["seed"] not in args.seeds])}
+        results = {name: kept for name, runs in earlier.items()  # all but the (ablation, seed) runs redone now
+                   if (kept := [r for r in runs if name not in args.ablations or r["config"]["train"]["seed"] not in args.seeds])}
     command = "python benchmarks/ml100k_ablation.py " + " ".join(sys.argv[1:])
     for seed in args.seeds:
         for name in args.ablations:
@@ -79,7 +80,7 @@ def main() -> None:
             out.write_text(
                 f"# ml100k-ctr-v1 ablations of {args.backbone} + EM3: test metrics at the best-valid epoch "
                 "(mean ± std over n seeds)\n\n"
-                f"Command: `{command}` (seeds: {seeds}; earlier seeds kept from the JSON)  \n"
+                f"Command: `{command}` (seeds: {seeds}; earlier runs of other ablations/seeds kept from the JSON)  \n"
                 f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
                 "1 process per run.\n\n" + table(args.backbone, reference, results) + "\n"
             )

@@ -63,16 +63,20 @@ def test_scores(run: dict) -> Path:
     return out
 
 
+def _in_bucket(count: np.ndarray, bucket: tuple[int, int | None]) -> np.ndarray:
+    lo, hi = bucket
+    return (count >= lo) & (count <= hi) if hi is not None else count >= lo
+
+
 def bucket_aucs(scores: Path, train_count: np.ndarray) -> dict[str, float]:
+    """AUC of all test rows (``"all"``) and of the rows in each bucket (NaN where one class is missing)."""
     table = pq.read_table(scores, columns=["item_idx", "label", "logit"])
-    items = table.column("item_idx").to_numpy()
+    count = train_count[table.column("item_idx").to_numpy()]
     labels = torch.tensor(table.column("label").to_numpy())
     logits = torch.tensor(table.column("logit").to_numpy())
-    count = train_count[items]
-    result = {}
+    result = {"all": auc(logits, labels)}
     for bucket in BUCKETS:
-        lo, hi = bucket
-        mask = torch.from_numpy((count >= lo) & (count <= (hi if hi is not None else count.max())))
+        mask = torch.from_numpy(_in_bucket(count, bucket))
         result[_label(bucket)] = auc(logits[mask], labels[mask])
     return result
 
@@ -91,34 +95,37 @@ def main() -> None:
     train_items = pq.read_table(ROOT / args.data / "train", columns=["item_idx"]).column("item_idx").to_numpy()
     test = pq.read_table(ROOT / args.data / "test", columns=["item_idx"]).column("item_idx").to_numpy()
     train_count = np.bincount(train_items, minlength=max(int(test.max()), int(train_items.max())) + 1)
-    rows = {_label(b): int(((train_count[test] >= b[0]) & (train_count[test] <= (b[1] if b[1] is not None else 1 << 40))).sum())
-            for b in BUCKETS}
-    results: dict[str, dict[int, dict[str, float]]] = {}
+    rows = {"all": int(test.shape[0])} | {_label(b): int(_in_bucket(train_count[test], b).sum()) for b in BUCKETS}
+    results: dict[str, dict[int, dict[str, float]]] = {}  # run label -> seed -> column -> AUC
+    backbone_of: dict[str, str] = {}
     for runs_file in args.runs:
         source = Path(runs_file).stem
         for name, runs in json.loads(Path(runs_file).read_text()).items():
             key = name if source == "ml100k_ctr_v1" else f"{source}:{name}"
             for run in runs:
-                results.setdefault(key, {})[run["config"]["train"]["seed"]] = bucket_aucs(test_scores(run), train_count)
-                print(key, run["config"]["train"]["seed"], results[key][run["config"]["train"]["seed"]], flush=True)
-    labels = [_label(b) for b in BUCKETS]
-    lines = ["| run | n | " + " | ".join(f"{b} ({rows[b]} rows)" for b in labels) + " |",
-             "|---|---|" + "---|" * len(labels)]
+                seed = run["config"]["train"]["seed"]
+                results.setdefault(key, {})[seed] = bucket_aucs(test_scores(run), train_count)
+                backbone_of[key] = run["config"]["model"]["backbone"]
+                print(key, seed, results[key][seed], flush=True)
+    columns = list(rows)
+    header = " | ".join(f"{c} ({rows[c]} rows)" for c in columns)
+    lines = [f"| run | n | {header} |", "|---|---|" + "---|" * len(columns)]
     for key, by_seed in results.items():
-        lines.append(f"| {key} | {len(by_seed)} | " + " | ".join(_cell([r[b] for r in by_seed.values()]) for b in labels) + " |")
-    deltas = ["| backbone | EM3 - frozen: " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
-    for backbone in ("dlrm", "dcn", "din"):
-        em3, frozen = results.get(f"{backbone}_em3", {}), results.get(f"{backbone}_frozen", {})
-        seeds = sorted(set(em3) & set(frozen))
-        if seeds:
-            deltas.append(f"| {backbone} (seeds {seeds}) | " + " | ".join(
-                _cell([em3[s][b] - frozen[s][b] for s in seeds]) for b in labels) + " |")
+        lines.append(f"| {key} | {len(by_seed)} | " + " | ".join(_cell([r[c] for r in by_seed.values()]) for c in columns) + " |")
+    deltas = [f"| run minus `<backbone>_frozen` | seeds | {header} |", "|---|---|" + "---|" * len(columns)]
+    for key, by_seed in results.items():
+        frozen = results.get(f"{backbone_of[key]}_frozen", {})
+        if key == f"{backbone_of[key]}_frozen" or not (seeds := sorted(set(by_seed) & set(frozen))):
+            continue
+        deltas.append(f"| {key} | {len(seeds)} | " + " | ".join(
+            _cell([by_seed[s][c] - frozen[s][c] for s in seeds]) for c in columns) + " |")
     out = Path(args.out)
     out.write_text(
         "# ml100k-ctr-v1: test AUC by the item's number of train rows (best-valid checkpoints)\n\n"
         f"Command: `python benchmarks/ml100k_buckets.py {' '.join(sys.argv[1:])}`\n\n"
-        "Bucket = how many train rows the test row's item has (0 = cold). Mean ± std over seeds.\n\n"
-        + "\n".join(lines) + "\n\nPaired per-seed difference, EM3 minus ID + frozen content (mean ± std):\n\n"
+        "Bucket = how many train rows the test row's item has (0 = cold); `all` = every test row. "
+        "Mean ± std over seeds.\n\n" + "\n".join(lines)
+        + "\n\nPaired per-seed difference to ID + frozen content of the same backbone (mean ± std; > 0 = better):\n\n"
         + "\n".join(deltas) + "\n"
     )
     out.with_suffix(".json").write_text(json.dumps({"rows": rows, "auc": results}, indent=2))

@@ -41,6 +41,6 @@ def test_bucket_aucs_split_rows_by_train_count(tmp_path: Path) -> None:
     path = tmp_path / "scores.parquet"
     pq.write_table(pa.table({"item_idx": items, "label": labels, "logit": logits}), path)
     result = bucket_aucs(path, train_count)
-    assert set(result) == {"0", "1-9", "10-49", "50-199", "200+"} and len(result) == len(BUCKETS)
+    assert set(result) == {"all", "0", "1-9", "10-49", "50-199", "200+"} and len(result) == len(BUCKETS) + 1
     assert result["0"] == 1.0 and result["1-9"] == 1.0 and result["200+"] == 0.0
     assert np.isnan(result["10-49"])  # no rows
