@@ -19,30 +19,30 @@ Example::
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib
 import itertools
 import multiprocessing as mp
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
-import pyarrow as pa
-import torch
-import torchrec
-
-from em3rec.data.batch import Batch
-from em3rec.data.loader import ImpressionLoader
-from em3rec.data.schema import DatasetMeta
-
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make `benchmarks.*` importable
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import torch  # noqa: E402
+import torchrec  # noqa: E402
+
+from benchmarks.machine import describe_machine  # noqa: E402
+from em3rec.data.batch import Batch  # noqa: E402
+from em3rec.data.loader import ImpressionLoader  # noqa: E402
+from em3rec.data.schema import DatasetMeta  # noqa: E402
 CONTENT_MODES = ("none", "pooled", "tokens")
 
 
@@ -173,30 +173,10 @@ def _rows_per_second(results: list[RankResult]) -> float:
 
 
 def _machine() -> dict[str, str]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = "unknown"
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchrec": torchrec.__version__,
-        "pyarrow": pa.__version__,
-        "numpy": np.__version__,
-        "commit": commit,
-        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
+    return describe_machine(
+        {"torchrec": torchrec.__version__, "pyarrow": pa.__version__, "numpy": np.__version__},
+        watched=["em3rec/data", "benchmarks/loader_throughput.py"],
+    )
 
 
 def _markdown(

@@ -41,15 +41,12 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import datetime
 import gc
 import json
 import logging
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -69,6 +66,7 @@ import torchrec  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from benchmarks.machine import describe_machine  # noqa: E402
 from benchmarks.reference_din import ReferenceDIN, reference_optimizer  # noqa: E402
 from em3rec.config import Config, load_config  # noqa: E402
 from em3rec.data.batch import Batch  # noqa: E402
@@ -705,40 +703,12 @@ def run_in_process(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def machine() -> dict[str, str]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        cpu += f"; GPU {torch.cuda.get_device_name(0)}"
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "em3rec", "benchmarks/throughput.py", "benchmarks/reference_din.py"],
-            cwd=ROOT, capture_output=True, text=True, check=False,
-        ).stdout.strip()
-        commit += " (+ uncommitted changes)" if dirty else ""
-    except OSError:
-        commit = "unknown"
     import fbgemm_gpu
 
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchrec": torchrec.__version__,
-        "fbgemm_gpu": getattr(fbgemm_gpu, "__version__", "?"),
-        "commit": commit,
-        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
+    return describe_machine(
+        {"torchrec": torchrec.__version__, "fbgemm_gpu": getattr(fbgemm_gpu, "__version__", "?")},
+        watched=["em3rec", "benchmarks/throughput.py", "benchmarks/reference_din.py"],
+    )
 
 
 @dataclass
