@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import itertools
 import json
 import logging
 import os
@@ -65,6 +66,7 @@ import torch.distributed as dist  # noqa: E402
 import torchrec  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist  # noqa: E402
 
 from benchmarks.machine import describe_machine  # noqa: E402
 from benchmarks.reference_din import ReferenceDIN, reference_optimizer  # noqa: E402
@@ -92,6 +94,8 @@ class Variant:
         level: the item features its batches carry: ``none`` (ID only, as the recipe loads them),
             ``pooled`` (one vector per modality) or ``tokens``.
         reference: ``""`` (TorchRec, DMP) or the plain-PyTorch DIN: ``sparse`` | ``dense`` gradients.
+        pipeline: TorchRec variant stepped by ``TrainPipelineSparseDist`` (as the recipe trains):
+            the next batch's input all-to-all overlaps this step's compute.
     """
 
     name: str
@@ -100,6 +104,7 @@ class Variant:
     dedup: bool = True
     level: str = "tokens"
     reference: str = ""
+    pipeline: bool = False
 
     def overrides(self) -> list[str]:
         return [
@@ -113,6 +118,7 @@ class Variant:
 def _variants() -> dict[str, Variant]:
     out = [
         Variant("id", "none", "none", level="none"),
+        Variant("id-pipeline", "none", "none", level="none", pipeline=True),
         Variant(BASELINE, "frozen", "frozen", level="pooled"),  # the two-stage baseline (din_frozen)
     ]
     for level, suffix in (("tokens", ""), ("pooled", "/pooled")):
@@ -128,6 +134,7 @@ def _variants() -> dict[str, Variant]:
 
 
 VARIANTS = _variants()
+TORCHREC_IDS = ("id", "id-pipeline")  # the TorchRec ID-only DIN, plain and pipelined steps
 DEFAULT_VARIANTS = (
     "id,frozen,em3-none,em3-frozen,em3-lora,em3-full,em3-cached,em3-lora-nodedup,em3-full-nodedup,"
     "em3-lora/pooled,em3-cached/pooled,em3-full-nodedup/pooled,ref-sparse,ref-dense"
@@ -224,8 +231,14 @@ class Runner:
     model: Any = None  # the EM3Model (TorchRec variants)
 
 
-def build_runner(variant: Variant, config: Config, meta: DatasetMeta, env: DistEnv) -> Runner:
-    """Build ``variant`` the way the recipe does (TorchRec) or the plain-PyTorch reference."""
+def build_runner(
+    variant: Variant, config: Config, meta: DatasetMeta, env: DistEnv, batches: list[Batch] | None = None
+) -> Runner:
+    """Build ``variant`` the way the recipe does (TorchRec) or the plain-PyTorch reference.
+
+    A ``pipeline`` variant reads ``batches`` itself, in a cycle (the pipeline holds the next ones
+    in flight), so its ``step`` ignores the batch it is given: the same batches, in the same order.
+    """
     torch.manual_seed(config.train.seed)  # identical dense init on every rank
     if variant.reference:
         model = ReferenceDIN(meta, config.model, sparse=variant.reference == "sparse").to(env.device)
@@ -258,6 +271,15 @@ def build_runner(variant: Variant, config: Config, meta: DatasetMeta, env: DistE
         loss.backward()
         optimizer.step()
 
+    def pipelined_step(batch: Batch) -> None:
+        pipeline.progress(feed)
+
+    if variant.pipeline:
+        if not batches:
+            raise ValueError(f"{variant.name}: a pipelined variant needs its batches")
+        pipeline = TrainPipelineSparseDist(dmp, optimizer, env.device, execute_all_batches=True)
+        feed = itertools.cycle(batches)
+
     def count(batch: Batch) -> dict[str, float]:
         rows = {r.name: r for r in flops_module.measure(_FlopShim(dmp), batch)}
         tower = rows.get("content_tower")
@@ -272,7 +294,7 @@ def build_runner(variant: Variant, config: Config, meta: DatasetMeta, env: DistE
         history = int(torch.unique(batch.history_content_index[batch.history_mask]).numel())
         return {"refreshed": float(inner.content_tower.last_refresh_count), "history_items": float(history)}
 
-    return Runner(step, count, after_step, inner)
+    return Runner(pipelined_step if variant.pipeline else step, count, after_step, inner)
 
 
 def build_tower_runner(variant: Variant, config: Config, meta: DatasetMeta, device: torch.device) -> Runner:
@@ -413,10 +435,12 @@ def run_world(args: argparse.Namespace, env: DistEnv) -> dict[str, Any] | None:
     runners: dict[tuple[str, int], Runner] = {}
 
     def runner_for(v: Variant, L: int, tower: bool = False) -> Runner:
-        key = (("tower:" if tower else "") + v.name, L if v.seq_content_mode == "cached" else 0)
+        per_L = v.seq_content_mode == "cached" or v.pipeline  # bank / in-flight batches are per-L state
+        key = (("tower:" if tower else "") + v.name, L if per_L else 0)
         if key not in runners:
             cfg = _config(args, v)
-            runners[key] = build_tower_runner(v, cfg, meta, env.device) if tower else build_runner(v, cfg, meta, env)
+            runners[key] = (build_tower_runner(v, cfg, meta, env.device) if tower
+                            else build_runner(v, cfg, meta, env, batches[(L, v.level)]))
         return runners[key]
 
     blocks: list[tuple[str, int, Callable[[], Runner], str]] = []  # (name, L, runner factory, level)
@@ -916,19 +940,20 @@ def _world_tables(args: argparse.Namespace, world: dict[str, Any]) -> list[str]:
                 f"{100 * wall / peak:.0f}% | {1e3 * s.cpu_seconds:,.0f} | {cpu:.1f} | {100 * cpu / cpu_peak:.0f}% |"
             )
     refs = [n for n in model_names if VARIANTS.get(n) and VARIANTS[n].reference]
-    if "id" in model_names and refs:
+    ids = [n for n in TORCHREC_IDS if n in model_names]
+    pairs = [(i, r) for i in ids for r in refs]
+    if pairs:
         lines += [
             "",
             "### TorchRec ID-only DIN vs the plain-PyTorch reference (same model, same batches; > 1 = TorchRec faster)",
             "",
-            "| L | " + " | ".join(f"id vs {r} (samples/s) | id vs {r} (CPU)" for r in refs) + " |",
-            "|---:|" + "---:|---:|" * len(refs),
+            "| L | " + " | ".join(f"{i} vs {r} (samples/s) | {i} vs {r} (CPU)" for i, r in pairs) + " |",
+            "|---:|" + "---:|---:|" * len(pairs),
         ]
         for L in histories:
-            s = summary.get(("id", L))
             cells = []
-            for r in refs:
-                ref = summary.get((r, L))
+            for i, r in pairs:
+                s, ref = summary.get((i, L)), summary.get((r, L))
                 cells += (
                     [f"{s.samples_per_s / ref.samples_per_s:.2f}", f"{ref.cpu_seconds / s.cpu_seconds:.2f}"]
                     if s and ref else ["n/a", "n/a"]
@@ -973,16 +998,17 @@ def _targets(
             f"| 4. content tower (lora, L=50) >= 25% of the matmul peak | {100 * share:.0f}% | {100 * cpu_share:.0f}% | "
             f"{verdict(share >= 0.25)} |"
         )
-    for ref in ("ref-sparse", "ref-dense"):
-        for L in world["histories"]:
-            i, r = get("id", L), get(ref, L)
-            if i and r:
-                x, c = i.samples_per_s / r.samples_per_s, r.cpu_seconds / i.cpu_seconds
-                need = "> 1" if ws > 1 else ">= 1"
-                rows.append(
-                    f"| 5. TorchRec id vs {ref} ({ws} rank(s), L={L}): {need} | {x:.2f}x | {c:.2f}x | "
-                    f"{verdict(x > 1 if ws > 1 else x >= 1)} |"
-                )
+    for name in TORCHREC_IDS:
+        for ref in ("ref-sparse", "ref-dense"):
+            for L in world["histories"]:
+                i, r = get(name, L), get(ref, L)
+                if i and r:
+                    x, c = i.samples_per_s / r.samples_per_s, r.cpu_seconds / i.cpu_seconds
+                    need = "> 1" if ws > 1 else ">= 1"
+                    rows.append(
+                        f"| 5. TorchRec {name} vs {ref} ({ws} rank(s), L={L}): {need} | {x:.2f}x | {c:.2f}x | "
+                        f"{verdict(x > 1 if ws > 1 else x >= 1)} |"
+                    )
     if not rows:
         return []
     return [
@@ -999,6 +1025,8 @@ def _legend() -> list[str]:
         "## Variants",
         "",
         "- `id`: ID features only (`din_id`); `frozen`: ID + frozen content (`din_frozen`, the baseline).",
+        "- `id-pipeline`: `id` stepped by TorchRec's `TrainPipelineSparseDist`, as the recipe trains (the next "
+        "batch's input all-to-all is started before this step's forward and waited on after it).",
         "- `em3-<mode>`: EM3 (Fusion-Q-Former + CIC) with `seq_content_mode = <mode>` on token-level item "
         "features, dedup on; `-nodedup`: every target row and history position encoded separately (the naive "
         "path; `em3-full-nodedup` = full gradient through every history position); `/pooled`: one pooled "

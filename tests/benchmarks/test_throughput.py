@@ -52,18 +52,19 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_harness_runs_every_kind_of_block(tiny_dataset: Path, tmp_path: Path):
     worlds = throughput_main([
         "--data", str(tiny_dataset), "--batch-size", "16", "--history", "5,20",
-        "--variants", "id,frozen,em3-lora,em3-cached/pooled,em3-full-nodedup,ref-sparse",
+        "--variants", "id,id-pipeline,frozen,em3-lora,em3-cached/pooled,em3-full-nodedup,ref-sparse",
         "--tower-variants", "em3-lora", "--rounds", "1", "--steps", "1", "--warmup", "1",
         "--matmul", "64x64x64", "--out", str(tmp_path), "--name", "tiny", *TINY_MODEL,
     ])
     (world,) = worlds
     blocks = {(b["name"], b["L"]): b for b in world["blocks"]}
-    assert len(blocks) == 7 * 2
+    assert len(blocks) == 8 * 2
     assert all(len(b["seconds"]) == 1 and b["seconds"][0] > 0 for b in blocks.values())
     assert blocks[("em3-lora", 20)]["flops"]["tower_flops"] > 0
     assert blocks[("tower:em3-lora", 20)]["flops"]["tower_flops"] > 0
     text = (tmp_path / "throughput_tiny.md").read_text()
     assert "| frozen | " in text and "Targets" in text and "x frozen" in text
+    assert "id-pipeline vs ref-sparse" in text
     assert json.loads((tmp_path / "throughput_tiny.json").read_text())["worlds"][0]["world_size"] == 1
     assert (tmp_path / "throughput_tiny_ws1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
