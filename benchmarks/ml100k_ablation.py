@@ -26,6 +26,7 @@ from benchmarks.ml100k_quality import METRICS, VARIANTS, _cell, run_one  # noqa:
 ABLATIONS: dict[str, tuple[str, list[str]]] = {
     "cic0": ("EM3 without the CIC loss", ["model.cic.weight=0.0"]),
     "cic001": ("EM3 with CIC weight 0.01 (default 0.1)", ["model.cic.weight=0.01"]),
+    "cic_content": ("EM3, CIC trains the content side only (ID embeddings detached)", ["model.cic.id_gradient=false"]),
     "hist_frozen": ("EM3, history content through the Q-Former under no_grad", ["model.seq_content_mode=frozen"]),
     "hist_none": ("EM3, no history content", ["model.seq_content_mode=none"]),
     "pooled": ("EM3 over the pooled vectors (one token per modality)", ["data.pooled_content=true"]),

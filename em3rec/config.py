@@ -67,6 +67,9 @@ class CICConfig:
     temperature: float = 0.1
     num_negatives: int = 0  # 0: all distinct in-batch items; K > 0: K sampled in-batch negatives
     dim: int = 64  # width of the projection heads
+    # False: the ID embeddings enter CIC detached, so it trains the content tower (and heads) toward
+    # the IDs and leaves the ID table to the ranking loss (a distillation of IDs into content).
+    id_gradient: bool = True
 
 
 @dataclass

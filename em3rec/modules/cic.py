@@ -36,7 +36,8 @@ class ContentIDContrastive(nn.Module):
         id_dim (int): width of the ID embeddings.
         content_dim (int): width of the content embeddings.
         config (CICConfig): ``weight`` (lambda), ``temperature``, ``num_negatives``, ``dim``
-            (width of the two projection heads).
+            (width of the two projection heads), ``id_gradient`` (False: the ID embeddings enter
+            detached; only the content side and the heads learn from CIC).
 
     Example::
 
@@ -50,6 +51,7 @@ class ContentIDContrastive(nn.Module):
         self._weight = config.weight
         self._temperature = config.temperature
         self._num_negatives = config.num_negatives
+        self._id_gradient = config.id_gradient
         self.id_head = nn.Linear(id_dim, config.dim)
         self.content_head = nn.Linear(content_dim, config.dim)
 
@@ -70,6 +72,8 @@ class ContentIDContrastive(nn.Module):
         Returns:
             CICOutput: weighted loss and raw value, both scalars.
         """
+        if not self._id_gradient:
+            id_embeddings = id_embeddings.detach()
         z_id = F.normalize(self.id_head(id_embeddings), dim=-1)  # (N, C)
         z_content = F.normalize(self.content_head(content_embeddings), dim=-1)  # (N, C)
         N = z_id.shape[0]

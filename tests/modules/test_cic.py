@@ -88,3 +88,23 @@ def test_random_embeddings_give_about_log_n():
     cic = ContentIDContrastive(32, 32, CICConfig(temperature=100.0, dim=32))  # flat logits
     value = cic(torch.randn(50, 32), torch.randn(50, 32), torch.arange(50)).value
     assert abs(value.item() - math.log(50)) < 0.05
+
+
+@pytest.mark.parametrize("id_gradient", [True, False])
+def test_id_gradient_switch_keeps_the_loss_and_stops_only_the_id_side(id_gradient):
+    torch.manual_seed(0)
+    id_emb = torch.randn(8, 12, requires_grad=True)
+    content = torch.randn(8, 10, requires_grad=True)
+    item_ids = torch.tensor([0, 1, 2, 3, 3, 4, 5, 6])
+    cic = ContentIDContrastive(12, 10, CICConfig(dim=6, id_gradient=id_gradient))
+    reference = ContentIDContrastive(12, 10, CICConfig(dim=6))
+    reference.load_state_dict(cic.state_dict())
+    out = cic(id_emb, content, item_ids)
+    torch.testing.assert_close(out.value, reference(id_emb, content, item_ids).value)
+    out.loss.backward()
+    assert content.grad is not None and content.grad.abs().sum() > 0
+    assert cic.id_head.weight.grad.abs().sum() > 0  # the heads still learn
+    if id_gradient:
+        assert id_emb.grad is not None and id_emb.grad.abs().sum() > 0
+    else:
+        assert id_emb.grad is None
