@@ -271,14 +271,18 @@ def build_runner(
         loss.backward()
         optimizer.step()
 
-    def pipelined_step(batch: Batch) -> None:
-        pipeline.progress(feed)
-
+    run_step = step
     if variant.pipeline:
         if not batches:
             raise ValueError(f"{variant.name}: a pipelined variant needs its batches")
         pipeline = TrainPipelineSparseDist(dmp, optimizer, env.device, execute_all_batches=True)
         feed = itertools.cycle(batches)
+
+        def pipelined_step(batch: Batch) -> None:
+            """One pipelined step; ``batch`` is ignored (the pipeline reads ``feed``, two batches ahead)."""
+            pipeline.progress(feed)
+
+        run_step = pipelined_step
 
     def count(batch: Batch) -> dict[str, float]:
         rows = {r.name: r for r in flops_module.measure(_FlopShim(dmp), batch)}
@@ -294,7 +298,7 @@ def build_runner(
         history = int(torch.unique(batch.history_content_index[batch.history_mask]).numel())
         return {"refreshed": float(inner.content_tower.last_refresh_count), "history_items": float(history)}
 
-    return Runner(pipelined_step if variant.pipeline else step, count, after_step, inner)
+    return Runner(run_step, count, after_step, inner)
 
 
 def build_tower_runner(variant: Variant, config: Config, meta: DatasetMeta, device: torch.device) -> Runner:
