@@ -77,11 +77,15 @@ def main() -> None:
             results.setdefault(name, []).append(r)
             print(f"{name} seed {seed}: " + " ".join(f"{m}={r['test'][m]:.4f}" for m in METRICS)
                   + f" best_epoch={r['best_epoch']} ({r['wall_seconds']:.0f}s)", flush=True)
-            seeds = sorted({r["config"]["train"]["seed"] for runs in results.values() for r in runs})
+            seeds = sorted({run["config"]["train"]["seed"] for runs in results.values() for run in runs})
+            names = [n for n in ABLATIONS if n in results]
+            every_row = (f"python benchmarks/ml100k_ablation.py --backbone {args.backbone} "
+                         f"--seeds {' '.join(map(str, seeds))} --ablations {' '.join(names)}")
             out.write_text(
                 f"# ml100k-ctr-v1 ablations of {args.backbone} + EM3: test metrics at the best-valid epoch "
                 "(mean ± std over n seeds)\n\n"
-                f"Command: `{command}` (seeds: {seeds}; earlier runs of other ablations/seeds kept from the JSON)  \n"
+                f"Command for every row: `{every_row}` (made in several invocations, the runs of earlier ones "
+                f"kept from the JSON; the last: `{command}`)  \n"
                 f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
                 "1 process per run.\n\n" + table(args.backbone, reference, results) + "\n"
             )
