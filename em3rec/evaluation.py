@@ -18,7 +18,7 @@ def cold_item_mask(folder: str | Path, meta: DatasetMeta) -> torch.Tensor:
     """``(num_item_rows,)`` bool: True for items that never occur as a training target."""
     item = meta.features_of("item")[0]
     column = ds.dataset(Path(folder) / "train", format="parquet").to_table(columns=[item.column]).column(0)
-    seen = torch.from_numpy(column.to_numpy()).long()
+    seen = torch.tensor(column.to_numpy(), dtype=torch.long)  # a copy: Arrow buffers are read-only
     cold = torch.ones(item.vocab_size, dtype=torch.bool)
     cold[seen] = False
     return cold
