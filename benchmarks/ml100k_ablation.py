@@ -58,11 +58,15 @@ def main() -> None:
     parser.add_argument("--backbone", default="din", choices=["dlrm", "dcn", "din"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ablations", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra override for every run (e.g. data.path=data/ml100k_cold20)")
     parser.add_argument("--run-dir", default="runs/ablation")
+    parser.add_argument("--out", default="", help="default: benchmarks/results/ml100k_ablation_<backbone>.md")
+    parser.add_argument("--reference", default=str(ROOT / "benchmarks/results/ml100k_ctr_v1.json"),
+                        help="the quality-table JSON whose rows of the same backbone head the table")
     args = parser.parse_args()
-    results_dir = ROOT / "benchmarks/results"
-    out = results_dir / f"ml100k_ablation_{args.backbone}.md"
-    reference_json = results_dir / "ml100k_ctr_v1.json"
+    out = Path(args.out or ROOT / f"benchmarks/results/ml100k_ablation_{args.backbone}.md")
+    reference_json = Path(args.reference)
     reference = json.loads(reference_json.read_text()) if reference_json.exists() else {}
     results: dict[str, list[dict]] = {}
     if out.with_suffix(".json").exists():
@@ -73,14 +77,15 @@ def main() -> None:
     for seed in args.seeds:
         for name in args.ablations:
             _, overrides = ABLATIONS[name]
-            r = run_one(f"{args.backbone}_em3", seed, 1, overrides, f"{args.run_dir}/{name}")
+            r = run_one(f"{args.backbone}_em3", seed, 1, overrides + args.set, f"{args.run_dir}/{name}")
             results.setdefault(name, []).append(r)
             print(f"{name} seed {seed}: " + " ".join(f"{m}={r['test'][m]:.4f}" for m in METRICS)
                   + f" best_epoch={r['best_epoch']} ({r['wall_seconds']:.0f}s)", flush=True)
             seeds = sorted({run["config"]["train"]["seed"] for runs in results.values() for run in runs})
             names = [n for n in ABLATIONS if n in results]
+            extra = "".join(f" --set {o}" for o in args.set) + (f" --out {args.out}" if args.out else "")
             every_row = (f"python benchmarks/ml100k_ablation.py --backbone {args.backbone} "
-                         f"--seeds {' '.join(map(str, seeds))} --ablations {' '.join(names)}")
+                         f"--seeds {' '.join(map(str, seeds))} --ablations {' '.join(names)}{extra}")
             out.write_text(
                 f"# ml100k-ctr-v1 ablations of {args.backbone} + EM3: test metrics at the best-valid epoch "
                 "(mean ± std over n seeds)\n\n"
