@@ -29,6 +29,7 @@ from em3rec.data.schema import DatasetError, DatasetMeta
 
 log = logging.getLogger(__name__)
 
+
 def _drop_from_lists(lists: pa.ChunkedArray, drop: np.ndarray) -> tuple[pa.Array, int]:
     """``lists`` without the values in ``drop``; also how many values were removed."""
     array = lists.combine_chunks()
@@ -47,6 +48,8 @@ def hold_out_items(src: str | Path, out: str | Path, fraction: float, seed: int 
     src, out = Path(src), Path(out)
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"--fraction {fraction}: expected a value in (0, 1)")
+    if out.resolve() == src.resolve():
+        raise ValueError(f"--out {out} is the source folder; give a new folder")
     meta = DatasetMeta.load(src)
     raw_meta = json.loads((src / "meta.json").read_text())
     item, history = meta.features_of("item")[0], meta.features_of("history")[0]
@@ -62,15 +65,12 @@ def hold_out_items(src: str | Path, out: str | Path, fraction: float, seed: int 
     targets = train.column(item.column).to_numpy()
     keep_rows = ~np.isin(targets, held)
     kept = train.filter(pa.array(keep_rows))
-    # (list column, ids to drop): the index column, and the raw-id column where the dataset keeps one.
-    drops = [(history.column, held)]
-    if item.name in train.column_names and history.name in train.column_names:
-        drops.append((history.name, np.unique(train.column(item.name).to_numpy()[np.isin(targets, held)])))
-    history_removed = 0
-    for column, drop in drops:
-        lists, removed = _drop_from_lists(kept.column(column), drop)
-        kept = kept.set_column(kept.schema.get_field_index(column), kept.schema.field(column), lists)
-        history_removed = history_removed or removed
+    lists, history_removed = _drop_from_lists(kept.column(history.column), held)
+    kept = kept.set_column(kept.schema.get_field_index(history.column), kept.schema.field(history.column), lists)
+    if item.name in train.column_names and history.name in train.column_names:  # the raw-id history too
+        held_raw = np.unique(train.column(item.name).to_numpy()[~keep_rows])
+        lists, _ = _drop_from_lists(kept.column(history.name), held_raw)
+        kept = kept.set_column(kept.schema.get_field_index(history.name), kept.schema.field(history.name), lists)
 
     if out.exists():
         shutil.rmtree(out)

@@ -58,3 +58,8 @@ def test_held_items_are_never_trained_and_the_rest_is_unchanged(prepared: Path, 
 def test_fraction_must_be_a_share(prepared: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--fraction 1.0"):
         hold_out_items(prepared, tmp_path / "x", fraction=1.0)
+
+
+def test_refuses_to_overwrite_its_source(prepared: Path) -> None:
+    with pytest.raises(ValueError, match="is the source folder"):
+        hold_out_items(prepared, prepared, fraction=0.2)
