@@ -26,6 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(1, str(ROOT))
+from em3rec.config import as_overrides  # noqa: E402
 from em3rec.metrics import auc  # noqa: E402
 
 BUCKETS = ((0, 0), (1, 9), (10, 49), (50, 199), (200, None))
@@ -36,18 +37,7 @@ def _label(bucket: tuple[int, int | None]) -> str:
     return f"{lo}" if lo == hi else (f"{lo}+" if hi is None else f"{lo}-{hi}")
 
 
-def config_overrides(config: dict, prefix: str = "") -> list[str]:
-    """``section.key=value`` lines (TOML values) that rebuild a config dict from ``metrics.json``."""
-    lines = []
-    for key, value in config.items():
-        if isinstance(value, dict):
-            lines += config_overrides(value, f"{prefix}{key}.")
-        else:
-            lines.append(f"{prefix}{key}={json.dumps(value)}")
-    return lines
-
-
-def test_scores(run: dict) -> Path:
+def scores_on_test(run: dict) -> Path:
     """The run's test scores (scored once with its best checkpoint, then reused)."""
     train = run["config"]["train"]
     out = ROOT / train["run_dir"] / train["run_name"] / "scores_test.parquet"
@@ -55,7 +45,7 @@ def test_scores(run: dict) -> Path:
         model = run["config"]["model"]
         cmd = [sys.executable, "-m", "em3rec.score", "--config", f"{model['backbone']}_id", "--split", "test",
                "--out", str(out)]
-        for line in config_overrides(run["config"]):
+        for line in as_overrides(run["config"]):
             cmd += ["--set", line]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if done.returncode != 0:
@@ -104,7 +94,7 @@ def main() -> None:
             key = name if source == "ml100k_ctr_v1" else f"{source}:{name}"
             for run in runs:
                 seed = run["config"]["train"]["seed"]
-                results.setdefault(key, {})[seed] = bucket_aucs(test_scores(run), train_count)
+                results.setdefault(key, {})[seed] = bucket_aucs(scores_on_test(run), train_count)
                 backbone_of[key] = run["config"]["model"]["backbone"]
                 print(key, seed, results[key][seed], flush=True)
     columns = list(rows)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import tomllib
 import types
 import typing
@@ -224,6 +225,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         config.train.run_name = run_name or "default"
     validate_config(config)
     return config
+
+
+def as_overrides(values: dict[str, Any], prefix: str = "") -> list[str]:
+    """``section.key=value`` lines (TOML values) that rebuild a config from its dict form
+    (``dataclasses.asdict(config)``, or a run's ``metrics.json`` ``"config"``) through ``--set``."""
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            lines += as_overrides(value, f"{prefix}{key}.")
+        else:
+            lines.append(f"{prefix}{key}={json.dumps(value)}")
+    return lines
 
 
 def _load_with_includes(file: Path) -> dict[str, Any]:

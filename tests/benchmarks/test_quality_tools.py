@@ -1,8 +1,7 @@
-"""The quality-table tooling: config round trip for re-scoring runs, seed merging, bucket AUCs."""
+"""The quality-table tooling: seed merging and bucket AUCs."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -10,15 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.ml100k_buckets import BUCKETS, bucket_aucs, config_overrides
+from benchmarks.ml100k_buckets import BUCKETS, bucket_aucs
 from benchmarks.ml100k_quality import _earlier_runs
-from em3rec.config import load_config
-
-
-def test_config_overrides_rebuild_the_run_config() -> None:
-    config = load_config("din_em3", ["data.pooled_content=true", "model.cic.weight=0.0", "train.run_name=x"])
-    rebuilt = load_config("dlrm_id", config_overrides(dataclasses.asdict(config)))
-    assert rebuilt == config
 
 
 def test_earlier_runs_keep_only_other_seeds(tmp_path: Path) -> None:
