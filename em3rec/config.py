@@ -44,7 +44,10 @@ class QFormerConfig:
     num_layers: int = 1  # authors' code: 1
     num_heads: int = 4
     mlp_ratio: int = 4  # feed-forward hidden width = mlp_ratio * dim
-    dropout: float = 0.5  # on projected tokens and residual branches (authors: 0.5-0.8)
+    # Dropout per site (the authors' code drops the attention output only, at 0.5-0.8).
+    token_dropout: float = 0.0  # on the projected input tokens
+    attention_dropout: float = 0.1  # on each attention branch before its residual add
+    ffn_dropout: float = 0.0  # on the feed-forward branch before its residual add
     attention: str = "self"  # "self": over [queries; tokens] (EM3); "cross": BLIP-2-style
 
 
@@ -64,10 +67,14 @@ class LoraConfig:
 
 @dataclass
 class CICConfig:
-    weight: float = 0.1  # lambda; 0 turns the loss off (and its heads are not built)
-    temperature: float = 0.1
-    num_negatives: int = 0  # 0: all distinct in-batch items; K > 0: K sampled in-batch negatives
+    weight: float = 1e-3  # lambda (the authors' code: 1e-3); 0 turns the loss off (no heads built)
+    temperature: float = 0.1  # the authors' code: 0.1-0.5
+    num_negatives: int = 16  # K > 0: K sampled in-batch negatives (authors: 16); 0: all distinct in-batch items
     dim: int = 64  # width of the projection heads
+    # Heads without bias: with a bias, projected IDs start nearly collinear (mean cosine ~0.99) and
+    # CIC's first job becomes "push every ID apart".
+    head_bias: bool = False
+    warmup_steps: int = 0  # lambda ramps linearly from 0 to `weight` over this many training steps
     # False: the ID embeddings enter CIC detached, so it trains the content tower (and heads) toward
     # the IDs and leaves the ID table to the ranking loss (a distillation of IDs into content).
     id_gradient: bool = True
@@ -79,6 +86,11 @@ class ModelConfig:
     content: str = "em3"  # none (ID only) | frozen (pre-extracted pooled vectors) | em3
     embedding_dim: int = 64  # D: ID embeddings and every feature vector the backbone sees
     seq_content_mode: str = "lora"  # none | frozen | lora | full | cached
+    # EM3 only. True: an item's content embedding is the frozen baseline's (pooled pre-extracted
+    # vectors through a Linear) plus the Q-Former's output scaled by a per-dimension gate that starts
+    # at 0, so EM3 starts exactly at the two-stage baseline and end-to-end training adds to it.
+    # False: the Q-Former's output alone (the paper's form).
+    pooled_base: bool = True
     dedup: bool = True  # encode each distinct item once per step (off: every position, the oracle)
     cache_refresh_steps: int = 50  # `cached` mode: recompute a bank entry older than this
     dense_layers: list[int] = field(default_factory=lambda: [128, 64])  # DCN-v2 deep tower (parallel to the cross net)
@@ -99,6 +111,9 @@ class OptimConfig:
     embedding_lr: float = 0.05
     dense_lr: float = 1e-3
     weight_decay: float = 1e-5
+    # The content tower's own AdamW group (Q-Former, its gate and adapters, the pooled projection).
+    content_lr: float = 0.0  # 0 = dense_lr
+    content_weight_decay: float = 1e-5
     grad_clip: float = 0.0  # dense grad-norm clip; 0 = off
 
 
@@ -112,7 +127,8 @@ class ShardingConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 5
+    epochs: int = 5  # the most epochs; with `patience`, training may stop earlier
+    patience: int = 0  # stop after this many epochs without a better valid AUC; 0 = run every epoch
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     log_every: int = 50  # steps between log lines
@@ -287,9 +303,19 @@ def validate_config(config: Config) -> None:
         raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1")
     if config.model.qformer.dim % config.model.qformer.num_heads:
         raise ConfigError("model.qformer.dim must be divisible by model.qformer.num_heads")
+    model = config.model
+    for key, value in (
+        ("model.qformer.token_dropout", model.qformer.token_dropout),
+        ("model.qformer.attention_dropout", model.qformer.attention_dropout),
+        ("model.qformer.ffn_dropout", model.qformer.ffn_dropout), ("model.dropout", model.dropout),
+    ):
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{key} = {value}; expected a probability in [0, 1)")
+    if config.optim.content_lr < 0 or model.cic.warmup_steps < 0 or model.cic.weight < 0:
+        raise ConfigError("optim.content_lr, model.cic.weight and model.cic.warmup_steps must be >= 0")
     train = config.train
     for key, value, low in (
-        ("train.epochs", train.epochs, 1), ("train.log_every", train.log_every, 1),
+        ("train.epochs", train.epochs, 1), ("train.patience", train.patience, 0), ("train.log_every", train.log_every, 1),
         ("train.checkpoint_every", train.checkpoint_every, 0), ("train.keep_checkpoints", train.keep_checkpoints, 1),
         ("train.max_steps_per_epoch", train.max_steps_per_epoch, 0), ("train.nan_skip_limit", train.nan_skip_limit, 0),
         ("train.collective_timeout_s", train.collective_timeout_s, 1), ("data.scan_rows", config.data.scan_rows, 0),

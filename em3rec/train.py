@@ -220,6 +220,8 @@ class Recipe:
     def fit(self) -> None:
         cfg = self.config.train
         while self.progress.epoch < cfg.epochs:
+            if self._patience_exhausted():
+                break
             epoch = self.progress.epoch
             self._train_epoch(epoch)
             valid = evaluate(self._eval_model(), self.loader("valid"), self.env.device, self.cold_items)
@@ -236,6 +238,18 @@ class Recipe:
                 skipped = f"  ({self.progress.skipped_batches} batches skipped so far: non-finite loss)" \
                     if self.progress.skipped_batches else ""
                 log.info("epoch %d valid %s%s%s", epoch, _fmt(valid), "  (best so far)" if improved else "", skipped)
+
+    def _patience_exhausted(self) -> bool:
+        """Early stopping: ``train.patience`` epochs in a row without a better valid AUC (checked
+        from the saved progress, so a resumed run stops where the uninterrupted one would)."""
+        patience = self.config.train.patience
+        waited = self.progress.epoch - 1 - self.progress.best_epoch
+        if patience == 0 or self.progress.best_epoch < 0 or waited < patience:
+            return False
+        if self.env.is_main:
+            log.info("early stop after epoch %d: no better valid auc for %d epochs (best epoch %d, auc %.4f)",
+                     self.progress.epoch - 1, waited, self.progress.best_epoch, self.progress.best_valid_auc)
+        return True
 
     def _eval_model(self) -> torch.nn.Module:
         """The model with its original forwards (the train pipeline rewrites the sharded ones)."""

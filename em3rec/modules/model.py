@@ -19,18 +19,22 @@ from em3rec.data.batch import Batch
 from em3rec.data.schema import DatasetMeta
 from em3rec.modules.backbones import BACKBONES, RankingInputs, build_backbone
 from em3rec.modules.cic import ContentIDContrastive
-from em3rec.modules.content_tower import (
-    SEQ_CONTENT_MODES,
-    ContentTower,
-    DistinctTargets,
-    FrozenContentTower,
-    PooledContentProjection,
-)
+from em3rec.modules.content_io import DistinctTargets
+from em3rec.modules.content_tower import ContentTower
+from em3rec.modules.frozen_content import FrozenContentTower, PooledContentProjection
 from em3rec.modules.fusion_qformer import FusionQFormer
+from em3rec.modules.history_encoders import (
+    CachedHistory,
+    FullHistory,
+    HistoryEncoder,
+    LoraHistory,
+    NoGradHistory,
+)
 from em3rec.modules.interest import TargetAttention
 from em3rec.modules.sparse import IdArch, build_embedding_collections
 
 CONTENT_VARIANTS = ("none", "frozen", "em3")
+SEQ_CONTENT_MODES = ("none", "frozen", "lora", "full", "cached")
 
 
 @dataclass
@@ -176,6 +180,20 @@ def _check(model_config: ModelConfig) -> None:
         raise ValueError("model.over_layers needs at least one hidden layer")
 
 
+def build_history_encoder(model_config: ModelConfig, qformer: FusionQFormer, num_items: int) -> HistoryEncoder | None:
+    """The history branch ``model.seq_content_mode`` names (None for ``none``)."""
+    mode = model_config.seq_content_mode
+    if mode == "none":
+        return None
+    if mode == "frozen":
+        return NoGradHistory()
+    if mode == "full":
+        return FullHistory()
+    if mode == "lora":
+        return LoraHistory(qformer, model_config.lora)
+    return CachedHistory(num_items, qformer.head.out_features, model_config.cache_refresh_steps)
+
+
 def build_model(
     model_config: ModelConfig,
     meta: DatasetMeta,
@@ -217,15 +235,10 @@ def build_model(
         content_tower = content_interest = cic = None
         num_content = 0
         if model_config.content == "em3":
-            qformer = FusionQFormer(modality_widths, model_config.qformer, out_dim=D)
-            content_tower = ContentTower(
-                qformer,
-                model_config.seq_content_mode,
-                dedup=model_config.dedup,
-                lora=model_config.lora,
-                num_items=meta.features_of("item")[0].vocab_size,
-                cache_refresh_steps=model_config.cache_refresh_steps,
-            )
+            qformer = FusionQFormer(modality_widths, model_config.qformer, out_dim=D, gated=model_config.pooled_base)
+            pooled_base = PooledContentProjection(modality_widths, D) if model_config.pooled_base else None
+            history = build_history_encoder(model_config, qformer, meta.features_of("item")[0].vocab_size)
+            content_tower = ContentTower(qformer, history, pooled_base, dedup=model_config.dedup)
             if model_config.cic.weight > 0:
                 cic = ContentIDContrastive(D, D, model_config.cic)
         elif model_config.content == "frozen":

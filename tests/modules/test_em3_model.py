@@ -62,7 +62,7 @@ def test_loss_is_bce_plus_weighted_cic(meta, data_config, batch, model_config):
 
 
 def test_cross_attention_variant_and_export(meta, data_config, batch, model_config):
-    config = model_config(qformer=QFormerConfig(dim=16, num_heads=2, num_layers=2, dropout=0.0, attention="cross"))
+    config = model_config(qformer=QFormerConfig(dim=16, num_heads=2, num_layers=2, token_dropout=0.0, attention_dropout=0.0, ffn_dropout=0.0, attention="cross"))
     model = build_model(config, meta, data_config).eval()
     out = model(batch)
     exported = model.encode_items(
