@@ -30,7 +30,7 @@ ABLATIONS: dict[str, tuple[str, list[str]]] = {
     "hist_frozen": ("EM3, history content through the Q-Former under no_grad", ["model.seq_content_mode=frozen"]),
     "hist_none": ("EM3, no history content", ["model.seq_content_mode=none"]),
     "pooled": ("EM3 over the pooled vectors (one token per modality)", ["data.pooled_content=true"]),
-    "qdrop01": ("EM3 with Q-Former dropout 0.1 (default 0.5)", ["model.qformer.dropout=0.1"]),
+    "qdrop05": ("EM3 with Q-Former dropout 0.5 on every site", ["model.qformer.token_dropout=0.5", "model.qformer.attention_dropout=0.5", "model.qformer.ffn_dropout=0.5"]),
 }
 
 

@@ -76,7 +76,7 @@ from em3rec.data.loader import ImpressionLoader  # noqa: E402
 from em3rec.data.schema import DatasetMeta  # noqa: E402
 from em3rec.distributed import DistEnv, build_optimizer, init_distributed, shard_model  # noqa: E402
 from em3rec.modules import flops as flops_module  # noqa: E402
-from em3rec.modules.content_tower import DistinctTargets  # noqa: E402
+from em3rec.modules.content_io import DistinctTargets  # noqa: E402
 from em3rec.modules.model import EM3Train, build_model  # noqa: E402
 
 BASELINE = "frozen"
@@ -296,7 +296,7 @@ def build_runner(
         if variant.seq_content_mode != "cached" or variant.content != "em3":
             return {}
         history = int(torch.unique(batch.history_content_index[batch.history_mask]).numel())
-        return {"refreshed": float(inner.content_tower.last_refresh_count), "history_items": float(history)}
+        return {"refreshed": float(inner.content_tower.history.last_refresh_count), "history_items": float(history)}
 
     return Runner(run_step, count, after_step, inner)
 
