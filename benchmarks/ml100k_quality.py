@@ -100,7 +100,8 @@ def main() -> None:
     if args.table_only:
         write(args, json.loads(Path(args.out).with_suffix(".json").read_text()))
         return
-    results = _earlier_runs(Path(args.out).with_suffix(".json"), exclude_seeds=set(args.seeds))
+    configs = {f"{b}_{v}" for b in args.backbones for v in args.variants}
+    results = _earlier_runs(Path(args.out).with_suffix(".json"), configs, set(args.seeds))
     for seed in args.seeds:  # seeds outermost: a partial run still covers every variant
         for backbone in args.backbones:
             for variant in args.variants:
@@ -112,13 +113,14 @@ def main() -> None:
                 write(args, results)
 
 
-def _earlier_runs(path: Path, exclude_seeds: set[int]) -> dict[str, list[dict]]:
-    """Runs of other seeds kept from an earlier invocation, so seeds can be added one batch at a time."""
+def _earlier_runs(path: Path, configs: set[str], seeds: set[int]) -> dict[str, list[dict]]:
+    """Runs kept from earlier invocations: all but the (config, seed) pairs about to be rerun, so
+    seeds and backbones can be added one batch at a time."""
     if not path.exists():
         return {}
     earlier = json.loads(path.read_text())
     return {config: kept for config, runs in earlier.items()
-            if (kept := [r for r in runs if r["config"]["train"]["seed"] not in exclude_seeds])}
+            if (kept := [r for r in runs if config not in configs or r["config"]["train"]["seed"] not in seeds])}
 
 
 def write(args: argparse.Namespace, results: dict[str, list[dict]]) -> None:
