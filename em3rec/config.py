@@ -75,6 +75,10 @@ class CICConfig:
     # CIC's first job becomes "push every ID apart".
     head_bias: bool = False
     warmup_steps: int = 0  # lambda ramps linearly from 0 to `weight` over this many training steps
+    # Items drawn uniformly from the whole catalogue each training step (per rank) and added to CIC
+    # with their content only (never a label): every item's ID row, also of items without a
+    # training row, is pulled toward its content. The authors' code runs CIC over the whole table.
+    catalogue_samples: int = 0
     # False: the ID embeddings enter CIC detached, so it trains the content tower (and heads) toward
     # the IDs and leaves the ID table to the ranking loss (a distillation of IDs into content).
     id_gradient: bool = True
@@ -311,8 +315,10 @@ def validate_config(config: Config) -> None:
     ):
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{key} = {value}; expected a probability in [0, 1)")
-    if config.optim.content_lr < 0 or model.cic.warmup_steps < 0 or model.cic.weight < 0:
-        raise ConfigError("optim.content_lr, model.cic.weight and model.cic.warmup_steps must be >= 0")
+    if min(config.optim.content_lr, model.cic.weight, model.cic.warmup_steps, model.cic.catalogue_samples) < 0:
+        raise ConfigError(
+            "optim.content_lr, model.cic.weight, model.cic.warmup_steps and model.cic.catalogue_samples must be >= 0"
+        )
     train = config.train
     for key, value, low in (
         ("train.epochs", train.epochs, 1), ("train.patience", train.patience, 0), ("train.log_every", train.log_every, 1),

@@ -36,7 +36,7 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
 from em3rec.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
-from em3rec.config import Config, load_config
+from em3rec.config import Config, ModelConfig, load_config
 from em3rec.data.batch import Batch
 from em3rec.data.item_store import ItemStore
 from em3rec.data.loader import ImpressionLoader
@@ -45,7 +45,7 @@ from em3rec.distributed import (
     DistEnv, allowed_sharding_types, build_optimizer, describe_plan, init_distributed, shard_model,
 )
 from em3rec.evaluation import cold_item_mask, evaluate
-from em3rec.modules.model import EM3Train, build_model
+from em3rec.modules.model import EM3Train, build_model, uses_catalogue
 from em3rec.run_log import MetricWriter, memory_mb, setup_logging
 
 log = logging.getLogger("em3rec.train")
@@ -175,6 +175,7 @@ class Recipe:
             data, split, rank=self.env.rank, world_size=self.env.world_size, seed=self.config.train.seed,
             max_batches=(self.config.train.max_steps_per_epoch or None) if split == "train" else None,
             item_store=self._item_store, scan_rows=data.scan_rows,
+            catalogue_samples=catalogue_samples(self.config.model, split),
         )
 
     def loader(self, split: str, epoch: int = 0, start_batch: int = 0) -> ImpressionLoader:
@@ -390,6 +391,14 @@ class Recipe:
         _check_predictions(test, "test", self.progress.best_epoch)
         test["epoch"] = self.progress.best_epoch
         return test
+
+
+def catalogue_samples(model: ModelConfig, split: str) -> int | None:
+    """The loader's ``catalogue_samples`` for ``split``: None when the model samples no catalogue
+    items for CIC, else ``model.cic.catalogue_samples`` in training and 0 in evaluation."""
+    if not uses_catalogue(model):
+        return None
+    return model.cic.catalogue_samples if split == "train" else 0
 
 
 def _check_predictions(metrics: dict[str, Any], split: str, epoch: int) -> None:

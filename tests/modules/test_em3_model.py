@@ -114,3 +114,24 @@ def test_fx_traceable_for_the_train_pipeline(meta, data_config, content, mode, m
     for name, feature in zip(collections, ["sparse_features", "sequence_features"]):
         (arg,) = calls[name].args
         assert arg.op == "call_function" and arg.args[1] == feature  # getattr(batch, feature)
+
+
+def test_catalogue_items_join_cic_and_train_their_id_rows(meta, data_config, model_config):
+    from em3rec.modules.example_batch import example_batch
+
+    config = model_config(cic=CICConfig(weight=0.5, dim=8, num_negatives=0, catalogue_samples=6))
+    model = build_model(config, meta, data_config)
+    batch = example_batch(meta, 12, num_item_choices=5, catalogue_samples=6, seed=4)
+    sampled = batch.content_item_ids[batch.catalogue_content_index]
+    outside = sampled[~torch.isin(sampled, batch.content_item_ids[batch.history_content_index[batch.history_mask]])
+                      & ~torch.isin(sampled, batch.item_ids)]
+    assert outside.numel() > 0  # items that only the catalogue sample brings into the batch
+    loss, _ = EM3Train(model)(batch)
+    loss.backward()
+    grad = model.id_arch.embedding_collection.embeddings["item"].weight.grad  # (num_items, D)
+    assert grad[outside].abs().sum(1).gt(0).all()  # CIC reaches their ID rows, no label needed
+    # without the sample, the same batch leaves those rows alone
+    plain = build_model(model_config(cic=CICConfig(weight=0.5, dim=8, num_negatives=0)), meta, data_config)
+    loss, _ = EM3Train(plain)(example_batch(meta, 12, num_item_choices=5, seed=4))
+    loss.backward()
+    assert plain.id_arch.embedding_collection.embeddings["item"].weight.grad[outside].abs().sum() == 0
