@@ -3,12 +3,11 @@ import itertools
 import pytest
 import torch
 
-from em3rec.config import CICConfig, QFormerConfig
+from em3rec.config import BACKBONES, CONTENT_VARIANTS, SEQ_CONTENT_MODES, CICConfig, QFormerConfig
 from em3rec.modules.model import EM3Model, EM3Train, build_model
 
-BACKBONES = ("dlrm", "dcn", "din")
-CONTENTS = ("none", "frozen", "em3")
-SEQ_MODES = ("none", "frozen", "lora", "full", "cached")
+CONTENTS = CONTENT_VARIANTS
+SEQ_MODES = SEQ_CONTENT_MODES
 
 
 @pytest.mark.parametrize("backbone,content,mode", list(itertools.product(BACKBONES, CONTENTS, SEQ_MODES)))

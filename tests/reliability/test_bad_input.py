@@ -168,7 +168,7 @@ def test_truncated_item_array(data: Path, tmp_path: Path) -> None:
         ("train.log_every=0", r"train.log_every = 0; expected >= 1"),
         ("train.keep_checkpoints=0", r"train.keep_checkpoints = 0; expected >= 1"),
         ("train.epochs=two", r"train.epochs: expected int, got 'two'"),
-        ('sharding.types=["diagonal"]', r"sharding.types: 'diagonal' is not a sharding type"),
+        ('sharding.types=["diagonal"]', r"sharding.types: 'diagonal' is not one of \('data_parallel', "),
     ],
 )
 def test_bad_config_is_refused_before_anything_runs(override: str, message: str) -> None:
