@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from em3rec.errors import UserError
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 # Options whose values are a fixed set. The loader enforces them (``validate_config``); every other
@@ -43,7 +45,7 @@ EMBEDDING_OPTIMIZERS = choices(EmbeddingOptimizer)
 SHARDING_TYPES = choices(ShardingType)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or override names an unknown key or a value of the wrong type."""
 
 
