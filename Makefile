@@ -32,7 +32,7 @@ test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: venv data
-	$(PY) benchmarks/throughput.py --data $(DATA)
+	$(PY) -m benchmarks.throughput --data $(DATA)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

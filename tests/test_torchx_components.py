@@ -37,7 +37,7 @@ def test_evaluate_and_bench_components() -> None:
     ev = c.evaluate(config="dcn_em3", checkpoint="runs/x/checkpoints/step_00000010", split="valid")
     assert "-m em3rec.evaluate --config dcn_em3 --split valid --checkpoint runs/x/checkpoints/step_00000010" in ev.roles[0].args[1]
     bench = c.bench("--steps", "5", j="1x2")
-    assert "benchmarks/throughput.py --steps 5" in bench.roles[0].args[1]
+    assert "-m benchmarks.throughput --steps 5" in bench.roles[0].args[1]
     assert "--nproc_per_node 2" in bench.roles[0].args[1]
 
 

@@ -136,10 +136,10 @@ def bench(
     image: str = torchx.IMAGE,
     env: Optional[Dict[str, str]] = None,
 ) -> specs.AppDef:
-    """Run the training-step throughput benchmark (benchmarks/throughput.py) under torchrun.
+    """Run the training-step throughput benchmark (``python -m benchmarks.throughput``) under torchrun.
 
     Args:
-        bench_args: arguments for benchmarks/throughput.py
+        bench_args: arguments for ``python -m benchmarks.throughput``
         j: {nnodes}x{nproc_per_node}
         cpu: cpus per replica
         gpu: gpus per replica
@@ -148,5 +148,5 @@ def bench(
         image: the image (container) to run in
         env: environment variables
     """
-    return _ddp(None, "benchmarks/throughput.py", list(bench_args), "em3rec/bench", j, cpu, gpu, memMB,
+    return _ddp("benchmarks.throughput", None, list(bench_args), "em3rec/bench", j, cpu, gpu, memMB,
                 h, image, env, 0, 0)
