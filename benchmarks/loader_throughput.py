@@ -29,8 +29,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import numpy as np
 import pyarrow as pa
 import torch
@@ -40,6 +38,8 @@ from benchmarks.machine import describe_machine
 from em3rec.data.batch import Batch
 from em3rec.data.loader import ImpressionLoader
 from em3rec.data.schema import DatasetMeta
+
+ROOT = Path(__file__).resolve().parents[1]
 CONTENT_MODES = ("none", "pooled", "tokens")
 
 

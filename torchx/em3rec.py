@@ -4,11 +4,13 @@ Each wraps ``torchx.components.dist.ddp`` (torchrun under the hood), so the same
 and on a cluster scheduler::
 
     torchx run -s local_cwd torchx/em3rec.py:train -j 1x2 --config din_em3
-    torchx run -s kubernetes -cfg queue=default torchx/em3rec.py:train -j 4x8 --gpu 8 \
-        --image my-registry/em3rec:latest --config din_em3 -- data.path=/mnt/data/ml100k
+    torchx run -s kubernetes --workspace "" -cfg queue=default torchx/em3rec.py:train -j 4x8 --gpu 8 \
+        --image my-registry/em3rec:latest --config din_em3 data.path=/mnt/data/ml100k
     torchx run -s slurm torchx/em3rec.py:train -j 2x8 --gpu 8 --config din_em3
 
-Trailing arguments are ``section.key=value`` config overrides.
+Trailing arguments are ``section.key=value`` config overrides. On kubernetes the image must hold
+this repo and its ``.venv``; ``--workspace ""`` runs it as it is (without it, torchx first builds a
+workspace image through docker).
 This folder has no ``__init__.py`` on purpose: it would shadow the installed ``torchx`` package.
 """
 
@@ -72,7 +74,7 @@ def train(
     max_retries: int = 0,
     max_restarts: int = 0,
 ) -> specs.AppDef:
-    """Train an em3rec ranking model (prepares the bundled ml-100k first if it is missing).
+    """Train an em3rec ranking model on a prepared dataset (``data.path``; ``make data`` prepares ml-100k).
 
     Args:
         overrides: config overrides, ``section.key=value`` (e.g. ``model.backbone=dcn``)
@@ -111,7 +113,7 @@ def evaluate(
     Args:
         overrides: config overrides, ``section.key=value``
         config: a bundled config name or a TOML path (must match the checkpoint's model)
-        checkpoint: checkpoint folder; default: the run's latest
+        checkpoint: checkpoint folder; default: the run's best (on valid AUC)
         split: valid or test
         j: {nnodes}x{nproc_per_node}
         cpu: cpus per replica
