@@ -86,6 +86,7 @@ def _worker(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Its own parser, not em3rec.cli's: a worker must not import em3rec before it picks its tree.
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--before", required=True, help="folder holding the 'before' em3rec package")
     p.add_argument("--after", default=str(ROOT), help="folder holding the 'after' em3rec package (default: this checkout)")

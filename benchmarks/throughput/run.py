@@ -66,6 +66,7 @@ from benchmarks.throughput.runner import (
 from benchmarks.throughput.variants import (
     BASELINE, DEFAULT_TOWER_VARIANTS, DEFAULT_VARIANTS, VARIANTS, Variant, variant_config,
 )
+from em3rec import cli
 from em3rec.config import Device, choices
 from em3rec.data.batch import Batch
 from em3rec.data.schema import DatasetMeta
@@ -274,10 +275,8 @@ def run_in_process(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.config_parser(__doc__.split("\n\n")[0])  # --config: the base the variants override; --set: for all
     p.add_argument("--data", default="data/ml100k", help="prepared dataset folder")
-    p.add_argument("--config", default="din_em3", help="base config (the variants override content/history/dedup)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every variant")
     p.add_argument("--batch-size", type=int, default=512, help="rows per rank")
     p.add_argument("--history", default="10,50", help="comma-separated history lengths L (capped at the dataset's)")
     p.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated, from: {', '.join(VARIANTS)}; or 'all'")
@@ -316,6 +315,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@cli.user_errors
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     quiet()
