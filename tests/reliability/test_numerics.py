@@ -178,10 +178,10 @@ def test_two_ranks_stop_together_on_a_nan_loss(poisoned: Poisoned, tmp_path: Pat
     elapsed = time.monotonic() - job.started
     out = job.output()
     where = f"non-finite loss at step {index + 1} (epoch 0, batch {index + 1}) on rank(s) [{bad}]: "
-    assert f"[rank{bad}]: NonFiniteLossError: {where}loss nan on rank {bad}, batch user_ids=[" in out
-    assert (f"[rank{good}]: NonFiniteLossError: {where}this rank's loss was finite (" in out
+    assert f"[rank{bad}]: em3rec.loss_guard.NonFiniteLossError: {where}loss nan on rank {bad}, batch user_ids=[" in out
+    assert (f"[rank{good}]: em3rec.loss_guard.NonFiniteLossError: {where}this rank's loss was finite (" in out
             and f"); the batch ids are in rank {bad}'s log" in out)
-    assert poisoned.item in json.loads(re.search(rf"\[rank{bad}\]: NonFiniteLossError: .*target\+history item ids=(\[[^\]]*\])", out).group(1))
+    assert poisoned.item in json.loads(re.search(rf"\[rank{bad}\]: em3rec.loss_guard.NonFiniteLossError: .*target\+history item ids=(\[[^\]]*\])", out).group(1))
     assert not (tmp_path / "nan_stop" / "metrics.json").exists()
     assert elapsed < 150
 
