@@ -14,12 +14,38 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from em3rec.errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
+# Options whose values are a fixed set. The loader enforces them (``validate_config``); every other
+# list of allowed values in the package is derived from these (``choices``).
+Backbone = Literal["dlrm", "dcn", "din"]
+ContentVariant = Literal["none", "frozen", "em3"]  # ID only | pooled pre-extracted vectors | EM3
+SeqContentMode = Literal["none", "frozen", "lora", "full", "cached"]
+QFormerAttention = Literal["self", "cross"]
+EmbeddingOptimizer = Literal["rowwise_adagrad", "adagrad", "adam", "sgd"]
+Device = Literal["auto", "cpu", "cuda"]
+NanPolicy = Literal["stop", "skip"]
+ShardingType = Literal["data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise"]
 
-class ConfigError(ValueError):
+
+def choices(literal: Any) -> tuple[str, ...]:
+    """The allowed values of a ``Literal[...]`` option type, in declaration order."""
+    return typing.get_args(literal)
+
+
+BACKBONES = choices(Backbone)
+CONTENT_VARIANTS = choices(ContentVariant)
+SEQ_CONTENT_MODES = choices(SeqContentMode)
+QFORMER_ATTENTIONS = choices(QFormerAttention)
+EMBEDDING_OPTIMIZERS = choices(EmbeddingOptimizer)
+SHARDING_TYPES = choices(ShardingType)
+
+
+class ConfigError(UserError):
     """A config file or override names an unknown key or a value of the wrong type."""
 
 
@@ -48,7 +74,7 @@ class QFormerConfig:
     token_dropout: float = 0.0  # on the projected input tokens
     attention_dropout: float = 0.1  # on each attention branch before its residual add
     ffn_dropout: float = 0.0  # on the feed-forward branch before its residual add
-    attention: str = "self"  # "self": over [queries; tokens] (EM3); "cross": BLIP-2-style
+    attention: QFormerAttention = "self"  # "self": over [queries; tokens] (EM3); "cross": BLIP-2-style
 
 
 @dataclass
@@ -86,10 +112,10 @@ class CICConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "din"  # dlrm | dcn | din
-    content: str = "em3"  # none (ID only) | frozen (pre-extracted pooled vectors) | em3
+    backbone: Backbone = "din"
+    content: ContentVariant = "em3"  # none (ID only) | frozen (pre-extracted pooled vectors) | em3
     embedding_dim: int = 64  # D: ID embeddings and every feature vector the backbone sees
-    seq_content_mode: str = "lora"  # none | frozen | lora | full | cached
+    seq_content_mode: SeqContentMode = "lora"
     # EM3 only. True: an item's content embedding is the frozen baseline's (pooled pre-extracted
     # vectors through a Linear) plus the Q-Former's output scaled by a per-dimension gate that starts
     # at 0, so EM3 starts exactly at the two-stage baseline and end-to-end training adds to it.
@@ -111,7 +137,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    embedding_optimizer: str = "rowwise_adagrad"  # rowwise_adagrad | adagrad | adam | sgd (fused, in backward)
+    embedding_optimizer: EmbeddingOptimizer = "rowwise_adagrad"  # fused, in backward
     embedding_lr: float = 0.05
     dense_lr: float = 1e-3
     weight_decay: float = 1e-5
@@ -125,7 +151,7 @@ class OptimConfig:
 class ShardingConfig:
     # Allowed sharding types for the planner; empty = all the device supports
     # (CPU/gloo: table_wise, column_wise, table_column_wise, data_parallel; CUDA adds row_wise).
-    types: list[str] = field(default_factory=list)
+    types: list[ShardingType] = field(default_factory=list)
     pipeline: bool = True  # TorchRec's TrainPipelineSparseDist where the device allows
 
 
@@ -134,7 +160,7 @@ class TrainConfig:
     epochs: int = 5  # the most epochs; with `patience`, training may stop earlier
     patience: int = 0  # stop after this many epochs without a better valid AUC; 0 = run every epoch
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    device: Device = "auto"
     log_every: int = 50  # steps between log lines
     checkpoint_every: int = 0  # steps between checkpoints; 0 = end of each epoch only
     keep_checkpoints: int = 2
@@ -144,7 +170,7 @@ class TrainConfig:
     # A NaN/inf loss: "stop" raises NonFiniteLossError naming the step and the batch's ids; "skip"
     # drops the batch before backward and the optimiser step (counted in metrics.json; needs the
     # non-pipelined step, so it turns sharding.pipeline off).
-    nan_policy: str = "stop"  # stop | skip
+    nan_policy: NanPolicy = "stop"
     nan_skip_limit: int = 20  # "skip": stop after this many skipped batches in a row (0 = no limit)
     # Seconds a collective (all-reduce, all-to-all, barrier) may wait before the job fails. Under
     # torchrun a rank that exits stops the others at once; this bounds a hang without an agent.
@@ -175,6 +201,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(_not_allowed(where, value, allowed))
+        return value
     if origin in (typing.Union, types.UnionType):
         raise ConfigError(f"{where}: union types are not supported in configs")
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
@@ -182,6 +213,14 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if annotation in (int, str, bool, float) and type(value) is not annotation:
         raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
     return value
+
+
+def _not_allowed(where: str, value: Any, allowed: tuple[str, ...]) -> str:
+    """The message for a value outside its option's set (``where``: ``model.backbone`` or
+    ``sharding.types[1]``, an item of a list option)."""
+    if "[" in where:
+        return f"{where.split('[', 1)[0]}: {value!r} is not one of {allowed}"
+    return f"{where} = {value!r}; expected one of {allowed}"
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -280,29 +319,9 @@ def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> None:
             base[k] = v
 
 
-_CHOICES = {
-    ("model", "backbone"): ("dlrm", "dcn", "din"),
-    ("model", "content"): ("none", "frozen", "em3"),
-    ("model", "seq_content_mode"): ("none", "frozen", "lora", "full", "cached"),
-    ("model.qformer", "attention"): ("self", "cross"),
-    ("optim", "embedding_optimizer"): ("rowwise_adagrad", "adagrad", "adam", "sgd"),
-    ("train", "device"): ("auto", "cpu", "cuda"),
-    ("train", "nan_policy"): ("stop", "skip"),
-}
-SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise")
-
-
 def validate_config(config: Config) -> None:
     """Reject values outside their allowed set, naming the option."""
-    for (section, key), allowed in _CHOICES.items():
-        node: Any = config
-        for part in section.split("."):
-            node = getattr(node, part)
-        if getattr(node, key) not in allowed:
-            raise ConfigError(f"{section}.{key} = {getattr(node, key)!r}; expected one of {allowed}")
-    for t in config.sharding.types:
-        if t not in SHARDING_TYPES:
-            raise ConfigError(f"sharding.types: {t!r} is not a sharding type; expected some of {SHARDING_TYPES}")
+    _check_literals(config, "")
     if config.data.batch_size < 1 or config.data.eval_batch_size < 1:
         raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1")
     if config.model.qformer.dim % config.model.qformer.num_heads:
@@ -328,3 +347,21 @@ def validate_config(config: Config) -> None:
     ):
         if value < low:
             raise ConfigError(f"{key} = {value}; expected >= {low}")
+
+
+def _check_literals(node: Any, where: str) -> None:
+    """Every ``Literal[...]`` field (and list of them) of a config tree holds an allowed value
+    (also for configs built in code, which bypass the loader's coercion)."""
+    hints = typing.get_type_hints(type(node))
+    for f in dataclasses.fields(node):
+        value, annotation, name = getattr(node, f.name), hints[f.name], f"{where}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_literals(value, f"{name}.")
+        elif typing.get_origin(annotation) is Literal and value not in typing.get_args(annotation):
+            raise ConfigError(_not_allowed(name, value, typing.get_args(annotation)))
+        elif typing.get_origin(annotation) is list:
+            (item,) = typing.get_args(annotation)
+            allowed = typing.get_args(item) if typing.get_origin(item) is Literal else None
+            for i, v in enumerate(value if allowed else ()):
+                if v not in allowed:
+                    raise ConfigError(_not_allowed(f"{name}[{i}]", v, allowed))

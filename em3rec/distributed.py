@@ -27,13 +27,13 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim import RowWiseAdagrad
 
-from em3rec.config import ConfigError, OptimConfig, ShardingConfig
+from em3rec.config import SHARDING_TYPES, ConfigError, OptimConfig, ShardingConfig
 
 log = logging.getLogger(__name__)
 
 # What FBGEMM's CPU kernels and gloo collectives can shard; row-wise needs CUDA.
-CPU_SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise")
-CUDA_SHARDING_TYPES = CPU_SHARDING_TYPES + ("row_wise", "table_row_wise")
+CPU_SHARDING_TYPES = tuple(t for t in SHARDING_TYPES if "row_wise" not in t)
+CUDA_SHARDING_TYPES = SHARDING_TYPES
 
 
 @dataclass(frozen=True)

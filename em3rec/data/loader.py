@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from em3rec.config import DataConfig
+from em3rec.config import ConfigError, DataConfig
 from em3rec.data.batch import CATALOGUE_FEATURE, Batch
 from em3rec.data.item_store import ItemStore
 from em3rec.data.schema import DatasetMeta
@@ -271,7 +271,7 @@ class ImpressionLoader(IterableDataset):
     ) -> None:
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"data.batch_size = {batch_size}; expected >= 1")
+            raise ConfigError(f"data.batch_size = {batch_size}; expected >= 1")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self._path = Path(path)
@@ -295,7 +295,7 @@ class ImpressionLoader(IterableDataset):
         dataset_history = self._history.max_length
         self.max_history = dataset_history if max_history is None else max_history
         if not 1 <= self.max_history <= dataset_history:
-            raise ValueError(
+            raise ConfigError(
                 f"data.max_history = {self.max_history}; expected 1 <= max_history <= {dataset_history} "
                 f"(meta.json feature {self._history.name!r} max_length)"
             )
@@ -317,7 +317,7 @@ class ImpressionLoader(IterableDataset):
         if self.training:
             full = (rows // world_size) // batch_size
             if full == 0:
-                raise ValueError(
+                raise ConfigError(
                     f"{self._path / split}: {rows} rows give no full batch of data.batch_size = {batch_size} "
                     f"on {world_size} rank(s); lower the batch size"
                 )
@@ -570,12 +570,4 @@ class ImpressionLoader(IterableDataset):
         )
 
 
-def feature_names(meta: DatasetMeta) -> dict[str, list[str]]:
-    """KJT keys the loader emits: ``sparse`` (EBC) and ``sequence`` (EC) feature names, meta order."""
-    return {
-        "sparse": [f.name for f in meta.features_of("user", "single", "multi")],
-        "sequence": [meta.features_of("item")[0].name, meta.features_of("history")[0].name],
-    }
-
-
-__all__ = ["ImpressionLoader", "Rows", "feature_names", "jagged_tail", "jagged_take", "prefetch", "shard_bounds"]
+__all__ = ["ImpressionLoader", "Rows", "jagged_tail", "jagged_take", "prefetch", "shard_bounds"]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from em3rec.config import QFormerConfig
+from em3rec.config import QFORMER_ATTENTIONS, QFormerConfig
 
 
 @dataclass
@@ -219,7 +219,7 @@ class FusionQFormer(nn.Module):
         self, modality_widths: dict[str, int], config: QFormerConfig, out_dim: int | None = None, gated: bool = False
     ) -> None:
         super().__init__()
-        if config.attention not in ("self", "cross"):
+        if config.attention not in QFORMER_ATTENTIONS:
             raise ValueError(f"attention = {config.attention!r}; expected 'self' or 'cross'")
         if config.num_layers < 1 or config.num_queries < 1:
             raise ValueError("the Q-Former needs num_layers >= 1 and num_queries >= 1")

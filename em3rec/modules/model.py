@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from em3rec.config import DataConfig, ModelConfig
+from em3rec.config import BACKBONES, CONTENT_VARIANTS, SEQ_CONTENT_MODES, DataConfig, ModelConfig
 from em3rec.data.batch import CATALOGUE_FEATURE, Batch
 from em3rec.data.schema import DatasetMeta
-from em3rec.modules.backbones import BACKBONES, RankingInputs, build_backbone
+from em3rec.modules.backbones import RankingInputs, build_backbone
 from em3rec.modules.cic import ContentIDContrastive
 from em3rec.modules.content_io import DistinctTargets
 from em3rec.modules.content_tower import ContentTower
@@ -32,9 +32,6 @@ from em3rec.modules.history_encoders import (
 )
 from em3rec.modules.interest import TargetAttention
 from em3rec.modules.sparse import IdArch, build_embedding_collections
-
-CONTENT_VARIANTS = ("none", "frozen", "em3")
-SEQ_CONTENT_MODES = ("none", "frozen", "lora", "full", "cached")
 
 
 @dataclass

@@ -9,7 +9,7 @@ import torch
 
 from em3rec.config import CICConfig, DataConfig, LoraConfig, ModelConfig, QFormerConfig
 from em3rec.data.batch import Batch
-from em3rec.modules.example_batch import ExampleItems, example_batch, example_meta
+from em3rec.testing.example_batch import ExampleItems, example_batch, example_meta
 
 def tiny_model_config(**overrides) -> ModelConfig:
     """A ModelConfig with d = D = 16; keyword overrides replace fields (nested configs included)."""

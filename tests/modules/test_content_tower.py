@@ -143,7 +143,7 @@ def test_cached_refreshes_stale_entries(batch):
     with torch.no_grad():
         fresh = tower.eval()(batch, targets).history
     tower.train()
-    for step in (1, 2):  # entries written at step 0 are read through step 2
+    for _step in (1, 2):  # entries written at step 0 are read through step 2
         out = tower(batch, targets)
         assert tower.history.last_refresh_count == 0
         # targets are rewritten each step, so only history-only items keep the old values

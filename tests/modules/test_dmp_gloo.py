@@ -45,7 +45,7 @@ def _train_steps(rank: int, backbone: str, mode: str, pipelined: bool) -> None:
     from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
     from em3rec.config import CICConfig, DataConfig, LoraConfig, ModelConfig, QFormerConfig
-    from em3rec.modules.example_batch import ExampleItems, example_batch, example_meta
+    from em3rec.testing.example_batch import ExampleItems, example_batch, example_meta
     from em3rec.modules.model import EM3Train, build_model
 
     meta = example_meta()

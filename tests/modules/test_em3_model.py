@@ -3,12 +3,11 @@ import itertools
 import pytest
 import torch
 
-from em3rec.config import CICConfig, QFormerConfig
+from em3rec.config import BACKBONES, CONTENT_VARIANTS, SEQ_CONTENT_MODES, CICConfig, QFormerConfig
 from em3rec.modules.model import EM3Model, EM3Train, build_model
 
-BACKBONES = ("dlrm", "dcn", "din")
-CONTENTS = ("none", "frozen", "em3")
-SEQ_MODES = ("none", "frozen", "lora", "full", "cached")
+CONTENTS = CONTENT_VARIANTS
+SEQ_MODES = SEQ_CONTENT_MODES
 
 
 @pytest.mark.parametrize("backbone,content,mode", list(itertools.product(BACKBONES, CONTENTS, SEQ_MODES)))
@@ -117,7 +116,7 @@ def test_fx_traceable_for_the_train_pipeline(meta, data_config, content, mode, m
 
 
 def test_catalogue_items_join_cic_and_train_their_id_rows(meta, data_config, model_config):
-    from em3rec.modules.example_batch import example_batch
+    from em3rec.testing.example_batch import example_batch
 
     config = model_config(cic=CICConfig(weight=0.5, dim=8, num_negatives=0, catalogue_samples=6))
     model = build_model(config, meta, data_config)
