@@ -27,14 +27,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from em3rec.data.schema import SPLITS, DatasetError, DatasetMeta
+from em3rec.data.schema import DatasetError, DatasetMeta
 
 from data_prep.impressions import Impressions, aligned, id_features, id_vocabs, summary
 from data_prep.protocol import DEFAULT_FRACTIONS, MAX_HISTORY, chronological_split
-from data_prep.text_encoder import DEFAULT_CACHE_DIR, TextEncoder
+from data_prep.text_encoder import DEFAULT_CACHE_DIR, TextEncoder, encode_texts
 from data_prep.vocab import Feature, Vocab, max_list_length
 from data_prep.wikidata import MovieFacts, MovieFactsIndex, display_title, split_title_year
-from data_prep.writer import ModalityArrays, write_prepared
+from data_prep.writer import ModalityArrays
 
 logger = logging.getLogger(__name__)
 
@@ -332,11 +332,7 @@ def encode_items(
     facts = facts_index.lookup_all(titles, years) if facts_index is not None else [None] * len(titles)
     title_texts = [display_title(t) if t else None for t in titles]
     meta_texts = [meta_text(g or [], y, f) if row else None for row, (g, y, f) in enumerate(zip(genres, years, facts))]
-    texts = {"title": title_texts, "meta": meta_texts}
-    modalities = []
-    for name, encoder in encoders.items():
-        tokens, mask = encoder.encode(texts[name])
-        modalities.append(ModalityArrays(name, tokens, mask, encoder.name, encoder.version))
+    modalities = encode_texts({"title": title_texts, "meta": meta_texts}, encoders)
     table = items.append_column("title_text", pa.array(title_texts, pa.string()))
     table = table.append_column("meta_text", pa.array(meta_texts, pa.string()))
     table = table.append_column("wikidata_title", pa.array([f.title if f else None for f in facts], pa.string()))
@@ -371,11 +367,7 @@ def prepare(
         "wikidata_matches": content.wikidata_matches if wikidata else None,
         "wikidata_source": "bokeh-sampledata _data/movies.db table omdb (Wikidata, CC0)" if wikidata else None,
     }
-    return write_prepared(
-        out, name=name, protocol=protocol, features=[f.spec() for f in impressions.features],
-        splits={s: impressions.tables(s) for s in SPLITS}, items=content.items, modalities=content.modalities,
-        vocabs=impressions.vocabs(), extra=extra,
-    )
+    return impressions.write(out, name=name, protocol=protocol, items=content.items, modalities=content.modalities, extra=extra)
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
