@@ -6,7 +6,9 @@ vocabulary index ``i``) and are gathered per impression chunk, so large splits s
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +82,7 @@ class Impressions:
         """
         cold_test_items, cold_test_rows = cold_items(self.split)
         start, stop = self.split.bounds["test"]
-        test_items = len(np.unique(self.split.item_ids[start:stop]))
+        test_items = len(pc.unique(pa.array(self.split.item_ids[start:stop])))
         return {
             "label": f"rating >= {self.split.label_threshold:g}",
             "split_order": self.split.order_key,
@@ -105,6 +107,16 @@ class Impressions:
             splits={s: self.tables(s) for s in SPLITS}, items=items, modalities=modalities,
             vocabs=self.vocabs(), extra=extra,
         )
+
+
+def item_table(item_vocab: Vocab, columns: dict[str, pa.Array | pa.ChunkedArray]) -> pa.Table:
+    """The item table every importer writes: ``item_idx`` (0..n), raw ``item_id`` (null on the
+    reserved row 0), then ``columns`` (each already aligned to item indices)."""
+    return pa.table({
+        "item_idx": pa.array(np.arange(item_vocab.size), pa.int64()),
+        "item_id": pa.concat_arrays([pa.nulls(1, item_vocab.values.type), item_vocab.values]),
+        **columns,
+    })
 
 
 def id_vocabs(
@@ -145,3 +157,12 @@ def summary(meta: DatasetMeta, seconds: float) -> str:
         if meta.extra.get(key) is not None:
             lines.append(f"  {key}: {meta.extra[key]}")
     return "\n".join(lines)
+
+
+def prepare_and_report(prepare: Callable[[], DatasetMeta]) -> DatasetMeta:
+    """A command's body: log to stderr, run ``prepare``, print its ``summary`` with the time taken."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    start = time.perf_counter()
+    meta = prepare()
+    print(summary(meta, time.perf_counter() - start), flush=True)
+    return meta

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from em3rec.data.schema import SPLITS
 
@@ -289,7 +290,7 @@ def hashed_split(
 
 def cold_items(split: ProtocolSplit, target: str = "test", reference: str = "train") -> tuple[int, int]:
     """``(distinct items, rows)`` of ``target`` whose item never occurs in ``reference``."""
-    seen = np.unique(split.item_ids[slice(*split.bounds[reference])])
-    target_items = split.item_ids[slice(*split.bounds[target])]
-    cold = ~np.isin(target_items, seen)
-    return int(len(np.unique(target_items[cold]))), int(cold.sum())
+    seen = pa.array(split.item_ids[slice(*split.bounds[reference])])
+    target_items = pa.array(split.item_ids[slice(*split.bounds[target])])  # Arrow: hashing, fast for string ids
+    cold = pc.invert(pc.is_in(target_items, value_set=seen))
+    return len(pc.unique(target_items.filter(cold))), int(pc.sum(cold).as_py() or 0)

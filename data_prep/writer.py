@@ -74,10 +74,11 @@ def masked_mean(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (total / count).astype(np.float16)
 
 
-def _save_modality(folder: Path, mod: ModalityArrays, block_rows: int = ITEM_BLOCK_ROWS) -> None:
+def _save_modality(folder: Path, mod: ModalityArrays) -> None:
     """``<name>.tokens.npy`` (masked-out tokens zeroed), ``.mask.npy`` and ``.pooled.npy``, written
-    ``block_rows`` items at a time so large item sets need no full-size temporaries."""
+    ``ITEM_BLOCK_ROWS`` items at a time so large item sets need no full-size temporaries."""
     n, t, w = mod.tokens.shape
+    block_rows = ITEM_BLOCK_ROWS
     tokens = np.lib.format.open_memmap(folder / f"{mod.name}.tokens.npy", mode="w+", dtype=np.float16, shape=(n, t, w))
     pooled = np.lib.format.open_memmap(folder / f"{mod.name}.pooled.npy", mode="w+", dtype=np.float16, shape=(n, w))
     for lo in range(0, n, block_rows):
