@@ -1,4 +1,4 @@
-"""Ranking metrics of the ml100k-ctr-v1 protocol: AUC, GAUC, logloss and cold-item AUC.
+"""Ranking metrics of the CTR protocols: AUC, GAUC, logloss, and AUC on cold and on warm items.
 
 Metrics are computed on the *gathered* predictions of all ranks (``gather_predictions``), never as
 averages of per-rank metrics, which are biased for AUC. AUC comes from torchmetrics; GAUC is ours:
@@ -81,8 +81,8 @@ def group_auc(scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) 
 
 
 def compute_metrics(pred: Predictions, cold_items: torch.Tensor | None = None) -> dict[str, float]:
-    """AUC, GAUC, logloss, and AUC on rows whose item is cold (``cold_items`` is a bool mask over
-    item indices: True for items never seen in training)."""
+    """AUC, GAUC, logloss, and AUC on rows whose item is cold / warm (``cold_items`` is a bool mask
+    over item indices: True for items never seen in training)."""
     scores = torch.sigmoid(pred.logits.double())
     result = {
         "auc": auc(scores, pred.labels),
@@ -95,6 +95,8 @@ def compute_metrics(pred: Predictions, cold_items: torch.Tensor | None = None) -
         cold = cold_items[pred.item_ids]
         result["cold_auc"] = auc(scores[cold], pred.labels[cold])
         result["cold_rows"] = int(cold.sum())
+        result["warm_auc"] = auc(scores[~cold], pred.labels[~cold])
+        result["warm_rows"] = int((~cold).sum())
     return result
 
 
