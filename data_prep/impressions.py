@@ -153,7 +153,7 @@ def summary(meta: DatasetMeta, seconds: float) -> str:
     lines.append(f"  users {meta.extra.get('num_real_users')}, items {meta.extra.get('num_real_items')} (+ reserved index 0)")
     for m in meta.modalities:
         lines.append(f"  modality {m.name}: {m.tokens} x {m.width} from {m.encoder}")
-    for key in ("wikidata_matches", "items_with_image", "cold_test_items", "cold_test_rows", "warm_test_items", "warm_test_rows"):
+    for key in ("row_filter", "malformed_rows", "wikidata_matches", "items_with_image", "cold_test_items", "cold_test_rows", "warm_test_items", "warm_test_rows"):
         if meta.extra.get(key) is not None:
             lines.append(f"  {key}: {meta.extra[key]}")
     return "\n".join(lines)

@@ -7,7 +7,10 @@ from collections import defaultdict
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+
+from em3rec.data.schema import DatasetMeta
 
 from data_prep.bx import (
     MIN_USER_ROWS,
@@ -16,8 +19,9 @@ from data_prep.bx import (
     bx_impressions,
     country,
     item_texts,
+    prepare_bx,
     read_bx,
-    read_csv,
+    read_bx_csv,
 )
 from data_prep.protocol import hashed_split
 
@@ -119,7 +123,7 @@ def test_escaped_quotes_parse(tables):
 
 def test_malformed_rows_are_counted_not_dropped_silently(caplog):
     data = b'"User-ID";"Location";"Age"\n"1";"a, b";"20"\n"2";"c";"30";"extra"\n"3";"d \\"e\\"";NULL\n'
-    table, bad = read_csv(data, "BX-Users.csv")
+    table, bad = read_bx_csv(data, "BX-Users.csv")
     assert bad == 1 and table.column("Location").to_pylist() == ["a, b", 'd "e"']
     assert table.column("Age").to_pylist() == ["20", "NULL"]
     assert "1 malformed rows" in caplog.text
@@ -142,6 +146,20 @@ def test_hashed_split_small():
         assert r["hist_item_ids"] == [i for i in train if i != r["item_id"]][:3]
     with pytest.raises(ValueError, match="more than once"):
         hashed_split([1, 1], ["a", "a"], [8, 8], label_threshold=8)
+
+
+def test_prepare_a_slice_with_the_encoder(tables, tmp_path, text_cache):
+    r = tables.ratings
+    tiny = BXTables(ratings=r.filter(pa.array(r.column("user_id").to_numpy() % 3000 == 0)), books=tables.books, users=tables.users)
+    meta = prepare_bx(tmp_path / "bx", cache_dir=text_cache, progress=False, tables=tiny)
+    assert DatasetMeta.load(tmp_path / "bx") == meta and meta.protocol == "bx-ctr-v1"
+    assert [(m.name, m.tokens, m.width) for m in meta.modalities] == [("title", 16, 384), ("meta", 24, 384)]
+    assert sum(v.rows for v in meta.splits.values()) == meta.extra["row_filter"]["kept"] > 0
+    assert {f.name for f in meta.features} >= {"author", "publisher", "publication_year", "age_bucket", "country"}
+    items = pq.read_table(tmp_path / "bx/items/items.parquet")
+    assert items.num_rows == meta.num_items and items.column("meta_text")[1].as_py().startswith("Author: ")
+    mask = np.load(tmp_path / "bx/items/title.mask.npy")
+    assert not mask[0].any() and mask[1:].any(axis=1).all()
 
 
 @pytest.mark.slow
