@@ -121,11 +121,12 @@ class ProtocolSplit:
 
         The rating itself is left out: it is the label's source, not a feature.
         """
+        no_time = self.timestamps is None  # hashed protocols: the data has no timestamps
         return pa.table({
             "label": pa.array(self.labels[positions], pa.float32()),
             "user_id": pa.array(self.user_ids[positions]),
             "item_id": pa.array(self.item_ids[positions]),
-            "timestamp": pa.array(self.timestamps[positions], pa.int64()) if self.timestamps is not None else pa.nulls(len(positions), pa.int64()),
+            "timestamp": pa.nulls(len(positions), pa.int64()) if no_time else pa.array(self.timestamps[positions], pa.int64()),
             "hist_item_ids": self.history(positions),
         })
 
