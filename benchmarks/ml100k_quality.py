@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONES = ("dlrm", "dcn", "din")
 VARIANTS = {"id": "ID only", "frozen": "ID + frozen content", "em3": "EM3"}
-METRICS = ("auc", "gauc", "logloss", "cold_auc")
+METRICS = ("auc", "gauc", "logloss", "cold_auc", "warm_auc")
 
 
 def run_one(config: str, seed: int, nproc: int, overrides: list[str], run_dir: str) -> dict:
@@ -45,10 +45,11 @@ def run_one(config: str, seed: int, nproc: int, overrides: list[str], run_dir: s
     return result
 
 
-def _cell(values: list[float]) -> str:
+def _cell(values: list[float], signed: bool = False) -> str:
+    sign = "+" if signed else ""
     if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        return f"{values[0]:{sign}.4f}"
+    return f"{statistics.mean(values):{sign}.4f} ± {statistics.stdev(values):.4f}"
 
 
 def table(results: dict[str, list[dict]]) -> str:
@@ -68,6 +69,22 @@ def table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def paired_table(results: dict[str, list[dict]], metrics: tuple[str, ...] = ("auc", "gauc", "cold_auc")) -> str:
+    """EM3 minus each baseline, paired by seed (mean ± std of the per-seed differences, n pairs)."""
+    lines = ["| backbone | difference | n | " + " | ".join(f"Δ test {m}" for m in metrics) + " |",
+             "|---|---|---|" + "---|" * len(metrics)]
+    for backbone in BACKBONES:
+        em3 = {r["config"]["train"]["seed"]: r for r in results.get(f"{backbone}_em3", [])}
+        for baseline in ("frozen", "id"):
+            other = {r["config"]["train"]["seed"]: r for r in results.get(f"{backbone}_{baseline}", [])}
+            seeds = sorted(em3.keys() & other.keys())
+            if not seeds:
+                continue
+            cells = [_cell([em3[s]["test"][m] - other[s]["test"][m] for s in seeds], signed=True) for m in metrics]
+            lines.append(f"| {backbone} | EM3 − {VARIANTS[baseline]} | {len(seeds)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -83,7 +100,8 @@ def main() -> None:
     if args.table_only:
         write(args, json.loads(Path(args.out).with_suffix(".json").read_text()))
         return
-    results = _earlier_runs(Path(args.out).with_suffix(".json"), exclude_seeds=set(args.seeds))
+    configs = {f"{b}_{v}" for b in args.backbones for v in args.variants}
+    results = _earlier_runs(Path(args.out).with_suffix(".json"), configs, set(args.seeds))
     for seed in args.seeds:  # seeds outermost: a partial run still covers every variant
         for backbone in args.backbones:
             for variant in args.variants:
@@ -95,13 +113,14 @@ def main() -> None:
                 write(args, results)
 
 
-def _earlier_runs(path: Path, exclude_seeds: set[int]) -> dict[str, list[dict]]:
-    """Runs of other seeds kept from an earlier invocation, so seeds can be added one batch at a time."""
+def _earlier_runs(path: Path, configs: set[str], seeds: set[int]) -> dict[str, list[dict]]:
+    """Runs kept from earlier invocations: all but the (config, seed) pairs about to be rerun, so
+    seeds and backbones can be added one batch at a time."""
     if not path.exists():
         return {}
     earlier = json.loads(path.read_text())
     return {config: kept for config, runs in earlier.items()
-            if (kept := [r for r in runs if r["config"]["train"]["seed"] not in exclude_seeds])}
+            if (kept := [r for r in runs if config not in configs or r["config"]["train"]["seed"] not in seeds])}
 
 
 def write(args: argparse.Namespace, results: dict[str, list[dict]]) -> None:
@@ -115,7 +134,8 @@ def write(args: argparse.Namespace, results: dict[str, list[dict]]) -> None:
         f"invocations' JSON)  \nMachine: {platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}; {args.nproc} process(es) per run. s/run is wall time on a "
         "machine shared with other jobs (not a benchmark: see throughput_*.md).\n\n"
-        + table(results) + "\n"
+        + table(results) + "\n\nPaired by seed (per-seed test differences, mean ± std):\n\n"
+        + paired_table(results) + "\n"
     )
     out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str))
 

@@ -6,7 +6,7 @@ replaced by what a PyTorch user writes without TorchRec: one ``nn.EmbeddingBag(m
 pooled table, one ``nn.Embedding`` for the item table shared by target and history, the whole model
 replicated on every rank and wrapped in ``DistributedDataParallel``. The dense part is our own
 :class:`~em3rec.modules.backbones.DINBackbone`, so the two paths differ only in how the ID tables are
-stored, looked up, synchronised and updated: the difference ``benchmarks/throughput.py`` measures.
+stored, looked up, synchronised and updated: the difference ``python -m benchmarks.throughput`` measures.
 
 Two flavours of the tables (``sparse``):
 

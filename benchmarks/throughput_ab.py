@@ -3,7 +3,7 @@
 Each tree (a folder holding an ``em3rec`` package: this checkout, and e.g. a copy or a
 ``git worktree`` of the commit before a change) gets one worker process that imports ``em3rec``
 from it, loads the same real loader batches and builds the same variants with
-``benchmarks/throughput.py``'s builders. The driver then alternates blocks between the workers:
+``benchmarks.throughput``'s builders. The driver then alternates blocks between the workers:
 only one worker computes at a time, so they never compete for cores, and both see the same machine
 load. Reported: the median over rounds of each side's step time and the ratio before / after
 (> 1 = the change made it faster).
@@ -11,7 +11,7 @@ load. Reported: the median over rounds of each side's step time and the ratio be
 Example::
 
     cp -r em3rec /tmp/before/         # before editing em3rec/modules
-    python benchmarks/throughput_ab.py --before /tmp/before --data data/ml100k \\
+    python -m benchmarks.throughput_ab --before /tmp/before --data data/ml100k \\
         --variants em3-lora,tower:em3-lora,frozen --history 50 --rounds 5 --steps 2
 """
 
@@ -37,16 +37,18 @@ def _worker(args: argparse.Namespace) -> None:
     import em3rec.modules.content_tower  # noqa: F401
     import torch
 
-    sys.path.insert(1, str(ROOT))
-    from benchmarks import throughput as tp
+    from benchmarks.throughput.runner import build_runner, build_tower_runner, load_batches, quiet, sync
+    from benchmarks.throughput.variants import VARIANTS, variant_config
+    from em3rec.config import load_config
+    from em3rec.data.schema import DatasetMeta
     from em3rec.distributed import init_distributed
 
-    tp._quiet()
+    quiet()
     if args.threads:
         torch.set_num_threads(args.threads)
     env = init_distributed("cpu" if args.device == "cpu" else "auto")
-    base = tp.load_config(args.config, list(args.set) + [f"data.path={args.data}", f"data.batch_size={args.batch_size}"])
-    meta = tp.DatasetMeta.load(args.data)
+    base = load_config(args.config, list(args.set) + [f"data.path={args.data}", f"data.batch_size={args.batch_size}"])
+    meta = DatasetMeta.load(args.data)
     count = args.warmup + args.rounds * args.steps
     histories = [int(h) for h in args.history.split(",")]
     names = args.variants.split(",")
@@ -57,14 +59,14 @@ def _worker(args: argparse.Namespace) -> None:
     fake = argparse.Namespace(set=args.set, data=args.data, batch_size=args.batch_size, config=args.config)
     for name in names:
         tower = name.startswith("tower:")
-        variant = tp.VARIANTS[name.removeprefix("tower:")]
-        cfg = tp._config(fake, variant)
+        variant = VARIANTS[name.removeprefix("tower:")]
+        cfg = variant_config(fake, variant)
         for L in histories:
             if (L, variant.level) not in batches:
-                batches[(L, variant.level)] = tp.load_batches(base, L, variant.level, count, env, store)
+                batches[(L, variant.level)] = load_batches(base, L, variant.level, count, env, store)
             key = (name, L)
             runners[key] = (
-                tp.build_tower_runner(variant, cfg, meta, env.device) if tower else tp.build_runner(variant, cfg, meta, env)
+                build_tower_runner(variant, cfg, meta, env.device) if tower else build_runner(variant, cfg, meta, env)
             )
             for i in range(args.warmup):
                 runners[key].step(batches[(L, variant.level)][i])
@@ -73,17 +75,18 @@ def _worker(args: argparse.Namespace) -> None:
     for line in sys.stdin:
         _, name, L = line.split()
         key = (name, int(L))
-        level = tp.VARIANTS[name.removeprefix("tower:")].level
+        level = VARIANTS[name.removeprefix("tower:")].level
         start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(args.steps):
             runners[key].step(batches[(key[1], level)][cursor[key]])
             cursor[key] += 1
-        tp._sync(env.device)
+        sync(env.device)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         print(json.dumps({"seconds": wall / args.steps, "cpu_seconds": cpu / args.steps}), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Its own parser, not em3rec.cli's: a worker must not import em3rec before it picks its tree.
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--before", required=True, help="folder holding the 'before' em3rec package")
     p.add_argument("--after", default=str(ROOT), help="folder holding the 'after' em3rec package (default: this checkout)")
@@ -109,12 +112,11 @@ def main(argv: list[str] | None = None) -> None:
     passthrough = [x for x in (argv if argv is not None else sys.argv[1:])]
     workers = {}
     for side in ("before", "after"):
-        cmd = [sys.executable, __file__, *passthrough, "--worker", "--tree", getattr(args, side)]
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1")
-        env.pop("RANK", None)
-        env.pop("WORLD_SIZE", None)
-        env["MASTER_PORT"] = str(29600 + (0 if side == "before" else 1) + os.getpid() % 1000 * 2)
-        workers[side] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        cmd = [sys.executable, "-m", "benchmarks.throughput_ab", *passthrough, "--worker", "--tree", getattr(args, side)]
+        # A 1-process group per worker: no launcher variables, so no TCP store (em3rec.distributed).
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+        workers[side] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                                         cwd=ROOT)
         ready = json.loads(workers[side].stdout.readline())  # build one at a time: no overlap
         print(f"{side}: em3rec from {ready['ready']}", file=sys.stderr, flush=True)
     names = args.variants.split(",")

@@ -1,6 +1,6 @@
 """A log-log line plot written as PNG with the standard library only (zlib + struct).
 
-matplotlib is not part of the project's pinned stack; this draws what ``benchmarks/throughput.py``
+matplotlib is not part of the project's pinned stack; this draws what ``benchmarks.throughput``
 needs (samples/s against history length, one line per variant, axes, ticks and a legend) with a
 built-in 5x7 pixel font.
 

@@ -12,8 +12,10 @@ has finished, so a crash mid-write leaves the previous checkpoint intact; what s
 behind is removed by :meth:`CheckpointManager.remove_partial`. Before loading, a checkpoint is
 verified: complete, no file shorter than the DCP metadata says, every file matching its checksum
 (the CRC work split across ranks, all ranks reaching the same verdict); a corrupt one raises
-:class:`CheckpointError`, and the recipe falls back to the previous one. Loading reshards: a
-checkpoint written by 2 ranks loads into 1 (DCP maps shards by global offsets).
+:class:`CheckpointError`, and :meth:`CheckpointManager.load_latest` falls back to the previous one.
+Loading reshards: a checkpoint written by 2 ranks loads into 1 (DCP maps shards by global offsets).
+The RNG state is saved as tensors and read with ``torch.load(weights_only=True)``: nothing here
+unpickles.
 """
 
 from __future__ import annotations
@@ -87,11 +89,21 @@ def _crc32(file: Path) -> int:
     return crc
 
 
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+def _rng_state() -> dict[str, torch.Tensor]:
+    """This process's RNG states as tensors only, so that loading needs no pickle
+    (``torch.load(weights_only=True)``): ``torch`` (the CPU generator) and ``cuda`` (one row per
+    visible device)."""
+    state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
     return state
+
+
+def _restore_rng(file: Path) -> None:
+    rng = torch.load(file, weights_only=True)  # tensors only: a checkpoint from elsewhere runs no code
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(rng["cuda"]))
 
 
 class CheckpointManager:
@@ -218,17 +230,34 @@ class CheckpointManager:
             found.insert(0, latest)
         return found
 
-    def latest_valid(self) -> Path | None:
-        """The newest checkpoint that verifies; corrupt ones are logged and skipped.
+    def load_latest(
+        self, model: nn.Module, optimizer: Any | None = None, restore_rng: bool = True
+    ) -> tuple[Path, dict[str, Any]] | None:
+        """Load the newest checkpoint that verifies and loads, falling back to older ones; return
+        its folder and progress record.
 
-        Collective under a process group (every rank calls it and gets the same answer).
+        Collective (every rank calls it and loads the same checkpoint). Returns None (a fresh
+        start) only if there is no checkpoint at all; if there are checkpoints but every one is
+        refused, raises :class:`CheckpointError` rather than silently start over.
         """
-        for path in self.candidates():
+        candidates = self.candidates()
+        for i, path in enumerate(candidates):
             try:
-                verify_checkpoint(path)
-                return path
+                progress = load_checkpoint(path, model, optimizer, restore_rng=restore_rng)
             except CheckpointError as e:
-                log.warning("skipping checkpoint: %s", e)
+                after = (f"falling back to {candidates[i + 1].name}" if i + 1 < len(candidates)
+                         else "no older checkpoint")
+                log.warning("checkpoint refused: %s; %s", e, after)
+                continue
+            if i and _rank() == 0:
+                log.warning("resumed from %s, an older checkpoint: the newer one(s) %s were refused", path.name,
+                            [p.name for p in candidates[:i]])
+            return path, progress
+        if candidates:
+            raise CheckpointError(
+                f"{self._folder}: every checkpoint was refused ({[p.name for p in candidates]}; reasons "
+                "above); not starting from scratch over them: move them away to start a fresh run"
+            )
         return None
 
 
@@ -345,8 +374,5 @@ def load_checkpoint(
         optimizer.load_state_dict(state["optim"])
     rng_file = path / f"rng_rank{_rank()}.pt"
     if restore_rng and progress.get("world_size") == _world_size() and rng_file.is_file():
-        rng = torch.load(rng_file, weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        _restore_rng(rng_file)
     return progress

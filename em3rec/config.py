@@ -14,12 +14,38 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from em3rec.errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
+# Options whose values are a fixed set. The loader enforces them (``validate_config``); every other
+# list of allowed values in the package is derived from these (``choices``).
+Backbone = Literal["dlrm", "dcn", "din"]
+ContentVariant = Literal["none", "frozen", "em3"]  # ID only | pooled pre-extracted vectors | EM3
+SeqContentMode = Literal["none", "frozen", "lora", "full", "cached"]
+QFormerAttention = Literal["self", "cross"]
+EmbeddingOptimizer = Literal["rowwise_adagrad", "adagrad", "adam", "sgd"]
+Device = Literal["auto", "cpu", "cuda"]
+NanPolicy = Literal["stop", "skip"]
+ShardingType = Literal["data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise"]
 
-class ConfigError(ValueError):
+
+def choices(literal: Any) -> tuple[str, ...]:
+    """The allowed values of a ``Literal[...]`` option type, in declaration order."""
+    return typing.get_args(literal)
+
+
+BACKBONES = choices(Backbone)
+CONTENT_VARIANTS = choices(ContentVariant)
+SEQ_CONTENT_MODES = choices(SeqContentMode)
+QFORMER_ATTENTIONS = choices(QFormerAttention)
+EMBEDDING_OPTIMIZERS = choices(EmbeddingOptimizer)
+SHARDING_TYPES = choices(ShardingType)
+
+
+class ConfigError(UserError):
     """A config file or override names an unknown key or a value of the wrong type."""
 
 
@@ -44,8 +70,11 @@ class QFormerConfig:
     num_layers: int = 1  # authors' code: 1
     num_heads: int = 4
     mlp_ratio: int = 4  # feed-forward hidden width = mlp_ratio * dim
-    dropout: float = 0.5  # on projected tokens and residual branches (authors: 0.5-0.8)
-    attention: str = "self"  # "self": over [queries; tokens] (EM3); "cross": BLIP-2-style
+    # Dropout per site (the authors' code drops the attention output only, at 0.5-0.8).
+    token_dropout: float = 0.0  # on the projected input tokens
+    attention_dropout: float = 0.1  # on each attention branch before its residual add
+    ffn_dropout: float = 0.0  # on the feed-forward branch before its residual add
+    attention: QFormerAttention = "self"  # "self": over [queries; tokens] (EM3); "cross": BLIP-2-style
 
 
 @dataclass
@@ -64,10 +93,18 @@ class LoraConfig:
 
 @dataclass
 class CICConfig:
-    weight: float = 0.1  # lambda; 0 turns the loss off (and its heads are not built)
-    temperature: float = 0.1
-    num_negatives: int = 0  # 0: all distinct in-batch items; K > 0: K sampled in-batch negatives
+    weight: float = 1e-3  # lambda (the authors' code: 1e-3); 0 turns the loss off (no heads built)
+    temperature: float = 0.1  # the authors' code: 0.1-0.5
+    num_negatives: int = 16  # K > 0: K sampled in-batch negatives (authors: 16); 0: all distinct in-batch items
     dim: int = 64  # width of the projection heads
+    # Heads without bias: with a bias, projected IDs start nearly collinear (mean cosine ~0.99) and
+    # CIC's first job becomes "push every ID apart".
+    head_bias: bool = False
+    warmup_steps: int = 0  # lambda ramps linearly from 0 to `weight` over this many training steps
+    # Items drawn uniformly from the whole catalogue each training step (per rank) and added to CIC
+    # with their content only (never a label): every item's ID row, also of items without a
+    # training row, is pulled toward its content. The authors' code runs CIC over the whole table.
+    catalogue_samples: int = 0
     # False: the ID embeddings enter CIC detached, so it trains the content tower (and heads) toward
     # the IDs and leaves the ID table to the ranking loss (a distillation of IDs into content).
     id_gradient: bool = True
@@ -75,10 +112,15 @@ class CICConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "din"  # dlrm | dcn | din
-    content: str = "em3"  # none (ID only) | frozen (pre-extracted pooled vectors) | em3
+    backbone: Backbone = "din"
+    content: ContentVariant = "em3"  # none (ID only) | frozen (pre-extracted pooled vectors) | em3
     embedding_dim: int = 64  # D: ID embeddings and every feature vector the backbone sees
-    seq_content_mode: str = "lora"  # none | frozen | lora | full | cached
+    seq_content_mode: SeqContentMode = "lora"
+    # EM3 only. True: an item's content embedding is the frozen baseline's (pooled pre-extracted
+    # vectors through a Linear) plus the Q-Former's output scaled by a per-dimension gate that starts
+    # at 0, so EM3 starts exactly at the two-stage baseline and end-to-end training adds to it.
+    # False: the Q-Former's output alone (the paper's form).
+    pooled_base: bool = True
     dedup: bool = True  # encode each distinct item once per step (off: every position, the oracle)
     cache_refresh_steps: int = 50  # `cached` mode: recompute a bank entry older than this
     dense_layers: list[int] = field(default_factory=lambda: [128, 64])  # DCN-v2 deep tower (parallel to the cross net)
@@ -95,10 +137,13 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    embedding_optimizer: str = "rowwise_adagrad"  # rowwise_adagrad | adagrad | adam | sgd (fused, in backward)
+    embedding_optimizer: EmbeddingOptimizer = "rowwise_adagrad"  # fused, in backward
     embedding_lr: float = 0.05
     dense_lr: float = 1e-3
     weight_decay: float = 1e-5
+    # The content tower's own AdamW group (Q-Former, its gate and adapters, the pooled projection).
+    content_lr: float = 0.0  # 0 = dense_lr
+    content_weight_decay: float = 1e-5
     grad_clip: float = 0.0  # dense grad-norm clip; 0 = off
 
 
@@ -106,15 +151,16 @@ class OptimConfig:
 class ShardingConfig:
     # Allowed sharding types for the planner; empty = all the device supports
     # (CPU/gloo: table_wise, column_wise, table_column_wise, data_parallel; CUDA adds row_wise).
-    types: list[str] = field(default_factory=list)
+    types: list[ShardingType] = field(default_factory=list)
     pipeline: bool = True  # TorchRec's TrainPipelineSparseDist where the device allows
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 5
+    epochs: int = 5  # the most epochs; with `patience`, training may stop earlier
+    patience: int = 0  # stop after this many epochs without a better valid AUC; 0 = run every epoch
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    device: Device = "auto"
     log_every: int = 50  # steps between log lines
     checkpoint_every: int = 0  # steps between checkpoints; 0 = end of each epoch only
     keep_checkpoints: int = 2
@@ -124,7 +170,7 @@ class TrainConfig:
     # A NaN/inf loss: "stop" raises NonFiniteLossError naming the step and the batch's ids; "skip"
     # drops the batch before backward and the optimiser step (counted in metrics.json; needs the
     # non-pipelined step, so it turns sharding.pipeline off).
-    nan_policy: str = "stop"  # stop | skip
+    nan_policy: NanPolicy = "stop"
     nan_skip_limit: int = 20  # "skip": stop after this many skipped batches in a row (0 = no limit)
     # Seconds a collective (all-reduce, all-to-all, barrier) may wait before the job fails. Under
     # torchrun a rank that exits stops the others at once; this bounds a hang without an agent.
@@ -155,6 +201,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(_not_allowed(where, value, allowed))
+        return value
     if origin in (typing.Union, types.UnionType):
         raise ConfigError(f"{where}: union types are not supported in configs")
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
@@ -162,6 +213,14 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if annotation in (int, str, bool, float) and type(value) is not annotation:
         raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
     return value
+
+
+def _not_allowed(where: str, value: Any, allowed: tuple[str, ...]) -> str:
+    """The message for a value outside its option's set (``where``: ``model.backbone`` or
+    ``sharding.types[1]``, an item of a list option)."""
+    if "[" in where:
+        return f"{where.split('[', 1)[0]}: {value!r} is not one of {allowed}"
+    return f"{where} = {value!r}; expected one of {allowed}"
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -260,39 +319,49 @@ def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> None:
             base[k] = v
 
 
-_CHOICES = {
-    ("model", "backbone"): ("dlrm", "dcn", "din"),
-    ("model", "content"): ("none", "frozen", "em3"),
-    ("model", "seq_content_mode"): ("none", "frozen", "lora", "full", "cached"),
-    ("model.qformer", "attention"): ("self", "cross"),
-    ("optim", "embedding_optimizer"): ("rowwise_adagrad", "adagrad", "adam", "sgd"),
-    ("train", "device"): ("auto", "cpu", "cuda"),
-    ("train", "nan_policy"): ("stop", "skip"),
-}
-SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise")
-
-
 def validate_config(config: Config) -> None:
     """Reject values outside their allowed set, naming the option."""
-    for (section, key), allowed in _CHOICES.items():
-        node: Any = config
-        for part in section.split("."):
-            node = getattr(node, part)
-        if getattr(node, key) not in allowed:
-            raise ConfigError(f"{section}.{key} = {getattr(node, key)!r}; expected one of {allowed}")
-    for t in config.sharding.types:
-        if t not in SHARDING_TYPES:
-            raise ConfigError(f"sharding.types: {t!r} is not a sharding type; expected some of {SHARDING_TYPES}")
+    _check_literals(config, "")
     if config.data.batch_size < 1 or config.data.eval_batch_size < 1:
         raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1")
     if config.model.qformer.dim % config.model.qformer.num_heads:
         raise ConfigError("model.qformer.dim must be divisible by model.qformer.num_heads")
+    model = config.model
+    for key, value in (
+        ("model.qformer.token_dropout", model.qformer.token_dropout),
+        ("model.qformer.attention_dropout", model.qformer.attention_dropout),
+        ("model.qformer.ffn_dropout", model.qformer.ffn_dropout), ("model.dropout", model.dropout),
+    ):
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{key} = {value}; expected a probability in [0, 1)")
+    if min(config.optim.content_lr, model.cic.weight, model.cic.warmup_steps, model.cic.catalogue_samples) < 0:
+        raise ConfigError(
+            "optim.content_lr, model.cic.weight, model.cic.warmup_steps and model.cic.catalogue_samples must be >= 0"
+        )
     train = config.train
     for key, value, low in (
-        ("train.epochs", train.epochs, 1), ("train.log_every", train.log_every, 1),
+        ("train.epochs", train.epochs, 1), ("train.patience", train.patience, 0), ("train.log_every", train.log_every, 1),
         ("train.checkpoint_every", train.checkpoint_every, 0), ("train.keep_checkpoints", train.keep_checkpoints, 1),
         ("train.max_steps_per_epoch", train.max_steps_per_epoch, 0), ("train.nan_skip_limit", train.nan_skip_limit, 0),
         ("train.collective_timeout_s", train.collective_timeout_s, 1), ("data.scan_rows", config.data.scan_rows, 0),
     ):
         if value < low:
             raise ConfigError(f"{key} = {value}; expected >= {low}")
+
+
+def _check_literals(node: Any, where: str) -> None:
+    """Every ``Literal[...]`` field (and list of them) of a config tree holds an allowed value
+    (also for configs built in code, which bypass the loader's coercion)."""
+    hints = typing.get_type_hints(type(node))
+    for f in dataclasses.fields(node):
+        value, annotation, name = getattr(node, f.name), hints[f.name], f"{where}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_literals(value, f"{name}.")
+        elif typing.get_origin(annotation) is Literal and value not in typing.get_args(annotation):
+            raise ConfigError(_not_allowed(name, value, typing.get_args(annotation)))
+        elif typing.get_origin(annotation) is list:
+            (item,) = typing.get_args(annotation)
+            allowed = typing.get_args(item) if typing.get_origin(item) is Literal else None
+            for i, v in enumerate(value if allowed else ()):
+                if v not in allowed:
+                    raise ConfigError(_not_allowed(f"{name}[{i}]", v, allowed))

@@ -27,13 +27,13 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim import RowWiseAdagrad
 
-from em3rec.config import ConfigError, OptimConfig, ShardingConfig
+from em3rec.config import SHARDING_TYPES, ConfigError, OptimConfig, ShardingConfig
 
 log = logging.getLogger(__name__)
 
 # What FBGEMM's CPU kernels and gloo collectives can shard; row-wise needs CUDA.
-CPU_SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise")
-CUDA_SHARDING_TYPES = CPU_SHARDING_TYPES + ("row_wise", "table_row_wise")
+CPU_SHARDING_TYPES = tuple(t for t in SHARDING_TYPES if "row_wise" not in t)
+CUDA_SHARDING_TYPES = SHARDING_TYPES
 
 
 @dataclass(frozen=True)
@@ -189,13 +189,20 @@ def shard_model(
 
 
 def build_optimizer(model: DistributedModelParallel, config: OptimConfig) -> CombinedOptimizer:
-    """The fused embedding optimiser and AdamW over the dense parameters, stepped together."""
+    """The fused embedding optimiser and AdamW over the dense parameters (the content tower in its
+    own AdamW, ``optim.content_lr``), stepped together."""
     dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
-    dense = KeyedOptimizerWrapper(
-        dense_params,
-        lambda params: torch.optim.AdamW(params, lr=config.dense_lr, weight_decay=config.weight_decay),
-    )
-    return CombinedOptimizer([model.fused_optimizer, dense])
+    content = {name: p for name, p in dense_params.items() if ".content_tower." in f".{name}"}
+    rest = {name: p for name, p in dense_params.items() if name not in content}
+    optimizers = [model.fused_optimizer, KeyedOptimizerWrapper(
+        rest, lambda params: torch.optim.AdamW(params, lr=config.dense_lr, weight_decay=config.weight_decay)
+    )]
+    if content:  # the content tower's own AdamW settings (optim.content_lr / content_weight_decay)
+        lr = config.content_lr or config.dense_lr
+        optimizers.append(KeyedOptimizerWrapper(
+            content, lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=config.content_weight_decay)
+        ))
+    return CombinedOptimizer(optimizers)
 
 
 def describe_plan(plan: ShardingPlan) -> str:

@@ -10,7 +10,6 @@ what makes content useful for cold start. Writes ``item_idx``, the raw ``item_id
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +19,11 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from em3rec.config import load_config
+from em3rec import cli
 from em3rec.data.item_store import ItemStore
+from em3rec.errors import UsageError
+from em3rec.factory import load_trained
 from em3rec.modules.model import EM3Model
-from em3rec.train import load_trained
 
 
 @torch.no_grad()
@@ -63,23 +63,21 @@ def raw_item_ids(folder: Path, num_rows: int) -> pa.Array | None:
     return pa.array(by_index, type=table.schema.field("item_id").type)
 
 
+@cli.user_errors
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip())
-    parser.add_argument("--config", default="din_em3")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--checkpoint", default="", help="checkpoint folder (default: the run's best)")
+    parser = cli.config_parser(__doc__.splitlines()[0].strip(), checkpoint=True)
     parser.add_argument("--out", default="", help="default: runs/<name>/item_embeddings.parquet")
     args = parser.parse_args(argv)
-    config = load_config(args.config, args.set)
+    config = cli.load(args)
     if config.model.content == "none":
-        raise SystemExit(f"config {args.config!r} has model.content = 'none': no content tower to export")
-    recipe, path = load_trained(config, args.checkpoint)
-    env = recipe.env
-    out = Path(args.out) if args.out else recipe.run_dir / "item_embeddings.parquet"
+        raise UsageError(f"config {args.config!r} has model.content = 'none': no content tower to export")
+    trained = load_trained(config, args.checkpoint)
+    env = trained.env
+    out = Path(args.out) if args.out else trained.run_dir / "item_embeddings.parquet"
     if env.is_main:
-        store = ItemStore(config.data.path, config.data.modalities, recipe.meta)
-        model = recipe.model.module.model  # DMP -> EM3Train -> EM3Model (dense parts are local)
-        embeddings = item_embeddings(model, store, config.data.pooled_content, env.device)
+        store = trained.item_store
+        assert store is not None  # a content model has its item store
+        embeddings = item_embeddings(trained.em3_model, store, config.data.pooled_content, env.device)
         write_embeddings(out, embeddings, raw_item_ids(Path(config.data.path), store.num_rows))
         print(f"wrote {embeddings.shape[0]} item embeddings of width {embeddings.shape[1]} to {out}", flush=True)
     dist.barrier()

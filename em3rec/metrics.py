@@ -81,8 +81,8 @@ def group_auc(scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) 
 
 
 def compute_metrics(pred: Predictions, cold_items: torch.Tensor | None = None) -> dict[str, float]:
-    """AUC, GAUC, logloss, and AUC on rows whose item is cold / warm (``cold_items`` is a bool mask
-    over item indices: True for items never seen in training)."""
+    """AUC, GAUC, logloss, and AUC / GAUC on the rows whose item is cold and on the others (warm)
+    (``cold_items`` is a bool mask over item indices: True for items never seen in training)."""
     scores = torch.sigmoid(pred.logits.double())
     result = {
         "auc": auc(scores, pred.labels),
@@ -93,10 +93,10 @@ def compute_metrics(pred: Predictions, cold_items: torch.Tensor | None = None) -
     result["gauc"], result["gauc_users"] = group_auc(scores, pred.labels, pred.user_ids)
     if cold_items is not None:
         cold = cold_items[pred.item_ids]
-        result["cold_auc"] = auc(scores[cold], pred.labels[cold])
-        result["cold_rows"] = int(cold.sum())
-        result["warm_auc"] = auc(scores[~cold], pred.labels[~cold])
-        result["warm_rows"] = int((~cold).sum())
+        for name, rows in (("cold", cold), ("warm", ~cold)):
+            result[f"{name}_auc"] = auc(scores[rows], pred.labels[rows])
+            result[f"{name}_gauc"], _ = group_auc(scores[rows], pred.labels[rows], pred.user_ids[rows])
+            result[f"{name}_rows"] = int(rows.sum())
     return result
 
 

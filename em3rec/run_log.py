@@ -11,6 +11,15 @@ from typing import Any
 import torch
 
 
+METRIC_KEYS = ("auc", "gauc", "logloss", "cold_auc")
+
+
+def format_metrics(metrics: dict[str, Any], keys: tuple[str, ...] = METRIC_KEYS) -> str:
+    """``auc=0.7312 gauc=0.6920 logloss=0.5730 cold_auc=0.6405``: every metric line of a run, its
+    summary and the evaluate command reads this way (``nan`` where a metric is missing)."""
+    return " ".join(f"{k}={metrics.get(k, float('nan')):.4f}" for k in keys)
+
+
 def setup_logging(rank: int) -> None:
     """INFO on rank 0, warnings only on the others, each line tagged with the rank."""
     logging.basicConfig(

@@ -10,7 +10,6 @@ and writes one row per impression, in file order: ``user_idx``, ``item_idx``, ``
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,10 +17,10 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
-from em3rec.config import load_config
+from em3rec import cli
 from em3rec.evaluation import predict
+from em3rec.factory import load_trained
 from em3rec.metrics import Predictions, gather_predictions
-from em3rec.train import load_trained
 
 
 def write_scores(path: Path, pred: Predictions) -> None:
@@ -39,19 +38,16 @@ def write_scores(path: Path, pred: Predictions) -> None:
     )
 
 
+@cli.user_errors
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip())
-    parser.add_argument("--config", default="din_em3")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser = cli.config_parser(__doc__.splitlines()[0].strip(), checkpoint=True)
     parser.add_argument("--split", default="test")
-    parser.add_argument("--checkpoint", default="", help="checkpoint folder (default: the run's best)")
     parser.add_argument("--out", default="", help="default: runs/<name>/scores_<split>.parquet")
     args = parser.parse_args(argv)
-    config = load_config(args.config, args.set)
-    recipe, path = load_trained(config, args.checkpoint)
-    env = recipe.env
-    pred = gather_predictions(predict(recipe.model, recipe.loader(args.split), env.device))
-    out = Path(args.out) if args.out else recipe.run_dir / f"scores_{args.split}.parquet"
+    trained = load_trained(cli.load(args), args.checkpoint)
+    env = trained.env
+    pred = gather_predictions(predict(trained.model, trained.loader(args.split), env.device))
+    out = Path(args.out) if args.out else trained.run_dir / f"scores_{args.split}.parquet"
     if env.is_main:
         write_scores(out, pred)
         print(f"wrote {pred.labels.numel()} scores to {out}", flush=True)

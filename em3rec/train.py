@@ -2,6 +2,8 @@
 
 Run it under ``torchrun`` (or the ``train`` torchx component) for several processes. One recipe
 covers every variant; the config says which backbone, content mode and history mode to build.
+Shaped like torchtune's recipes: ``Recipe(config, env)``, then ``setup()`` (data, model, optimiser,
+pipeline), ``train()``, ``test()``, ``cleanup()``; the building itself is in ``em3rec.factory``.
 
 Per epoch: train (TorchRec's ``TrainPipelineSparseDist`` overlaps the sparse input all-to-all with
 compute), evaluate on valid, checkpoint. The epoch with the best valid AUC is reloaded at the end and
@@ -17,14 +19,11 @@ then loads the newest checkpoint that verifies, falling back to older ones.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
-import math
 import os
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,66 +34,20 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
-from em3rec.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
-from em3rec.config import Config, load_config
+from em3rec import cli, factory
+from em3rec.checkpoint import load_checkpoint
+from em3rec.config import Config
 from em3rec.data.batch import Batch
-from em3rec.data.item_store import ItemStore
 from em3rec.data.loader import ImpressionLoader
 from em3rec.data.schema import SPLITS, DatasetMeta
-from em3rec.distributed import (
-    DistEnv, allowed_sharding_types, build_optimizer, describe_plan, init_distributed, shard_model,
-)
+from em3rec.distributed import DistEnv, allowed_sharding_types, describe_plan, init_distributed
 from em3rec.evaluation import cold_item_mask, evaluate
-from em3rec.modules.model import EM3Train, build_model
-from em3rec.run_log import MetricWriter, memory_mb, setup_logging
+from em3rec.loss_guard import BatchIds, NonFiniteLossError, NonFiniteLossGuard, TrackedBatches, check_predictions
+from em3rec.run_log import MetricWriter, format_metrics, memory_mb, setup_logging
+
+__all__ = ["NonFiniteLossError", "Progress", "Recipe", "main", "write_results"]
 
 log = logging.getLogger("em3rec.train")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; the message names the step and the batch's ids (training) or
-    the split (evaluation, where NaN scores would make AUC meaningless)."""
-
-
-@dataclass(frozen=True)
-class BatchIds:
-    """The ids of one training batch, kept to name it if its loss is not finite."""
-
-    user_ids: torch.Tensor  # (B,)
-    item_ids: torch.Tensor  # (B,) target items
-    content_item_ids: torch.Tensor  # (U,) distinct target and history items
-
-    @staticmethod
-    def of(batch: Batch) -> "BatchIds":
-        return BatchIds(batch.user_ids, batch.item_ids, batch.content_item_ids)
-
-    def describe(self) -> str:
-        return (f"user_ids={self.user_ids.tolist()} item_ids={self.item_ids.tolist()} "
-                f"target+history item ids={self.content_item_ids.tolist()}")
-
-
-class TrackedBatches:
-    """An iterator over batches that remembers the ids of those handed out but not yet trained.
-
-    ``TrainPipelineSparseDist`` reads up to two batches ahead and trains them in order, so the
-    batch whose loss ``progress()`` returns is the oldest one handed out (:meth:`trained`).
-    """
-
-    def __init__(self, batches: Iterator[Batch]) -> None:
-        self._batches = batches
-        self._pending: deque[BatchIds] = deque()
-
-    def __iter__(self) -> "TrackedBatches":
-        return self
-
-    def __next__(self) -> Batch:
-        batch = next(self._batches)
-        self._pending.append(BatchIds.of(batch))
-        return batch
-
-    def trained(self) -> BatchIds:
-        """The ids of the batch just trained (the oldest pending one)."""
-        return self._pending.popleft()
 
 
 @dataclass
@@ -115,43 +68,40 @@ class Progress:
         return Progress(**known)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="din_em3", help="bundled config name or TOML path")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set model.backbone=dcn (repeatable)")
-    parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    return parser.parse_args(argv)
-
-
 class Recipe:
-    """Builds the sharded model, loaders and optimiser for one config, then trains and evaluates."""
+    """Trains and evaluates one config: :meth:`setup`, :meth:`train`, :meth:`test`, :meth:`cleanup`.
+
+    Args:
+        config: the run's config.
+        env: this process's rank, world size and device (``init_distributed``).
+    """
 
     def __init__(self, config: Config, env: DistEnv) -> None:
         self.config = config
         self.env = env
-        self.run_dir = Path(config.train.run_dir) / config.train.run_name
+        self.run_dir = factory.run_dir(config)
+        self.checkpoints = factory.checkpoint_manager(config)
+        self.progress = Progress()
+
+    def setup(self) -> None:
+        """Validate the data, build the sharded model and optimiser, the metric writer and the
+        train pipeline."""
+        config, env = self.config, self.env
         # Fail fast, before building anything: sharding types the device cannot run, then every
         # split and the item arrays against meta.json (a bad test split would otherwise surface
         # only after training).
         allowed_sharding_types(config.sharding, env.device)
         self.meta = DatasetMeta.load(config.data.path)
-        content = config.model.content != "none"
-        self._item_store = ItemStore(config.data.path, config.data.modalities, self.meta) if content else None
-        self._loaders = {split: self._open_loader(split) for split in SPLITS}
+        item_store = factory.open_item_store(config, self.meta)
+        self._loaders = {split: factory.open_loader(config, split, env, item_store) for split in SPLITS}
         self.cold_items = cold_item_mask(config.data.path, self.meta)
-        torch.manual_seed(config.train.seed)  # identical dense init on every rank
-        model = EM3Train(build_model(config.model, self.meta, config.data,
-                                     sparse_device=torch.device("meta"), dense_device=env.device))
-        self.model = shard_model(model, env, config.sharding, config.optim, config.data.batch_size)
-        self.optimizer = build_optimizer(self.model, config.optim)
+        self.model, self.optimizer = factory.build_training(config, self.meta, env)
         torch.manual_seed(config.train.seed * 1000 + env.rank)  # dropout differs across ranks
-        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", config.train.keep_checkpoints)
-        self.progress = Progress()
         self.writer = MetricWriter(self.run_dir, enabled=env.is_main)
         self.pipeline = self._make_pipeline()
         self._pipeline_attached = True
-        self._skipped_in_a_row = 0
+        self.guard = NonFiniteLossGuard(config.train.nan_policy, config.train.nan_skip_limit, env.rank,
+                                        env.world_size, env.device)
         if env.is_main:
             log.info(describe_plan(self.model.plan))
 
@@ -166,64 +116,44 @@ class Recipe:
             return None
         return TrainPipelineSparseDist(self.model, self.optimizer, self.env.device, execute_all_batches=True)
 
-    def _open_loader(self, split: str) -> ImpressionLoader:
-        """Open (and validate) this rank's loader for ``split``; ID-only models read no content tensors."""
-        data = self.config.data
-        if self.config.model.content == "none":
-            data = dataclasses.replace(data, modalities=[])
-        return ImpressionLoader.from_config(
-            data, split, rank=self.env.rank, world_size=self.env.world_size, seed=self.config.train.seed,
-            max_batches=(self.config.train.max_steps_per_epoch or None) if split == "train" else None,
-            item_store=self._item_store, scan_rows=data.scan_rows,
-        )
-
     def loader(self, split: str, epoch: int = 0, start_batch: int = 0) -> ImpressionLoader:
-        """This rank's loader for ``split`` (opened and validated once, at start-up), at ``epoch``,
+        """This rank's loader for ``split`` (opened and validated once, at set-up), at ``epoch``,
         skipping the first ``start_batch`` batches (resume mid-epoch)."""
         loader = self._loaders[split]
         loader.set_epoch(epoch, start_batch)
         return loader
 
-    # ---- training -------------------------------------------------------------------------
+    # ---- resuming -------------------------------------------------------------------------
     def resume(self, path: Path) -> None:
-        state = load_checkpoint(path, self.model, self.optimizer)
+        """Load checkpoint ``path`` (model, optimiser, RNG) and continue from its progress."""
+        self._resumed(path, load_checkpoint(path, self.model, self.optimizer))
+
+    def resume_latest(self) -> Path | None:
+        """Resume from the newest checkpoint that loads (falling back to older ones); None if
+        there is none. Collective."""
+        found = self.checkpoints.load_latest(self.model, self.optimizer)
+        if found is None:
+            return None
+        self._resumed(*found)
+        return found[0]
+
+    def _resumed(self, path: Path, state: dict[str, Any]) -> None:
         self.progress = Progress.from_dict(state)
         log.info("resumed from %s at epoch %d, batch %d, step %d", path, self.progress.epoch,
                  self.progress.batches_done, self.progress.step)
 
-    def resume_latest(self) -> Path | None:
-        """Resume from the newest checkpoint that verifies and loads, falling back to older ones.
-
-        Collective. Returns None (a fresh start) only if there is no checkpoint at all; if there
-        are checkpoints but every one is refused, raises rather than silently start over.
-        """
-        candidates = self.checkpoints.candidates()
-        for i, path in enumerate(candidates):
-            try:
-                self.resume(path)
-            except CheckpointError as e:
-                after = (f"falling back to {candidates[i + 1].name}" if i + 1 < len(candidates)
-                         else "no older checkpoint")
-                log.warning("checkpoint refused: %s; %s", e, after)
-                continue
-            if i and self.env.is_main:
-                log.warning("resumed from %s, an older checkpoint: the newer one(s) %s were refused", path.name,
-                            [p.name for p in candidates[:i]])
-            return path
-        if candidates:
-            raise CheckpointError(
-                f"{self.checkpoints.folder}: every checkpoint was refused ({[p.name for p in candidates]}; reasons "
-                "above); not starting from scratch over them: move them away to start a fresh run"
-            )
-        return None
-
-    def fit(self) -> None:
+    # ---- training -------------------------------------------------------------------------
+    def train(self) -> None:
+        """Train epoch by epoch up to ``train.epochs`` (or early stopping), evaluating on valid
+        and checkpointing after each."""
         cfg = self.config.train
         while self.progress.epoch < cfg.epochs:
+            if self._patience_exhausted():
+                break
             epoch = self.progress.epoch
             self._train_epoch(epoch)
             valid = evaluate(self._eval_model(), self.loader("valid"), self.env.device, self.cold_items)
-            _check_predictions(valid, "valid", epoch)
+            check_predictions(valid, "valid", epoch)
             valid["epoch"] = epoch
             self.progress.valid.append(valid)
             improved = valid["auc"] > self.progress.best_valid_auc
@@ -235,7 +165,20 @@ class Recipe:
             if self.env.is_main:
                 skipped = f"  ({self.progress.skipped_batches} batches skipped so far: non-finite loss)" \
                     if self.progress.skipped_batches else ""
-                log.info("epoch %d valid %s%s%s", epoch, _fmt(valid), "  (best so far)" if improved else "", skipped)
+                log.info("epoch %d valid %s%s%s", epoch, format_metrics(valid), "  (best so far)" if improved else "",
+                         skipped)
+
+    def _patience_exhausted(self) -> bool:
+        """Early stopping: ``train.patience`` epochs in a row without a better valid AUC (checked
+        from the saved progress, so a resumed run stops where the uninterrupted one would)."""
+        patience = self.config.train.patience
+        waited = self.progress.epoch - 1 - self.progress.best_epoch
+        if patience == 0 or self.progress.best_epoch < 0 or waited < patience:
+            return False
+        if self.env.is_main:
+            log.info("early stop after epoch %d: no better valid auc for %d epochs (best epoch %d, auc %.4f)",
+                     self.progress.epoch - 1, waited, self.progress.best_epoch, self.progress.best_valid_auc)
+        return True
 
     def _eval_model(self) -> torch.nn.Module:
         """The model with its original forwards (the train pipeline rewrites the sharded ones)."""
@@ -306,43 +249,14 @@ class Recipe:
             self.optimizer.step()
         return float(loss.detach()), {k: float(v) for k, v in aux.items()}
 
-    def _nonfinite_ranks(self, value: float) -> list[int]:
-        """The ranks whose loss this step is NaN or inf; every rank gets the same list."""
-        flags = torch.zeros(self.env.world_size, device=self.env.device)
-        flags[self.env.rank] = 0.0 if math.isfinite(value) else 1.0
-        if self.env.world_size > 1:
-            dist.all_reduce(flags)  # one float per rank: all ranks stop or skip together
-        return [r for r, bad in enumerate(flags.tolist()) if bad]
-
     def _check_loss(self, value: float, ids: BatchIds) -> bool:
-        """True if every rank's loss is finite. Otherwise raise :class:`NonFiniteLossError` on every
-        rank (``stop``), or count the batch and return False (``skip``)."""
-        bad = self._nonfinite_ranks(value)
-        if not bad:
-            self._skipped_in_a_row = 0
-            return True
-        cfg = self.config.train
-        where = (f"step {self.progress.step + 1} (epoch {self.progress.epoch}, batch {self.progress.batches_done + 1}) "
-                 f"on rank(s) {bad}")
-        if self.env.rank in bad:
-            batch = f"loss {value} on rank {self.env.rank}, batch {ids.describe()}"
-        else:
-            batch = f"this rank's loss was finite ({value:.6g}); the batch ids are in rank {bad[0]}'s log"
-        if cfg.nan_policy == "skip":
+        """The guard's verdict on this step's loss; a skipped batch is counted in the progress."""
+        position = (f"step {self.progress.step + 1} (epoch {self.progress.epoch}, "
+                    f"batch {self.progress.batches_done + 1})")
+        finite = self.guard.check(value, ids, position, self.progress.skipped_batches)
+        if not finite:
             self.progress.skipped_batches += 1
-            self._skipped_in_a_row += 1
-            if self.env.rank in bad or self.env.is_main:
-                log.warning("non-finite loss at %s: batch skipped (train.nan_policy = 'skip'; %d skipped so far); %s",
-                            where, self.progress.skipped_batches, batch)
-            if cfg.nan_skip_limit and self._skipped_in_a_row >= cfg.nan_skip_limit:
-                raise NonFiniteLossError(
-                    f"{self._skipped_in_a_row} batches in a row had a non-finite loss (train.nan_skip_limit = "
-                    f"{cfg.nan_skip_limit}); the model has probably diverged. Last at {where}: {batch}"
-                )
-            return False
-        message = f"non-finite loss at {where}: {batch}"
-        log.error("%s", message)
-        raise NonFiniteLossError(message)
+        return finite
 
     def _log_window(self, epoch: int, window: dict[str, float], elapsed: float) -> None:
         n = max(window["n"], 1)
@@ -373,37 +287,13 @@ class Recipe:
         model = self._eval_model()
         load_checkpoint(best, model, optimizer=None, restore_rng=False)
         test = evaluate(model, self.loader("test"), self.env.device, self.cold_items)
-        _check_predictions(test, "test", self.progress.best_epoch)
+        check_predictions(test, "test", self.progress.best_epoch)
         test["epoch"] = self.progress.best_epoch
         return test
 
-
-def _check_predictions(metrics: dict[str, Any], split: str, epoch: int) -> None:
-    """A non-finite logloss means some score is NaN/inf: refuse to report AUCs computed over it."""
-    if not math.isfinite(metrics["logloss"]):
-        raise NonFiniteLossError(
-            f"non-finite predictions on {split} after epoch {epoch} (logloss {metrics['logloss']}): an item's "
-            f"content tokens or a weight is NaN/inf; the metrics would be meaningless"
-        )
-
-
-
-def load_trained(config: Config, checkpoint: str = "") -> tuple[Recipe, Path]:
-    """For evaluate/export/score: a recipe without the train pipeline, with the weights of
-    ``checkpoint`` (default: the run's best) loaded, resharded to this world size."""
-    config.sharding.pipeline = False
-    env = init_distributed(config.train.device)
-    setup_logging(env.rank)
-    recipe = Recipe(config, env)
-    path = Path(checkpoint) if checkpoint else recipe.checkpoints.best()
-    if path is None:
-        raise SystemExit(f"no checkpoint under {recipe.checkpoints.folder}; pass --checkpoint")
-    load_checkpoint(path, recipe.model, optimizer=None, restore_rng=False)
-    return recipe, path
-
-def _fmt(metrics: dict[str, Any]) -> str:
-    keys = ("auc", "gauc", "logloss", "cold_auc")
-    return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
+    def cleanup(self) -> None:
+        """Flush the metric writer (the process group is the caller's)."""
+        self.writer.close()
 
 
 def write_results(recipe: Recipe, test: dict[str, Any], seconds: float) -> Path:
@@ -424,24 +314,32 @@ def write_results(recipe: Recipe, test: dict[str, Any], seconds: float) -> Path:
     lines = [f"run {recipe.config.train.run_name}: {recipe.config.model.backbone} content={recipe.config.model.content} "
              f"history={recipe.config.model.seq_content_mode}, {recipe.env.world_size} rank(s), {seconds:.0f}s"]
     for v in recipe.progress.valid:
-        lines.append(f"  epoch {v['epoch']}: valid {_fmt(v)}")
+        lines.append(f"  epoch {v['epoch']}: valid {format_metrics(v)}")
     lines.append(f"  best epoch {recipe.progress.best_epoch} (valid auc {recipe.progress.best_valid_auc:.4f})")
     if recipe.progress.skipped_batches or recipe.config.train.nan_policy == "skip":
         lines.append(f"  skipped batches (non-finite loss, train.nan_policy = "
                      f"{recipe.config.train.nan_policy!r}): {recipe.progress.skipped_batches}")
-    lines.append(f"  test {_fmt(test)} rows={test['rows']} cold_rows={test.get('cold_rows', 0)}")
+    lines.append(f"  test {format_metrics(test)} rows={test['rows']} cold_rows={test.get('cold_rows', 0)}")
     (recipe.run_dir / "summary.txt").write_text("\n".join(lines) + "\n")
     return path
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = cli.config_parser(__doc__.splitlines()[0])
+    parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    return parser.parse_args(argv)
+
+
 @record  # under torchrun, a rank's exception (with traceback) lands in the job's error file
+@cli.user_errors
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    config = load_config(args.config, args.set)
+    config = cli.load(args)
     env = init_distributed(config.train.device, timeout_s=config.train.collective_timeout_s)
     setup_logging(env.rank)
     start = time.perf_counter()
     recipe = Recipe(config, env)
+    recipe.setup()
     if env.is_main:
         recipe.checkpoints.remove_partial()  # what a save interrupted by a crash left behind
     dist.barrier()
@@ -453,15 +351,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             log.info("no checkpoint to resume from under %s; starting fresh", recipe.checkpoints.folder)
     if env.is_main:
         log.info("run %s: %s", config.train.run_name, recipe.run_dir)
-    recipe.fit()
+    recipe.train()
     test = recipe.test()
     seconds = time.perf_counter() - start
     if env.is_main:
         write_results(recipe, test, seconds)
         print(open(recipe.run_dir / "summary.txt").read(), end="", flush=True)
-        print(f"test auc={test['auc']:.4f} gauc={test['gauc']:.4f} logloss={test['logloss']:.4f} "
-              f"cold_auc={test.get('cold_auc', float('nan')):.4f}", flush=True)
-    recipe.writer.close()
+        print(f"test {format_metrics(test)}", flush=True)
+    recipe.cleanup()
     dist.barrier()
     dist.destroy_process_group()
     return test

@@ -12,7 +12,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from em3rec.config import OptimConfig, ShardingConfig
 from em3rec.distributed import DistEnv, build_optimizer, shard_model
 from em3rec.stack import check_stack
-from tests.multiprocess import run_ranks
+from em3rec.testing.multiprocess import run_ranks
 
 DIM = 16
 

@@ -60,3 +60,5 @@ def test_compute_metrics_cold_rows_and_logloss() -> None:
     assert m["cold_rows"] == 2 and m["cold_auc"] == 0.0  # item 5 (neg) scored above item 6 (pos)
     assert m["warm_rows"] == 2 and m["warm_auc"] == 1.0  # item 3 (pos) scored above item 4 (neg)
     assert m["auc"] == _pairwise_auc(logits, labels)
+    # one user per split: user 1 holds the warm rows, user 2 the cold ones
+    assert m["warm_gauc"] == 1.0 and m["cold_gauc"] == 0.0

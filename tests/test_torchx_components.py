@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -37,19 +39,44 @@ def test_evaluate_and_bench_components() -> None:
     ev = c.evaluate(config="dcn_em3", checkpoint="runs/x/checkpoints/step_00000010", split="valid")
     assert "-m em3rec.evaluate --config dcn_em3 --split valid --checkpoint runs/x/checkpoints/step_00000010" in ev.roles[0].args[1]
     bench = c.bench("--steps", "5", j="1x2")
-    assert "benchmarks/throughput.py --steps 5" in bench.roles[0].args[1]
+    assert "-m benchmarks.throughput --steps 5" in bench.roles[0].args[1]
     assert "--nproc_per_node 2" in bench.roles[0].args[1]
 
 
-def test_cli_dryrun_local_and_slurm() -> None:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+def _torchx_env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+def test_cli_dryrun_local_slurm_and_kubernetes() -> None:
     torchx = [str(Path(sys.executable).parent / "torchx"), "run", "--dryrun"]
-    for scheduler, expect in (("local_cwd", "torchrun"), ("slurm", "#SBATCH")):
-        out = subprocess.run(
-            [*torchx, "-s", scheduler, "torchx/em3rec.py:train", "-j", "1x2", "--config", "din_em3", "train.epochs=1"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-        )
+    for scheduler, run_options, component_options, expect in (
+        ("local_cwd", [], [], "torchrun"),
+        ("slurm", [], [], "#SBATCH"),
+        # The image holds the repo and its .venv: no workspace to build (torchx would call docker).
+        ("kubernetes", ["--workspace", "", "-cfg", "queue=default"], ["--image", "example/em3rec:1"],
+         "'image': 'example/em3rec:1'"),
+    ):
+        cmd = [*torchx, "-s", scheduler, *run_options, "torchx/em3rec.py:train", "-j", "1x2", *component_options,
+               "--config", "din_em3", "train.epochs=1"]
+        out = subprocess.run(cmd, cwd=ROOT, env=_torchx_env(), capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert expect in out.stdout
         for arg in ("em3rec.train", "--config din_em3", "--set train.epochs=1"):  # pprint may wrap lines
             assert arg in out.stdout
+
+
+def _readme_torchx_lines() -> list[str]:
+    """Every ``torchx run`` command of the README's shell blocks, continuation lines joined."""
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip().startswith("torchx run")]
+
+
+def test_every_readme_torchx_command_passes_dryrun() -> None:
+    lines = _readme_torchx_lines()
+    assert any("-s kubernetes" in x for x in lines) and any("-s slurm" in x for x in lines)
+    for line in lines:
+        words = shlex.split(line.split("#")[0])
+        cmd = [str(Path(sys.executable).parent / "torchx"), "run", "--dryrun", *words[2:]]
+        out = subprocess.run(cmd, cwd=ROOT, env=_torchx_env(), capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, f"{line}\n{out.stderr[-3000:]}"

@@ -4,11 +4,13 @@ Each wraps ``torchx.components.dist.ddp`` (torchrun under the hood), so the same
 and on a cluster scheduler::
 
     torchx run -s local_cwd torchx/em3rec.py:train -j 1x2 --config din_em3
-    torchx run -s kubernetes -cfg queue=default torchx/em3rec.py:train -j 4x8 --gpu 8 \
-        --image my-registry/em3rec:latest --config din_em3 -- data.path=/mnt/data/ml100k
+    torchx run -s kubernetes --workspace "" -cfg queue=default torchx/em3rec.py:train -j 4x8 --gpu 8 \
+        --image my-registry/em3rec:latest --config din_em3 data.path=/mnt/data/ml100k
     torchx run -s slurm torchx/em3rec.py:train -j 2x8 --gpu 8 --config din_em3
 
-Trailing arguments are ``section.key=value`` config overrides.
+Trailing arguments are ``section.key=value`` config overrides. On kubernetes the image must hold
+this repo and its ``.venv``; ``--workspace ""`` runs it as it is (without it, torchx first builds a
+workspace image through docker).
 This folder has no ``__init__.py`` on purpose: it would shadow the installed ``torchx`` package.
 """
 
@@ -72,7 +74,7 @@ def train(
     max_retries: int = 0,
     max_restarts: int = 0,
 ) -> specs.AppDef:
-    """Train an em3rec ranking model (prepares the bundled ml-100k first if it is missing).
+    """Train an em3rec ranking model on a prepared dataset (``data.path``; ``make data`` prepares ml-100k).
 
     Args:
         overrides: config overrides, ``section.key=value`` (e.g. ``model.backbone=dcn``)
@@ -111,7 +113,7 @@ def evaluate(
     Args:
         overrides: config overrides, ``section.key=value``
         config: a bundled config name or a TOML path (must match the checkpoint's model)
-        checkpoint: checkpoint folder; default: the run's latest
+        checkpoint: checkpoint folder; default: the run's best (on valid AUC)
         split: valid or test
         j: {nnodes}x{nproc_per_node}
         cpu: cpus per replica
@@ -136,10 +138,10 @@ def bench(
     image: str = torchx.IMAGE,
     env: Optional[Dict[str, str]] = None,
 ) -> specs.AppDef:
-    """Run the training-step throughput benchmark (benchmarks/throughput.py) under torchrun.
+    """Run the training-step throughput benchmark (``python -m benchmarks.throughput``) under torchrun.
 
     Args:
-        bench_args: arguments for benchmarks/throughput.py
+        bench_args: arguments for ``python -m benchmarks.throughput``
         j: {nnodes}x{nproc_per_node}
         cpu: cpus per replica
         gpu: gpus per replica
@@ -148,5 +150,5 @@ def bench(
         image: the image (container) to run in
         env: environment variables
     """
-    return _ddp(None, "benchmarks/throughput.py", list(bench_args), "em3rec/bench", j, cpu, gpu, memMB,
+    return _ddp("benchmarks.throughput", None, list(bench_args), "em3rec/bench", j, cpu, gpu, memMB,
                 h, image, env, 0, 0)

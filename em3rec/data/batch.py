@@ -8,11 +8,15 @@ encodes each distinct item once and gathers (the dedup that keeps end-to-end con
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
+
+# The sequence feature of the catalogue items sampled for CIC (content only, no label). It shares
+# the item table; the loader puts all K ids in the first row (the other rows are empty).
+CATALOGUE_FEATURE = "cic_catalogue_item_ids"
 
 
 @dataclass
@@ -39,6 +43,9 @@ class Batch(Pipelineable):
             distinct items (``T_m = 1`` for pooled features).
         content_token_mask: modality name -> ``(U, T_m)`` bool, True for a real token. A row with
             no True is a missing modality for that item.
+        catalogue_content_index: ``(K,)`` int64 index into ``content_item_ids`` of the items
+            sampled from the catalogue for CIC (``K = 0`` when none are; their ids are the
+            ``CATALOGUE_FEATURE`` of ``sequence_features``).
     """
 
     sparse_features: KeyedJaggedTensor
@@ -53,6 +60,7 @@ class Batch(Pipelineable):
     history_content_index: torch.Tensor
     content_tokens: dict[str, torch.Tensor]
     content_token_mask: dict[str, torch.Tensor]
+    catalogue_content_index: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     @property
     def batch_size(self) -> int:

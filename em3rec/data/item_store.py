@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from em3rec.data.schema import DatasetError, DatasetMeta, ModalitySpec
+from em3rec.data.schema import DatasetError, DatasetMeta
 from em3rec.data.validation import check_item_arrays
 
 
@@ -39,7 +39,6 @@ class ItemStore:
         self._folder = Path(folder)
         self._meta = meta if meta is not None else DatasetMeta.load(folder)
         self._arrays = check_item_arrays(self._folder, self._meta, modalities)
-        self._specs = {m.name: m for m in self._meta.modalities if m.name in self._arrays}
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -49,9 +48,6 @@ class ItemStore:
     def num_rows(self) -> int:
         """Rows of every array: the item vocabulary size (row 0 = reserved/padding item)."""
         return self._meta.features_of("item")[0].vocab_size
-
-    def spec(self, modality: str) -> ModalitySpec:
-        return self._specs[self._check_modality(modality)]
 
     def array(self, modality: str, kind: str) -> np.ndarray:
         """The raw memory map: kind ``tokens`` (V, T, W), ``mask`` (V, T) or ``pooled`` (V, W)."""

@@ -33,8 +33,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from em3rec.config import DataConfig
-from em3rec.data.batch import Batch
+from em3rec.config import ConfigError, DataConfig
+from em3rec.data.batch import CATALOGUE_FEATURE, Batch
 from em3rec.data.item_store import ItemStore
 from em3rec.data.schema import DatasetMeta
 from em3rec.data.validation import (
@@ -236,6 +236,9 @@ class ImpressionLoader(IterableDataset):
         scan_rows: splits up to this many rows are value-checked at open, larger ones per record
             batch as read (see ``em3rec.data.validation``).
         item_store: share an open :class:`ItemStore` between loaders.
+        catalogue_samples: None = no catalogue feature; K >= 0 = each batch carries the
+            ``CATALOGUE_FEATURE`` with K items drawn uniformly from the catalogue for CIC (their
+            content only; evaluation passes 0 so that its batches have the same keys).
 
     Example::
 
@@ -264,10 +267,11 @@ class ImpressionLoader(IterableDataset):
         read_rows: int = 8192,
         scan_rows: int = 1_000_000,
         item_store: ItemStore | None = None,
+        catalogue_samples: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"data.batch_size = {batch_size}; expected >= 1")
+            raise ConfigError(f"data.batch_size = {batch_size}; expected >= 1")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self._path = Path(path)
@@ -281,6 +285,7 @@ class ImpressionLoader(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self._prefetch = prefetch
         self._read_rows = max(read_rows, 1)
+        self._catalogue_samples = catalogue_samples
 
         self._user = self.meta.features_of("user")[0]
         self._item = self.meta.features_of("item")[0]
@@ -290,7 +295,7 @@ class ImpressionLoader(IterableDataset):
         dataset_history = self._history.max_length
         self.max_history = dataset_history if max_history is None else max_history
         if not 1 <= self.max_history <= dataset_history:
-            raise ValueError(
+            raise ConfigError(
                 f"data.max_history = {self.max_history}; expected 1 <= max_history <= {dataset_history} "
                 f"(meta.json feature {self._history.name!r} max_length)"
             )
@@ -312,7 +317,7 @@ class ImpressionLoader(IterableDataset):
         if self.training:
             full = (rows // world_size) // batch_size
             if full == 0:
-                raise ValueError(
+                raise ConfigError(
                     f"{self._path / split}: {rows} rows give no full batch of data.batch_size = {batch_size} "
                     f"on {world_size} rank(s); lower the batch size"
                 )
@@ -479,11 +484,11 @@ class ImpressionLoader(IterableDataset):
                     break  # the dropped remainder
                 rows = Rows.concat([rows, self._padding(self.batch_size - real)])
             if produced >= skip:
-                yield self._to_batch(rows, real)
+                yield self._to_batch(rows, real, produced)
             produced += 1
         while produced < self.num_batches:  # ranks with fewer rows pad with whole weight-0 batches
             if produced >= skip:
-                yield self._to_batch(self._padding(self.batch_size), 0)
+                yield self._to_batch(self._padding(self.batch_size), 0, produced)
             produced += 1
 
     def _padding(self, n: int) -> Rows:
@@ -493,8 +498,17 @@ class ImpressionLoader(IterableDataset):
         lists = {c: (np.zeros(n + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)) for c in self._list_columns}
         return Rows(scalars, lists)
 
-    def _to_batch(self, rows: Rows, real: int) -> Batch:
-        """``B`` rows (the first ``real`` real, the rest padding) -> ``Batch``."""
+    def _catalogue(self, batch_index: int) -> np.ndarray:
+        """``(K,)`` item ids drawn uniformly (with replacement) from the catalogue, index 0 excluded.
+        Seeded by (seed, epoch, rank, batch), so a resumed epoch draws the same items."""
+        if not self._catalogue_samples:
+            return np.zeros(0, dtype=np.int64)
+        rng = np.random.default_rng([self._seed, self._epoch, self.rank, batch_index, 0xC1C])
+        return rng.integers(1, self._item.vocab_size, size=self._catalogue_samples, dtype=np.int64)
+
+    def _to_batch(self, rows: Rows, real: int, batch_index: int) -> Batch:
+        """``B`` rows (the first ``real`` real, the rest padding) -> ``Batch``; ``batch_index`` is
+        the batch's position in the epoch (seeds the catalogue sample)."""
         B, L = len(rows), self.max_history
         user = rows.scalars[self._user.column]
         item = rows.scalars[self._item.column]
@@ -516,17 +530,23 @@ class ImpressionLoader(IterableDataset):
             values=torch.from_numpy(np.concatenate(sparse_values).astype(np.int64, copy=False)),
             lengths=torch.from_numpy(np.concatenate(sparse_lengths).astype(np.int32)),
         )
-        target_and_history = np.concatenate([item, hist_values])  # (B + sum(lengths),)
+        keys, lengths = [self._item.name, self._history.name], [ones, hist_lengths]
+        catalogue = self._catalogue(batch_index)  # (K,)
+        if self._catalogue_samples is not None:
+            keys.append(CATALOGUE_FEATURE)
+            lengths.append(np.zeros(B, dtype=np.int64))
+            lengths[-1][0] = len(catalogue)
+        target_and_history = np.concatenate([item, hist_values, catalogue])  # (B + sum(lengths) + K,)
         sequence = KeyedJaggedTensor(
-            keys=[self._item.name, self._history.name],
+            keys=keys,
             values=torch.from_numpy(target_and_history),
-            lengths=torch.from_numpy(np.concatenate([ones, hist_lengths]).astype(np.int32)),
+            lengths=torch.from_numpy(np.concatenate(lengths).astype(np.int32)),
         )
 
         history_mask = np.arange(L)[None, :] < hist_lengths[:, None]  # (B, L), oldest first, left-aligned
         content_ids, inverse = np.unique(target_and_history, return_inverse=True)  # (U,), (B + sum,)
         history_index = np.zeros((B, L), dtype=np.int64)
-        history_index[history_mask] = inverse[B:]  # row-major order = the values' order
+        history_index[history_mask] = inverse[B : len(inverse) - len(catalogue)]  # row-major = the values' order
         tokens, token_mask = ({}, {})
         if self._items is not None:
             tokens, token_mask = self._items.gather(content_ids, self.modalities, self.pooled_content)
@@ -546,15 +566,8 @@ class ImpressionLoader(IterableDataset):
             history_content_index=torch.from_numpy(history_index),
             content_tokens=tokens,
             content_token_mask=token_mask,
+            catalogue_content_index=torch.from_numpy(inverse[len(inverse) - len(catalogue):].astype(np.int64, copy=True)),
         )
 
 
-def feature_names(meta: DatasetMeta) -> dict[str, list[str]]:
-    """KJT keys the loader emits: ``sparse`` (EBC) and ``sequence`` (EC) feature names, meta order."""
-    return {
-        "sparse": [f.name for f in meta.features_of("user", "single", "multi")],
-        "sequence": [meta.features_of("item")[0].name, meta.features_of("history")[0].name],
-    }
-
-
-__all__ = ["ImpressionLoader", "Rows", "feature_names", "jagged_tail", "jagged_take", "prefetch", "shard_bounds"]
+__all__ = ["ImpressionLoader", "Rows", "jagged_tail", "jagged_take", "prefetch", "shard_bounds"]

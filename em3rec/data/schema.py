@@ -19,17 +19,20 @@ item content arrays.
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from em3rec.errors import UserError
+
 FeatureKind = Literal["user", "item", "history", "single", "multi"]
-FEATURE_KINDS: tuple[str, ...] = ("user", "item", "history", "single", "multi")
+FEATURE_KINDS: tuple[str, ...] = typing.get_args(FeatureKind)
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 RESERVED_INDEX = 0
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A prepared dataset does not match its contract; the message names the file and field."""
 
 
@@ -89,12 +92,6 @@ class DatasetMeta:
     splits: dict[str, SplitSpec]
     synthetic: bool = False
     extra: dict = field(default_factory=dict)
-
-    def feature(self, name: str) -> FeatureSpec:
-        for f in self.features:
-            if f.name == name:
-                return f
-        raise KeyError(f"no feature {name!r}; have {[f.name for f in self.features]}")
 
     def features_of(self, *kinds: str) -> list[FeatureSpec]:
         return [f for f in self.features if f.kind in kinds]

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from em3rec.cli import user_errors
 from em3rec.data.schema import SPLITS, DatasetError, DatasetMeta, FeatureSpec
 
 logger = logging.getLogger(__name__)
@@ -336,9 +337,11 @@ def validate_dataset(
     return meta
 
 
+@user_errors
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Check a prepared em3rec dataset folder against its contract.")
     parser.add_argument("folder")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a dataset error")
     parser.add_argument("--scan-rows", type=int, default=10_000_000, help="fully scan splits up to this many rows")
     args = parser.parse_args(argv)
     meta = validate_dataset(args.folder, scan_rows=args.scan_rows)

@@ -17,10 +17,8 @@ from torchrec.models.dlrm import InteractionArch, OverArch
 from torchrec.modules.crossnet import LowRankCrossNet
 from torchrec.modules.mlp import MLP
 
-from em3rec.config import ModelConfig
+from em3rec.config import BACKBONES, ModelConfig
 from em3rec.modules.interest import TargetAttention
-
-BACKBONES = ("dlrm", "dcn", "din")
 
 
 @dataclass

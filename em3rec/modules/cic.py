@@ -36,8 +36,9 @@ class ContentIDContrastive(nn.Module):
         id_dim (int): width of the ID embeddings.
         content_dim (int): width of the content embeddings.
         config (CICConfig): ``weight`` (lambda), ``temperature``, ``num_negatives``, ``dim``
-            (width of the two projection heads), ``id_gradient`` (False: the ID embeddings enter
-            detached; only the content side and the heads learn from CIC).
+            (width of the two projection heads), ``head_bias``, ``warmup_steps`` (lambda ramps
+            linearly from 0 over that many training calls), ``id_gradient`` (False: the ID
+            embeddings enter detached; only the content side and the heads learn from CIC).
 
     Example::
 
@@ -52,8 +53,17 @@ class ContentIDContrastive(nn.Module):
         self._temperature = config.temperature
         self._num_negatives = config.num_negatives
         self._id_gradient = config.id_gradient
-        self.id_head = nn.Linear(id_dim, config.dim)
-        self.content_head = nn.Linear(content_dim, config.dim)
+        self._warmup_steps = config.warmup_steps
+        self.id_head = nn.Linear(id_dim, config.dim, bias=config.head_bias)
+        self.content_head = nn.Linear(content_dim, config.dim, bias=config.head_bias)
+        # Training calls so far (for the warm-up); saved with the model, so a resumed run continues the ramp.
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def current_weight(self) -> torch.Tensor | float:
+        """lambda at this step: ``weight * min(1, steps / warmup_steps)``."""
+        if self._warmup_steps <= 0:
+            return self._weight
+        return self._weight * (self.steps.double() / self._warmup_steps).clamp(max=1.0).float()
 
     def forward(
         self,
@@ -85,7 +95,10 @@ class ContentIDContrastive(nn.Module):
             losses = self._in_batch(z_id, z_content, item_ids, valid)  # (N,)
         # Mean over valid anchors; sums of zero rows stay attached to the graph (finite, zero grads).
         value = torch.where(valid, losses, torch.zeros_like(losses)).sum() / valid.sum().clamp_min(1)
-        return CICOutput(loss=self._weight * value, value=value)
+        weight = self.current_weight()
+        if self.training:
+            self.steps += 1
+        return CICOutput(loss=weight * value, value=value)
 
     def _in_batch(self, z_id: torch.Tensor, z_content: torch.Tensor, item_ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         N = z_id.shape[0]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from em3rec.config import QFormerConfig
+from em3rec.config import QFORMER_ATTENTIONS, QFormerConfig
 
 
 @dataclass
@@ -25,8 +25,8 @@ class QFormerOutput:
 
     Fields:
         query_embeddings: ``(U, Q, d)`` the final (layer-normed) query vectors.
-        pooled: ``(U, out_dim)`` the flattened query vectors through a Linear: the item's content
-            embedding.
+        pooled: ``(U, out_dim)`` the flattened query vectors through a Linear (times the gate when
+            gated): the item's content embedding.
     """
 
     query_embeddings: torch.Tensor
@@ -113,16 +113,18 @@ class SelfAttentionLayer(nn.Module):
         dim (int): model width ``d``.
         num_heads (int): attention heads.
         mlp_ratio (int): feed-forward hidden width multiplier.
-        dropout (float): dropout on each residual branch.
+        attention_dropout (float): dropout on the attention branch before its residual add.
+        ffn_dropout (float): dropout on the feed-forward branch before its residual add.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: int, dropout: float) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: int, attention_dropout: float, ffn_dropout: float) -> None:
         super().__init__()
         self.ln_attn = nn.LayerNorm(dim)
         self.attn = MultiHeadAttention(dim, num_heads)
         self.ln_mlp = nn.LayerNorm(dim)
         self.mlp = FeedForward(dim, mlp_ratio)
-        self._dropout = nn.Dropout(dropout)
+        self._attention_dropout = nn.Dropout(attention_dropout)
+        self._ffn_dropout = nn.Dropout(ffn_dropout)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor, num_out: int | None = None) -> torch.Tensor:
         """
@@ -140,8 +142,8 @@ class SelfAttentionLayer(nn.Module):
             x, rows = x[:, :num_out], h[:, :num_out]  # (U, Q, d)
         else:
             rows = h
-        x = x + self._dropout(self.attn(rows, h, key_mask))
-        return x + self._dropout(self.mlp(self.ln_mlp(x)))
+        x = x + self._attention_dropout(self.attn(rows, h, key_mask))
+        return x + self._ffn_dropout(self.mlp(self.ln_mlp(x)))
 
 
 class CrossAttentionLayer(nn.Module):
@@ -151,14 +153,10 @@ class CrossAttentionLayer(nn.Module):
     An item with no real token at all skips the cross-attention (its output is zeroed), so it still
     gives finite queries.
 
-    Args:
-        dim (int): model width ``d``.
-        num_heads (int): attention heads.
-        mlp_ratio (int): feed-forward hidden width multiplier.
-        dropout (float): dropout on each residual branch.
+    Args: as :class:`SelfAttentionLayer` (``attention_dropout`` on both attention branches).
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: int, dropout: float) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: int, attention_dropout: float, ffn_dropout: float) -> None:
         super().__init__()
         self.ln_attn = nn.LayerNorm(dim)
         self.attn = MultiHeadAttention(dim, num_heads)
@@ -166,7 +164,8 @@ class CrossAttentionLayer(nn.Module):
         self.cross_attn = MultiHeadAttention(dim, num_heads)
         self.ln_mlp = nn.LayerNorm(dim)
         self.mlp = FeedForward(dim, mlp_ratio)
-        self._dropout = nn.Dropout(dropout)
+        self._attention_dropout = nn.Dropout(attention_dropout)
+        self._ffn_dropout = nn.Dropout(ffn_dropout)
 
     def forward(self, queries: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         """
@@ -179,15 +178,15 @@ class CrossAttentionLayer(nn.Module):
             torch.Tensor: ``(U, Q, d)``.
         """
         h = self.ln_attn(queries)
-        queries = queries + self._dropout(self.attn(h, h, None))
+        queries = queries + self._attention_dropout(self.attn(h, h, None))
         has_tokens = token_mask.any(dim=1)  # (U,)
         # An item without tokens attends to its (padding) tokens so that softmax stays finite; the
         # result is then zeroed, so neither the output nor any gradient depends on them.
         safe_mask = token_mask | ~has_tokens[:, None]  # (U, T)
         cross = self.cross_attn(self.ln_cross(queries), tokens, safe_mask)  # (U, Q, d)
         cross = torch.where(has_tokens[:, None, None], cross, torch.zeros_like(cross))
-        queries = queries + self._dropout(cross)
-        return queries + self._dropout(self.mlp(self.ln_mlp(queries)))
+        queries = queries + self._attention_dropout(cross)
+        return queries + self._ffn_dropout(self.mlp(self.ln_mlp(queries)))
 
 
 class FusionQFormer(nn.Module):
@@ -203,8 +202,11 @@ class FusionQFormer(nn.Module):
         modality_widths (dict[str, int]): modality name -> token width ``W_m`` (e.g. 384 for
             MiniLM), in the order the modalities are concatenated.
         config (QFormerConfig): ``dim`` (d), ``num_queries`` (Q), ``num_layers``, ``num_heads``,
-            ``mlp_ratio``, ``dropout``, ``attention`` ("self" | "cross").
+            ``mlp_ratio``, ``token_dropout``, ``attention_dropout``, ``ffn_dropout``, ``attention``
+            ("self" | "cross").
         out_dim (int | None): width of the pooled vector; default ``d``.
+        gated (bool): scale the pooled vector by a per-dimension ``gate (out_dim,)`` that starts at
+            0 (a residual correction to another embedding that must start at that embedding).
 
     Example::
 
@@ -213,9 +215,11 @@ class FusionQFormer(nn.Module):
         out.query_embeddings.shape, out.pooled.shape  # (8, 2, 32), (8, 32)
     """
 
-    def __init__(self, modality_widths: dict[str, int], config: QFormerConfig, out_dim: int | None = None) -> None:
+    def __init__(
+        self, modality_widths: dict[str, int], config: QFormerConfig, out_dim: int | None = None, gated: bool = False
+    ) -> None:
         super().__init__()
-        if config.attention not in ("self", "cross"):
+        if config.attention not in QFORMER_ATTENTIONS:
             raise ValueError(f"attention = {config.attention!r}; expected 'self' or 'cross'")
         if config.num_layers < 1 or config.num_queries < 1:
             raise ValueError("the Q-Former needs num_layers >= 1 and num_queries >= 1")
@@ -226,14 +230,16 @@ class FusionQFormer(nn.Module):
         self.token_proj = nn.ModuleDict({m: nn.Linear(w, d) for m, w in modality_widths.items()})
         self.modality_embedding = nn.Parameter(torch.randn(len(modality_widths), d) * 0.02)  # (M, d)
         self.queries = nn.Parameter(torch.randn(Q, d) * 0.02)  # (Q, d)
-        self._dropout = nn.Dropout(config.dropout)
+        self._token_dropout = nn.Dropout(config.token_dropout)
         layer = CrossAttentionLayer if self._cross else SelfAttentionLayer
-        self.layers = nn.ModuleList(
-            [layer(d, config.num_heads, config.mlp_ratio, config.dropout) for _ in range(config.num_layers)]
-        )
+        self.layers = nn.ModuleList([
+            layer(d, config.num_heads, config.mlp_ratio, config.attention_dropout, config.ffn_dropout)
+            for _ in range(config.num_layers)
+        ])
         self.token_norm = nn.LayerNorm(d) if self._cross else nn.Identity()
         self.ln_final = nn.LayerNorm(d)
         self.head = nn.Linear(Q * d, out_dim or d)
+        self.gate = nn.Parameter(torch.zeros(out_dim or d)) if gated else None  # (out_dim,)
 
     @property
     def modalities(self) -> list[str]:
@@ -272,7 +278,7 @@ class FusionQFormer(nn.Module):
             values.append(self.token_proj[m](real.to(dtype)) + self.modality_embedding[i])  # (R_m, d)
             positions.append((rows * T + offset + slots)[mask])  # (R_m,) flat positions in (U, T)
             offset += T_m
-        packed = dropout(torch.cat(values), self._dropout.p, self.training)  # (R, d)
+        packed = dropout(torch.cat(values), self._token_dropout.p, self.training)  # (R, d)
         d = packed.shape[-1]
         x_tokens = packed.new_zeros(U * T, d).index_copy(0, torch.cat(positions), packed)
         return x_tokens.view(U, T, d), token_mask_all  # (U, T, d), (U, T)
@@ -291,7 +297,7 @@ class FusionQFormer(nn.Module):
             + self.modality_embedding[i]  # (U, T_m, d)
             for i, m in enumerate(self._modalities)
         ]
-        x_tokens = self._dropout(torch.cat(projected, dim=1))  # (U, T, d)
+        x_tokens = self._token_dropout(torch.cat(projected, dim=1))  # (U, T, d)
         token_mask_all = torch.cat([token_mask[m] for m in self._modalities], dim=1)  # (U, T)
         return x_tokens, token_mask_all
 
@@ -334,4 +340,6 @@ class FusionQFormer(nn.Module):
 
         query_embeddings = self.ln_final(queries)  # (U, Q, d)
         pooled = self.head(query_embeddings.flatten(1))  # (U, out_dim)
+        if self.gate is not None:
+            pooled = pooled * self.gate
         return QFormerOutput(query_embeddings=query_embeddings, pooled=pooled)

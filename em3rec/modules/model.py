@@ -14,23 +14,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from em3rec.config import DataConfig, ModelConfig
-from em3rec.data.batch import Batch
+from em3rec.config import BACKBONES, CONTENT_VARIANTS, SEQ_CONTENT_MODES, DataConfig, ModelConfig
+from em3rec.data.batch import CATALOGUE_FEATURE, Batch
 from em3rec.data.schema import DatasetMeta
-from em3rec.modules.backbones import BACKBONES, RankingInputs, build_backbone
+from em3rec.modules.backbones import RankingInputs, build_backbone
 from em3rec.modules.cic import ContentIDContrastive
-from em3rec.modules.content_tower import (
-    SEQ_CONTENT_MODES,
-    ContentTower,
-    DistinctTargets,
-    FrozenContentTower,
-    PooledContentProjection,
-)
+from em3rec.modules.content_io import DistinctTargets
+from em3rec.modules.content_tower import ContentTower
+from em3rec.modules.frozen_content import FrozenContentTower, PooledContentProjection
 from em3rec.modules.fusion_qformer import FusionQFormer
+from em3rec.modules.history_encoders import (
+    CachedHistory,
+    FullHistory,
+    HistoryEncoder,
+    LoraHistory,
+    NoGradHistory,
+)
 from em3rec.modules.interest import TargetAttention
 from em3rec.modules.sparse import IdArch, build_embedding_collections
-
-CONTENT_VARIANTS = ("none", "frozen", "em3")
 
 
 @dataclass
@@ -112,7 +113,18 @@ class EM3Model(nn.Module):
             item_ids = batch.content_item_ids[targets.index]  # (V,)
             item_content = content.item_content  # (V, D)
             if self.cic is not None:
-                cic = self.cic(ids.target[targets.first_row], item_content, item_ids, targets.weight)
+                cic_ids, cic_content, cic_items, cic_weights = ids.target[targets.first_row], item_content, item_ids, targets.weight
+                if ids.catalogue is not None:
+                    # Catalogue items join CIC with their content (target branch) and ID rows; no label.
+                    index = batch.catalogue_content_index  # (K,)
+                    catalogue_content = self.content_tower.encode_items(
+                        batch.content_tokens, batch.content_token_mask, index
+                    )  # (K, D)
+                    cic_ids = torch.cat([cic_ids, ids.catalogue])  # (V + K, D)
+                    cic_content = torch.cat([cic_content, catalogue_content])  # (V + K, D)
+                    cic_items = torch.cat([cic_items, batch.content_item_ids[index]])  # (V + K,)
+                    cic_weights = torch.cat([cic_weights, cic_weights.new_ones(index.shape[0])])  # (V + K,)
+                cic = self.cic(cic_ids, cic_content, cic_items, cic_weights)
                 cic_loss, cic_value = cic.loss, cic.value
         B, D = ids.target.shape
         inputs = RankingInputs(
@@ -176,6 +188,25 @@ def _check(model_config: ModelConfig) -> None:
         raise ValueError("model.over_layers needs at least one hidden layer")
 
 
+def uses_catalogue(model_config: ModelConfig) -> bool:
+    """Whether batches must carry the catalogue items sampled for CIC (``Batch.catalogue_content_index``)."""
+    return model_config.content == "em3" and model_config.cic.weight > 0 and model_config.cic.catalogue_samples > 0
+
+
+def build_history_encoder(model_config: ModelConfig, qformer: FusionQFormer, num_items: int) -> HistoryEncoder | None:
+    """The history branch ``model.seq_content_mode`` names (None for ``none``)."""
+    mode = model_config.seq_content_mode
+    if mode == "none":
+        return None
+    if mode == "frozen":
+        return NoGradHistory()
+    if mode == "full":
+        return FullHistory()
+    if mode == "lora":
+        return LoraHistory(qformer, model_config.lora)
+    return CachedHistory(num_items, qformer.head.out_features, model_config.cache_refresh_steps)
+
+
 def build_model(
     model_config: ModelConfig,
     meta: DatasetMeta,
@@ -203,8 +234,9 @@ def build_model(
     """
     _check(model_config)
     D = model_config.embedding_dim
-    ebc, ec = build_embedding_collections(meta, D, device=sparse_device)
-    id_arch = IdArch(ebc, ec, meta.features_of("item")[0].name, meta.features_of("history")[0].name)
+    catalogue = CATALOGUE_FEATURE if uses_catalogue(model_config) else None
+    ebc, ec = build_embedding_collections(meta, D, device=sparse_device, catalogue_feature=catalogue)
+    id_arch = IdArch(ebc, ec, meta.features_of("item")[0].name, meta.features_of("history")[0].name, catalogue)
     num_pooled = len(id_arch.pooled_feature_names)
     widths = {m.name: m.width for m in meta.modalities}
     missing = [m for m in data_config.modalities if m not in widths]
@@ -217,15 +249,10 @@ def build_model(
         content_tower = content_interest = cic = None
         num_content = 0
         if model_config.content == "em3":
-            qformer = FusionQFormer(modality_widths, model_config.qformer, out_dim=D)
-            content_tower = ContentTower(
-                qformer,
-                model_config.seq_content_mode,
-                dedup=model_config.dedup,
-                lora=model_config.lora,
-                num_items=meta.features_of("item")[0].vocab_size,
-                cache_refresh_steps=model_config.cache_refresh_steps,
-            )
+            qformer = FusionQFormer(modality_widths, model_config.qformer, out_dim=D, gated=model_config.pooled_base)
+            pooled_base = PooledContentProjection(modality_widths, D) if model_config.pooled_base else None
+            history = build_history_encoder(model_config, qformer, meta.features_of("item")[0].vocab_size)
+            content_tower = ContentTower(qformer, history, pooled_base, dedup=model_config.dedup)
             if model_config.cic.weight > 0:
                 cic = ContentIDContrastive(D, D, model_config.cic)
         elif model_config.content == "frozen":

@@ -23,7 +23,7 @@ ITEM_TABLE = "item"
 
 
 def build_embedding_collections(
-    meta: DatasetMeta, embedding_dim: int, device: torch.device | None = None
+    meta: DatasetMeta, embedding_dim: int, device: torch.device | None = None, catalogue_feature: str | None = None
 ) -> tuple[EmbeddingBagCollection, EmbeddingCollection]:
     """The ``EmbeddingBagCollection`` (user + side features) and ``EmbeddingCollection`` (items).
 
@@ -36,6 +36,7 @@ def build_embedding_collections(
         meta (DatasetMeta): the features; features sharing ``FeatureSpec.table`` share a table.
         embedding_dim (int): ``D`` of every table.
         device (torch.device | None): where to build the tables (``meta`` for DMP).
+        catalogue_feature (str | None): a third feature of the item table (items sampled for CIC).
 
     Returns:
         tuple[EmbeddingBagCollection, EmbeddingCollection]
@@ -58,7 +59,7 @@ def build_embedding_collections(
         name=ITEM_TABLE,
         embedding_dim=embedding_dim,
         num_embeddings=max(item.vocab_size, history.vocab_size),
-        feature_names=[item.name, history.name],
+        feature_names=[item.name, history.name] + ([catalogue_feature] if catalogue_feature else []),
     )
     return (
         EmbeddingBagCollection(tables=bag_configs, device=device),
@@ -74,11 +75,13 @@ class IdEmbeddings:
         pooled: ``(B, F, D)`` user and side-feature embeddings, in ``IdArch.pooled_feature_names`` order.
         target: ``(B, D)`` target item embedding.
         history: ``(B, L, D)`` history item embeddings, zeros at padded positions.
+        catalogue: ``(K, D)`` embeddings of the items sampled for CIC; None without that feature.
     """
 
     pooled: torch.Tensor
     target: torch.Tensor
     history: torch.Tensor
+    catalogue: torch.Tensor | None = None
 
 
 class IdArch(nn.Module):
@@ -90,6 +93,7 @@ class IdArch(nn.Module):
             history feature.
         item_feature (str): the target item feature name (e.g. ``"item_id"``).
         history_feature (str): the history feature name (e.g. ``"hist_item_ids"``).
+        catalogue_feature (str | None): the feature of the items sampled for CIC, if any.
 
     Example::
 
@@ -103,6 +107,7 @@ class IdArch(nn.Module):
         embedding_collection: EmbeddingCollection,
         item_feature: str,
         history_feature: str,
+        catalogue_feature: str | None = None,
     ) -> None:
         super().__init__()
         self.embedding_bag_collection = embedding_bag_collection
@@ -112,6 +117,7 @@ class IdArch(nn.Module):
         ]
         self._item_feature = item_feature
         self._history_feature = history_feature
+        self._catalogue_feature = catalogue_feature
 
     @property
     def pooled_feature_names(self) -> list[str]:
@@ -138,4 +144,7 @@ class IdArch(nn.Module):
         history = torch.ops.fbgemm.jagged_to_padded_dense(
             history.values(), [history.offsets()], [max_history], 0.0
         )  # (B, L, D)
-        return IdEmbeddings(pooled=pooled, target=target, history=history)
+        catalogue = None
+        if self._catalogue_feature is not None:
+            catalogue = sequences[self._catalogue_feature].values()  # (K, D)
+        return IdEmbeddings(pooled=pooled, target=target, history=history, catalogue=catalogue)

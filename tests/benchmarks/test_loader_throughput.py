@@ -16,7 +16,7 @@ def test_loader_benchmark_writes_a_table_with_its_command(tmp_path: Path) -> Non
     loader_main(["--data", str(data), "--batch-size", "32", "--max-history", "8", "--content", "none,tokens",
                  "--ranks", "1", "--prefetch", "0", "--batches", "4", "--warmup", "1", "--out", str(out)])
     text = out.read_text()
-    assert "loader_throughput.py" in text and "--content none,tokens" in text
+    assert "benchmarks.loader_throughput" in text and "--content none,tokens" in text
     assert "commit" in text.lower() and "torch" in text
     table = [line for line in text.splitlines() if line.startswith("| ") and ("none" in line or "tokens" in line)]
     assert len(table) >= 2, text

@@ -13,7 +13,7 @@ from benchmarks.reference_din import ReferenceDIN
 from benchmarks.throughput import main as throughput_main
 from data_prep.synthetic import SyntheticConfig, generate
 from em3rec.config import DataConfig, ModelConfig
-from em3rec.modules.example_batch import example_batch, example_meta
+from em3rec.testing.example_batch import example_batch, example_meta
 from em3rec.modules.model import EM3Train, build_model
 
 TINY_MODEL = [

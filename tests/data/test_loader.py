@@ -220,3 +220,32 @@ def test_rows_concat_slice_roundtrip() -> None:
     assert joined.scalars["label"].tolist() == rows.scalars["label"].tolist()
     assert joined.lists["h"][0].tolist() == rows.lists["h"][0].tolist()
     assert joined.lists["h"][1].tolist() == rows.lists["h"][1].tolist()
+
+
+def test_catalogue_sample_for_cic(tiny_dataset: Path) -> None:
+    from em3rec.data.batch import CATALOGUE_FEATURE
+
+    meta = DatasetMeta.load(tiny_dataset)
+    loader = _loader(tiny_dataset, "train", batch_size=64, seed=3, modalities=["meta"], catalogue_samples=9)
+    loader.set_epoch(1)
+    batches = list(loader)
+    sampled = []
+    for batch in batches:
+        sequence = batch.sequence_features.to_dict()
+        assert batch.sequence_features.keys()[-1] == CATALOGUE_FEATURE
+        lengths = sequence[CATALOGUE_FEATURE].lengths()
+        assert lengths[0] == 9 and lengths[1:].sum() == 0  # all K ids in the first row
+        ids = sequence[CATALOGUE_FEATURE].values()
+        assert ((ids >= 1) & (ids < meta.features_of("item")[0].vocab_size)).all()
+        # the content side indexes the same items, with their tokens among the batch's distinct items
+        assert torch.equal(batch.content_item_ids[batch.catalogue_content_index], ids)
+        assert torch.equal(batch.content_item_ids[batch.target_content_index], batch.item_ids)
+        sampled.append(ids.tolist())
+    assert len({tuple(s) for s in sampled}) == len(sampled)  # a new draw per batch
+    loader.set_epoch(1, start_batch=len(batches) - 1)  # a resumed epoch draws the same items
+    assert next(iter(loader)).sequence_features.to_dict()[CATALOGUE_FEATURE].values().tolist() == sampled[-1]
+    evaluation = next(iter(_loader(tiny_dataset, "valid", catalogue_samples=0)))
+    assert evaluation.sequence_features.keys()[-1] == CATALOGUE_FEATURE
+    assert evaluation.catalogue_content_index.numel() == 0
+    plain = next(iter(_loader(tiny_dataset, "valid")))
+    assert plain.sequence_features.keys() == ["item_id", "hist_item_ids"]

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 from em3rec.data.loader import ImpressionLoader
-from tests.multiprocess import run_ranks
+from em3rec.testing.multiprocess import run_ranks
 
 
 def _iterate_with_collectives(rank: int, world_size: int, path: str) -> dict[str, float]:

@@ -27,7 +27,7 @@ def _reference(cic, id_emb, content, item_ids, valid):
 
 
 def test_matches_reference_with_duplicates_and_padding():
-    cic = ContentIDContrastive(12, 10, CICConfig(weight=0.3, temperature=0.2, dim=6))
+    cic = ContentIDContrastive(12, 10, CICConfig(weight=0.3, temperature=0.2, dim=6, num_negatives=0))
     id_emb, content = torch.randn(7, 12), torch.randn(7, 10)
     item_ids = torch.tensor([3, 5, 3, 8, 9, 5, 1])
     weights = torch.tensor([1, 1, 1, 1, 0, 1, 1.0])
@@ -38,7 +38,7 @@ def test_matches_reference_with_duplicates_and_padding():
 
 
 def test_all_distinct_equals_plain_symmetric_infonce():
-    cic = ContentIDContrastive(8, 8, CICConfig(weight=1.0, temperature=0.1, dim=8))
+    cic = ContentIDContrastive(8, 8, CICConfig(weight=1.0, temperature=0.1, dim=8, num_negatives=0))
     id_emb, content = torch.randn(5, 8), torch.randn(5, 8)
     out = cic(id_emb, content, torch.arange(5))
     logits = F.normalize(cic.id_head(id_emb), dim=-1) @ F.normalize(cic.content_head(content), dim=-1).T / 0.1
@@ -85,7 +85,7 @@ def test_sampled_negatives_match_reference():
 
 
 def test_random_embeddings_give_about_log_n():
-    cic = ContentIDContrastive(32, 32, CICConfig(temperature=100.0, dim=32))  # flat logits
+    cic = ContentIDContrastive(32, 32, CICConfig(temperature=100.0, dim=32, num_negatives=0))  # flat logits
     value = cic(torch.randn(50, 32), torch.randn(50, 32), torch.arange(50)).value
     assert abs(value.item() - math.log(50)) < 0.05
 
@@ -96,8 +96,8 @@ def test_id_gradient_switch_keeps_the_loss_and_stops_only_the_id_side(id_gradien
     id_emb = torch.randn(8, 12, requires_grad=True)
     content = torch.randn(8, 10, requires_grad=True)
     item_ids = torch.tensor([0, 1, 2, 3, 3, 4, 5, 6])
-    cic = ContentIDContrastive(12, 10, CICConfig(dim=6, id_gradient=id_gradient))
-    reference = ContentIDContrastive(12, 10, CICConfig(dim=6))
+    cic = ContentIDContrastive(12, 10, CICConfig(dim=6, id_gradient=id_gradient, num_negatives=0))
+    reference = ContentIDContrastive(12, 10, CICConfig(dim=6, num_negatives=0))
     reference.load_state_dict(cic.state_dict())
     out = cic(id_emb, content, item_ids)
     torch.testing.assert_close(out.value, reference(id_emb, content, item_ids).value)
@@ -108,3 +108,15 @@ def test_id_gradient_switch_keeps_the_loss_and_stops_only_the_id_side(id_gradien
         assert id_emb.grad is not None and id_emb.grad.abs().sum() > 0
     else:
         assert id_emb.grad is None
+
+
+def test_warmup_ramps_lambda_per_training_call_and_heads_have_no_bias():
+    cic = ContentIDContrastive(8, 8, CICConfig(weight=0.2, warmup_steps=4, dim=4, num_negatives=0))
+    assert cic.id_head.bias is None and cic.content_head.bias is None
+    id_emb, content, item_ids = torch.randn(6, 8), torch.randn(6, 8), torch.arange(6)
+    ratios = [(out.loss / out.value).item() for out in (cic(id_emb, content, item_ids) for _ in range(6))]
+    assert ratios == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2, 0.2])
+    cic.eval()
+    cic(id_emb, content, item_ids)
+    assert cic.steps.item() == 6  # evaluation does not advance the ramp
+    assert "steps" in cic.state_dict()  # a resumed run continues the ramp

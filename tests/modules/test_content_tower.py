@@ -1,26 +1,36 @@
 import pytest
 import torch
 
-from em3rec.config import LoraConfig, QFormerConfig
-from em3rec.modules.content_tower import (
-    ContentTower,
-    DistinctTargets,
-    FrozenContentTower,
-    PooledContentProjection,
-)
+from em3rec.config import LoraConfig, ModelConfig, QFormerConfig
+from em3rec.modules.content_io import DistinctTargets
+from em3rec.modules.content_tower import ContentTower
+from em3rec.modules.frozen_content import FrozenContentTower, PooledContentProjection
 from em3rec.modules.fusion_qformer import FusionQFormer
+from em3rec.modules.model import build_history_encoder
 
 WIDTHS = {"title": 24, "meta": 20}
 LORA = LoraConfig(rank=2, alpha=4.0, target_modules=["attn", "cross_attn", "token_proj"])
 
 
-def _tower(mode: str, dedup: bool = True, attention: str = "self", dropout: float = 0.0, **kwargs) -> ContentTower:
+def _tower(
+    mode: str,
+    dedup: bool = True,
+    attention: str = "self",
+    pooled_base: bool = False,
+    num_items: int = 0,
+    cache_refresh_steps: int = 50,
+) -> ContentTower:
     torch.manual_seed(0)
-    qformer = FusionQFormer(WIDTHS, QFormerConfig(dim=16, num_heads=2, num_layers=2, dropout=dropout, attention=attention))
-    tower = ContentTower(qformer, mode, dedup=dedup, lora=LORA, **kwargs)
-    with torch.no_grad():  # LoRA B starts at 0; make the adapters matter
+    config = QFormerConfig(dim=16, num_heads=2, num_layers=2, token_dropout=0.0, attention_dropout=0.0,
+                           ffn_dropout=0.0, attention=attention)
+    qformer = FusionQFormer(WIDTHS, config, gated=pooled_base)
+    model_config = ModelConfig(seq_content_mode=mode, lora=LORA, cache_refresh_steps=cache_refresh_steps)
+    history = build_history_encoder(model_config, qformer, num_items)
+    base = PooledContentProjection(WIDTHS, 16) if pooled_base else None
+    tower = ContentTower(qformer, history, base, dedup=dedup)
+    with torch.no_grad():  # LoRA B and the gate start at 0; make the adapters and the Q-Former matter
         for name, p in tower.named_parameters():
-            if "lora_B" in name:
+            if "lora_B" in name or name == "qformer.gate":
                 p.normal_(0, 0.3)
     return tower
 
@@ -42,11 +52,12 @@ def _grads(module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("mode", ["none", "frozen", "lora", "full"])
 @pytest.mark.parametrize("attention", ["self", "cross"])
-def test_dedup_matches_per_position_reference(batch, mode, attention):
+@pytest.mark.parametrize("pooled_base", [False, True])
+def test_dedup_matches_per_position_reference(batch, mode, attention, pooled_base):
     # float64, so that the only difference (summation order of duplicate gradients) is invisible
     targets = DistinctTargets.of(batch.target_content_index, batch.weights)
-    fast = _tower(mode, dedup=True, attention=attention).eval().double()
-    slow = _tower(mode, dedup=False, attention=attention).eval().double()
+    fast = _tower(mode, dedup=True, attention=attention, pooled_base=pooled_base).eval().double()
+    slow = _tower(mode, dedup=False, attention=attention, pooled_base=pooled_base).eval().double()
     slow.load_state_dict(fast.state_dict())
     out_fast, out_slow = fast(batch, targets), slow(batch, targets)
     exact = dict(rtol=1e-12, atol=1e-12)
@@ -116,10 +127,10 @@ def test_cached_refreshes_stale_entries(batch):
     history_items = batch.content_item_ids[torch.unique(batch.history_content_index[batch.history_mask])]
     history_only = history_items[~torch.isin(history_items, batch.item_ids)]
 
-    assert not any("_bank" in k or "_step" in k for k in tower.state_dict())  # per rank, not checkpointed
+    assert not any(k.startswith("history.") for k in tower.state_dict())  # per rank, not checkpointed
     out = tower(batch, targets)  # step 0: targets are written first; the other history items computed
     assert 0 < history_only.numel() < history_items.numel()
-    assert tower.last_refresh_count == history_only.numel()
+    assert tower.history.last_refresh_count == history_only.numel()
     assert not out.history.requires_grad
     with torch.no_grad():
         reference = tower.eval()(batch, targets).history  # fresh encodings (dropout is 0)
@@ -132,16 +143,16 @@ def test_cached_refreshes_stale_entries(batch):
     with torch.no_grad():
         fresh = tower.eval()(batch, targets).history
     tower.train()
-    for step in (1, 2):  # entries written at step 0 are read through step 2
+    for _step in (1, 2):  # entries written at step 0 are read through step 2
         out = tower(batch, targets)
-        assert tower.last_refresh_count == 0
+        assert tower.history.last_refresh_count == 0
         # targets are rewritten each step, so only history-only items keep the old values
         keep = torch.isin(batch.content_item_ids[batch.history_content_index], history_only) & batch.history_mask
         torch.testing.assert_close(out.history[keep], reference[keep])
         moved = torch.isin(batch.content_item_ids[batch.history_content_index], batch.item_ids) & batch.history_mask
         torch.testing.assert_close(out.history[moved], fresh[moved])
     out = tower(batch, targets)  # step 3: the history-only entries are 3 steps old -> recomputed
-    assert tower.last_refresh_count == history_only.numel()
+    assert tower.history.last_refresh_count == history_only.numel()
     torch.testing.assert_close(out.history, fresh)
 
 
@@ -173,10 +184,10 @@ def test_merged_history_adapters_match_peft_forward(batch, attention):
     # low-rank passes) is the reference. float64: outputs and every gradient agree.
     targets = DistinctTargets.of(batch.target_content_index, batch.weights)
     tower = _tower("lora", attention=attention).eval().double()
-    assert tower.merge_history_adapters and tower._adapted
+    assert tower.history.merge and tower.history._adapted
 
     def run(merge: bool):
-        tower.merge_history_adapters = merge
+        tower.history.merge = merge
         tower.zero_grad(set_to_none=True)
         out = tower(batch, targets)
         _loss(out).backward()
@@ -187,3 +198,27 @@ def test_merged_history_adapters_match_peft_forward(batch, attention):
     assert merged_grads.keys() == reference_grads.keys()
     for name in reference_grads:
         torch.testing.assert_close(merged_grads[name], reference_grads[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("mode", ["none", "frozen", "lora", "full", "cached"])
+def test_em3_with_pooled_base_starts_at_the_frozen_baseline(batch, mode):
+    # The gate starts at 0: the EM3 tower's target, history and item content equal the two-stage
+    # baseline's (same projection weights) exactly, and training then adds the Q-Former's part.
+    targets = DistinctTargets.of(batch.target_content_index, batch.weights)
+    torch.manual_seed(0)
+    config = QFormerConfig(dim=16, num_heads=2, token_dropout=0.5, attention_dropout=0.5, ffn_dropout=0.5)
+    qformer = FusionQFormer(WIDTHS, config, out_dim=16, gated=True)
+    history = build_history_encoder(ModelConfig(seq_content_mode=mode, lora=LORA), qformer, num_items=41)
+    em3 = ContentTower(qformer, history, PooledContentProjection(WIDTHS, 16)).train()
+    baseline = FrozenContentTower(PooledContentProjection(WIDTHS, 16), use_history=mode != "none")
+    baseline.projection.load_state_dict(em3.pooled_base.state_dict())
+    out_em3, out_baseline = em3(batch, targets), baseline(batch, targets)
+    for field in ("target", "item_content", "history"):
+        expected = getattr(out_baseline, field)
+        if expected is None:
+            assert getattr(out_em3, field) is None
+        else:
+            torch.testing.assert_close(getattr(out_em3, field), expected, rtol=0, atol=0, msg=field)
+    # ... and the gate is trainable from the first step, which opens the Q-Former path.
+    (out_em3.target ** 2).sum().backward()
+    assert qformer.gate.grad is not None and qformer.gate.grad.abs().sum() > 0

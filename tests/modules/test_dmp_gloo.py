@@ -45,14 +45,14 @@ def _train_steps(rank: int, backbone: str, mode: str, pipelined: bool) -> None:
     from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
     from em3rec.config import CICConfig, DataConfig, LoraConfig, ModelConfig, QFormerConfig
-    from em3rec.modules.example_batch import ExampleItems, example_batch, example_meta
+    from em3rec.testing.example_batch import ExampleItems, example_batch, example_meta
     from em3rec.modules.model import EM3Train, build_model
 
     meta = example_meta()
     config = ModelConfig(
         backbone=backbone, content="em3", seq_content_mode=mode, embedding_dim=16,
         dense_layers=[16], over_layers=[16, 8], cross_layers=1, cross_low_rank=4, attention_hidden=[8],
-        qformer=QFormerConfig(dim=16, num_heads=2, dropout=0.0), lora=LoraConfig(rank=2),
+        qformer=QFormerConfig(dim=16, num_heads=2, token_dropout=0.0, attention_dropout=0.0, ffn_dropout=0.0), lora=LoraConfig(rank=2),
         cic=CICConfig(dim=8), cache_refresh_steps=1,
     )
     torch.manual_seed(0)
@@ -120,8 +120,8 @@ def _train_steps(rank: int, backbone: str, mode: str, pipelined: bool) -> None:
     dist.all_gather(gathered, dense_now)
     torch.testing.assert_close(gathered[0], gathered[1])
     if mode == "cached":  # each rank keeps its own bank: DMP's DDP must not broadcast it
-        banks = [torch.zeros_like(model.content_tower._bank) for _ in range(WORLD_SIZE)]
-        dist.all_gather(banks, model.content_tower._bank)
+        banks = [torch.zeros_like(model.content_tower.history.bank) for _ in range(WORLD_SIZE)]
+        dist.all_gather(banks, model.content_tower.history.bank)
         assert not torch.equal(banks[0], banks[1])
 
 

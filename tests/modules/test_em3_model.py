@@ -3,12 +3,11 @@ import itertools
 import pytest
 import torch
 
-from em3rec.config import CICConfig, QFormerConfig
+from em3rec.config import BACKBONES, CONTENT_VARIANTS, SEQ_CONTENT_MODES, CICConfig, QFormerConfig
 from em3rec.modules.model import EM3Model, EM3Train, build_model
 
-BACKBONES = ("dlrm", "dcn", "din")
-CONTENTS = ("none", "frozen", "em3")
-SEQ_MODES = ("none", "frozen", "lora", "full", "cached")
+CONTENTS = CONTENT_VARIANTS
+SEQ_MODES = SEQ_CONTENT_MODES
 
 
 @pytest.mark.parametrize("backbone,content,mode", list(itertools.product(BACKBONES, CONTENTS, SEQ_MODES)))
@@ -62,7 +61,7 @@ def test_loss_is_bce_plus_weighted_cic(meta, data_config, batch, model_config):
 
 
 def test_cross_attention_variant_and_export(meta, data_config, batch, model_config):
-    config = model_config(qformer=QFormerConfig(dim=16, num_heads=2, num_layers=2, dropout=0.0, attention="cross"))
+    config = model_config(qformer=QFormerConfig(dim=16, num_heads=2, num_layers=2, token_dropout=0.0, attention_dropout=0.0, ffn_dropout=0.0, attention="cross"))
     model = build_model(config, meta, data_config).eval()
     out = model(batch)
     exported = model.encode_items(
@@ -114,3 +113,24 @@ def test_fx_traceable_for_the_train_pipeline(meta, data_config, content, mode, m
     for name, feature in zip(collections, ["sparse_features", "sequence_features"]):
         (arg,) = calls[name].args
         assert arg.op == "call_function" and arg.args[1] == feature  # getattr(batch, feature)
+
+
+def test_catalogue_items_join_cic_and_train_their_id_rows(meta, data_config, model_config):
+    from em3rec.testing.example_batch import example_batch
+
+    config = model_config(cic=CICConfig(weight=0.5, dim=8, num_negatives=0, catalogue_samples=6))
+    model = build_model(config, meta, data_config)
+    batch = example_batch(meta, 12, num_item_choices=5, catalogue_samples=6, seed=4)
+    sampled = batch.content_item_ids[batch.catalogue_content_index]
+    outside = sampled[~torch.isin(sampled, batch.content_item_ids[batch.history_content_index[batch.history_mask]])
+                      & ~torch.isin(sampled, batch.item_ids)]
+    assert outside.numel() > 0  # items that only the catalogue sample brings into the batch
+    loss, _ = EM3Train(model)(batch)
+    loss.backward()
+    grad = model.id_arch.embedding_collection.embeddings["item"].weight.grad  # (num_items, D)
+    assert grad[outside].abs().sum(1).gt(0).all()  # CIC reaches their ID rows, no label needed
+    # without the sample, the same batch leaves those rows alone
+    plain = build_model(model_config(cic=CICConfig(weight=0.5, dim=8, num_negatives=0)), meta, data_config)
+    loss, _ = EM3Train(plain)(example_batch(meta, 12, num_item_choices=5, seed=4))
+    loss.backward()
+    assert plain.id_arch.embedding_collection.embeddings["item"].weight.grad[outside].abs().sum() == 0

@@ -25,9 +25,9 @@ def test_matches_the_din_formula():
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
     expected = torch.zeros(2, 4)
     for b in range(2):
-        for l in range(3):
-            if mask[b, l]:
-                q, k = query[b], keys[b, l]
+        for pos in range(3):
+            if mask[b, pos]:
+                q, k = query[b], keys[b, pos]
                 w = attention.score(attention.mlp(torch.cat([q, k, q - k, q * k])[None]))[0, 0]
                 expected[b] += w * k
     torch.testing.assert_close(attention(keys, query, mask), expected)

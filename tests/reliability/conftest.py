@@ -98,7 +98,9 @@ def overrides(data: Path, run_dir: Path, name: str, *extra: str) -> list[str]:
 def in_process_recipe(data: Path, run_dir: Path, *extra: str) -> Recipe:
     """A 1-rank recipe in this process (no pipeline): start-up checks and single steps, in seconds."""
     config = load_config("din_em3", [*overrides(data, run_dir, "solo"), "sharding.pipeline=false", *extra])
-    return Recipe(config, init_distributed("cpu"))
+    recipe = Recipe(config, init_distributed("cpu"))
+    recipe.setup()
+    return recipe
 
 
 # ------------------------------------------------------------------------------------- processes

@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pytest
 import torch
@@ -29,7 +26,7 @@ from em3rec.data.loader import ImpressionLoader
 from em3rec.data.schema import DatasetError
 from tests.data.conftest import rewrite_split
 from tests.reliability.conftest import (
-    ROOT, copy_dataset, in_process_recipe, items_without_content, split_table,
+    copy_dataset, in_process_recipe, items_without_content, split_table,
 )
 
 
@@ -168,7 +165,7 @@ def test_truncated_item_array(data: Path, tmp_path: Path) -> None:
         ("train.log_every=0", r"train.log_every = 0; expected >= 1"),
         ("train.keep_checkpoints=0", r"train.keep_checkpoints = 0; expected >= 1"),
         ("train.epochs=two", r"train.epochs: expected int, got 'two'"),
-        ('sharding.types=["diagonal"]', r"sharding.types: 'diagonal' is not a sharding type"),
+        ('sharding.types=["diagonal"]', r"sharding.types: 'diagonal' is not one of \('data_parallel', "),
     ],
 )
 def test_bad_config_is_refused_before_anything_runs(override: str, message: str) -> None:
@@ -188,13 +185,6 @@ def test_sharding_type_the_device_cannot_run(reliable_data: Path, tmp_path: Path
     with pytest.raises(ConfigError, match=r"sharding.types \[.*row_wise'\] cannot run on cpu; cpu supports "
                                           r"\['data_parallel', 'table_wise', 'column_wise', 'table_column_wise'\]"):
         _starts(reliable_data, tmp_path, f"sharding.types={types}")
-
-
-def test_unknown_key_on_the_command_line_exits_with_the_message() -> None:
-    out = subprocess.run([sys.executable, "-m", "em3rec.train", "--config", "din_em3", "--set", "model.backbone_typo=din"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode != 0
-    assert "em3rec.config.ConfigError: model: unknown key(s) ['backbone_typo']; known: [" in out.stderr
 
 
 # ---------------------------------------------------------------------------------- must work

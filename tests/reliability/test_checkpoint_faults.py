@@ -38,6 +38,13 @@ def two_checkpoints(solo: Recipe, tmp_path: Path) -> tuple[CheckpointManager, Pa
     return manager, older, latest
 
 
+def _latest(manager: CheckpointManager, recipe: Recipe) -> Path:
+    """The checkpoint ``load_latest`` loads (falling back past refused ones)."""
+    found = manager.load_latest(recipe.model, recipe.optimizer)
+    assert found is not None
+    return found[0]
+
+
 def _shard(checkpoint: Path) -> Path:
     (shard,) = sorted(checkpoint.glob("*.distcp"))
     return shard
@@ -54,7 +61,7 @@ def test_interrupted_save_is_ignored_then_cleaned(two_checkpoints, solo: Recipe,
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 3])
     (manager.folder / ".latest.tmp").write_text("step_000")  # a pointer caught mid-write
 
-    assert manager.candidates()[0] == latest and manager.latest_valid() == latest
+    assert manager.candidates()[0] == latest and _latest(manager, solo) == latest
     assert (manager.folder / "latest").read_text() == "step_00000002"
     with caplog.at_level(logging.WARNING, logger="em3rec.checkpoint"):
         done = manager.remove_partial()
@@ -62,17 +69,17 @@ def test_interrupted_save_is_ignored_then_cleaned(two_checkpoints, solo: Recipe,
     assert "removed .step_00000003.tmp (a checkpoint save that did not finish)" in caplog.text
     assert sorted(p.name for p in manager.folder.iterdir()) == ["latest", "step_00000001", "step_00000002"]
     manager.save("step_00000003", solo.model, solo.optimizer, {"step": 3})  # the same name saves cleanly
-    assert manager.latest_valid().name == "step_00000003"
+    assert _latest(manager, solo).name == "step_00000003"
 
 
-def test_crash_while_replacing_a_same_named_checkpoint_is_recovered(two_checkpoints) -> None:  # noqa: ANN001
+def test_crash_while_replacing_a_same_named_checkpoint_is_recovered(two_checkpoints, solo: Recipe) -> None:  # noqa: ANN001
     manager, _, latest = two_checkpoints
     # Re-saving step 2 moves the old copy to .step_00000002.old, renames the new one in, then deletes
     # the old one. Killed between the two renames, only the hidden old copy is left.
     latest.rename(manager.folder / ".step_00000002.old")
-    assert manager.latest_valid().name == "step_00000001"
+    assert _latest(manager, solo).name == "step_00000001"
     assert manager.remove_partial() == ["restored step_00000002 from .step_00000002.old (interrupted while being replaced)"]
-    assert manager.latest_valid() == latest and validate_checkpoint(latest)["step"] == 2
+    assert _latest(manager, solo) == latest and validate_checkpoint(latest)["step"] == 2
 
 
 @pytest.mark.parametrize(
@@ -113,11 +120,12 @@ def test_damaged_checkpoint_is_refused_and_the_previous_one_used(two_checkpoints
         shard.write_bytes(shard.read_bytes() + b"\0" * 10)
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(latest, solo.model, solo.optimizer)
-    assert manager.latest_valid() == older
+    assert _latest(manager, solo) == older
 
 
 def test_recipe_resume_falls_back_and_refuses_to_start_over(solo: Recipe, tmp_path: Path, caplog) -> None:  # noqa: ANN001
     recipe = Recipe(solo.config, solo.env)
+    recipe.setup()
     recipe.checkpoints = CheckpointManager(tmp_path / "checkpoints", keep=5)
     recipe._step(iter(recipe.loader("train")))  # creates the optimiser state a checkpoint holds
     recipe.progress.step = 1
@@ -129,7 +137,7 @@ def test_recipe_resume_falls_back_and_refuses_to_start_over(solo: Recipe, tmp_pa
     data[100] ^= 0xFF
     _shard(newest).write_bytes(bytes(data))
     recipe.progress.step = 0
-    with caplog.at_level(logging.WARNING, logger="em3rec.train"):
+    with caplog.at_level(logging.WARNING, logger="em3rec.checkpoint"):
         assert recipe.resume_latest().name == "step_00000001"
     assert recipe.progress.step == 1
     assert "checkpoint refused: " in caplog.text and "is corrupt (CRC-32" in caplog.text
@@ -156,5 +164,5 @@ def test_full_disk_during_save_keeps_the_previous_checkpoint(two_checkpoints, so
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert not (manager.folder / ".step_00000003.tmp").exists(), "the failed save's folder is removed"
-    assert manager.latest_valid() == latest and (manager.folder / "latest").read_text() == "step_00000002"
+    assert _latest(manager, solo) == latest and (manager.folder / "latest").read_text() == "step_00000002"
     load_checkpoint(latest, solo.model, solo.optimizer)

@@ -22,7 +22,8 @@ import pytest
 
 from em3rec.config import load_config
 from em3rec.data.loader import ImpressionLoader
-from em3rec.train import NonFiniteLossError, write_results
+from em3rec.loss_guard import NonFiniteLossError
+from em3rec.train import write_results
 from tests.data.conftest import rewrite_split
 from tests.reliability.conftest import (
     SHORT, copy_dataset, in_process_recipe, launch, metrics, overrides, poison_item, torchrun,
@@ -106,7 +107,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_the_batch(poisoned: Poisoned, 
     first = poisoned.one_rank[0][0]  # 0-based batch of epoch 0
     batch = list(recipe.loader("train", 0))[first]
     with pytest.raises(NonFiniteLossError) as caught:
-        recipe.fit()
+        recipe.train()
     message = str(caught.value)
     assert message.startswith(f"non-finite loss at step {first + 1} (epoch 0, batch {first + 1}) on rank(s) [0]: "
                               f"loss nan on rank 0, batch user_ids=")
@@ -119,7 +120,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_the_batch(poisoned: Poisoned, 
 def test_exploding_learning_rate_stops_the_run(reliable_data: Path, tmp_path: Path) -> None:
     recipe = in_process_recipe(reliable_data, tmp_path, "optim.dense_lr=1e30", "optim.embedding_lr=1e30")
     with pytest.raises(NonFiniteLossError, match=r"^non-finite loss at step 2 \(epoch 0, batch 2\) on rank\(s\) \[0\]: loss nan"):
-        recipe.fit()
+        recipe.train()
 
 
 def test_skip_policy_stops_a_diverged_run_after_the_limit(reliable_data: Path, tmp_path: Path) -> None:
@@ -127,7 +128,7 @@ def test_skip_policy_stops_a_diverged_run_after_the_limit(reliable_data: Path, t
                                "train.nan_policy=skip", "train.nan_skip_limit=3")
     with pytest.raises(NonFiniteLossError, match=r"^3 batches in a row had a non-finite loss \(train.nan_skip_limit = 3\); "
                                                  r"the model has probably diverged. Last at step 2 \(epoch 0, batch 4\)"):
-        recipe.fit()
+        recipe.train()
 
 
 def test_nan_scores_in_evaluation_are_refused(reliable_data: Path, poisoned: Poisoned, tmp_path: Path) -> None:
@@ -138,7 +139,7 @@ def test_nan_scores_in_evaluation_are_refused(reliable_data: Path, poisoned: Poi
     recipe = in_process_recipe(data, tmp_path, "train.nan_policy=skip")
     with pytest.raises(NonFiniteLossError, match=r"^non-finite predictions on valid after epoch 0 \(logloss nan\): "
                                                  r"an item's content tokens or a weight is NaN/inf"):
-        recipe.fit()
+        recipe.train()
 
 
 def test_skip_policy_counts_and_reports_skipped_batches(poisoned: Poisoned, tmp_path: Path, caplog) -> None:  # noqa: ANN001
@@ -146,7 +147,7 @@ def test_skip_policy_counts_and_reports_skipped_batches(poisoned: Poisoned, tmp_
     with caplog.at_level(logging.INFO, logger="em3rec.train"):
         recipe = in_process_recipe(poisoned.data, tmp_path, "train.nan_policy=skip", "sharding.pipeline=true")
         assert recipe.pipeline is None
-        recipe.fit()
+        recipe.train()
     test = recipe.test()
     write_results(recipe, test, seconds=1.0)
     assert "train.nan_policy = 'skip': training without TrainPipelineSparseDist" in caplog.text
@@ -177,10 +178,10 @@ def test_two_ranks_stop_together_on_a_nan_loss(poisoned: Poisoned, tmp_path: Pat
     elapsed = time.monotonic() - job.started
     out = job.output()
     where = f"non-finite loss at step {index + 1} (epoch 0, batch {index + 1}) on rank(s) [{bad}]: "
-    assert f"[rank{bad}]: NonFiniteLossError: {where}loss nan on rank {bad}, batch user_ids=[" in out
-    assert (f"[rank{good}]: NonFiniteLossError: {where}this rank's loss was finite (" in out
+    assert f"[rank{bad}]: em3rec.loss_guard.NonFiniteLossError: {where}loss nan on rank {bad}, batch user_ids=[" in out
+    assert (f"[rank{good}]: em3rec.loss_guard.NonFiniteLossError: {where}this rank's loss was finite (" in out
             and f"); the batch ids are in rank {bad}'s log" in out)
-    assert poisoned.item in json.loads(re.search(rf"\[rank{bad}\]: NonFiniteLossError: .*target\+history item ids=(\[[^\]]*\])", out).group(1))
+    assert poisoned.item in json.loads(re.search(rf"\[rank{bad}\]: em3rec.loss_guard.NonFiniteLossError: .*target\+history item ids=(\[[^\]]*\])", out).group(1))
     assert not (tmp_path / "nan_stop" / "metrics.json").exists()
     assert elapsed < 150
 

@@ -142,10 +142,10 @@ def test_bad_row_on_one_rank_stops_every_rank_promptly(reliable_data: Path, tmp_
     assert job.wait(timeout=200) != 0
     elapsed = time.monotonic() - job.started
     out = job.output()
-    message = f"DatasetError: {data}/train/part-00000.parquet (row group 0): column 'label' has 1 NaN value(s); expected 0 or 1"
-    assert f"[rank1]: em3rec.data.schema.{message}" in out, out[-6000:]
-    assert f"[rank0]: em3rec.data.schema.{message}" not in out, "rank 0 never read the bad row"
+    message = f"{data}/train/part-00000.parquet (row group 0): column 'label' has 1 NaN value(s); expected 0 or 1"
+    # A user error: one line, exit status 2; only rank 1 read the bad row (rank 0 is stopped by the agent).
+    assert out.count(f"error: {message}") == 1, out[-6000:]
     failures, root_cause = out.split("Root Cause (first observed failure):")
-    assert "rank      : 1 (local_rank: 1)" in root_cause and message in root_cause
+    assert "rank      : 1 (local_rank: 1)" in root_cause and "exitcode  : 2" in root_cause and message in root_cause
     assert "rank      : 0 (local_rank: 0)" in failures and "(SIGTERM)" in failures  # stopped by the agent
     assert elapsed < 150, f"{elapsed:.0f}s: rank 0 was not stopped promptly"

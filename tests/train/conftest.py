@@ -82,6 +82,7 @@ def recipe(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Rec
     config = load_config("din_em3", [*TINY, f"data.path={tiny_prepared}", f"train.run_dir={run_dir}",
                                      "train.run_name=r", "sharding.pipeline=false"])
     recipe = Recipe(config, init_distributed("cpu"))
+    recipe.setup()
     batches = iter(recipe.loader("train"))
     for _ in range(3):
         recipe._step(batches)

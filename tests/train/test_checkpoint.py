@@ -31,6 +31,7 @@ def test_optimizer_and_model_state_round_trip(recipe: Recipe, tmp_path: Path) ->
     assert any("exp_avg" in k for k in saved_optim), "AdamW state must be in the checkpoint"
 
     fresh = Recipe(recipe.config, recipe.env)  # new weights, empty (lazy) optimiser state
+    fresh.setup()
     load_checkpoint(path, fresh.model, fresh.optimizer)
     loaded_model, loaded_optim = _flat(fresh.model.state_dict()), _flat(fresh.optimizer.state_dict())
     assert saved_model.keys() == loaded_model.keys() and saved_optim.keys() == loaded_optim.keys()
@@ -47,9 +48,10 @@ def test_incomplete_and_corrupt_checkpoints_are_refused_and_skipped(recipe: Reci
     (bad / ".metadata").write_bytes(b"truncated")
     with pytest.raises(CheckpointError, match=r"step_00000002: unreadable DCP metadata"):
         load_checkpoint(bad, recipe.model)
-    assert manager.latest_valid() == good  # falls back to the previous checkpoint
+    assert manager.load_latest(recipe.model, recipe.optimizer)[0] == good  # falls back to the previous checkpoint
 
     (good / "progress.json").unlink()
     with pytest.raises(CheckpointError, match=r"incomplete checkpoint \(progress.json missing\)"):
         load_checkpoint(good, recipe.model)
-    assert manager.latest_valid() is None
+    with pytest.raises(CheckpointError, match=r"every checkpoint was refused"):
+        manager.load_latest(recipe.model, recipe.optimizer)

@@ -10,11 +10,12 @@ import torch
 
 from em3rec.data.item_store import ItemStore
 from em3rec.export import item_embeddings, write_embeddings
+from em3rec.factory import local_model
 from em3rec.train import Recipe
 
 
 def test_export_matches_forward_item_content(recipe: Recipe, tmp_path: Path) -> None:
-    model = recipe.model.module.model
+    model = local_model(recipe.model)
     store = ItemStore(recipe.config.data.path, recipe.config.data.modalities, recipe.meta)
     embeddings = item_embeddings(model, store, pooled=False, device=torch.device("cpu"), chunk=64)
     assert embeddings.shape == (store.num_rows, recipe.config.model.embedding_dim)

@@ -34,6 +34,6 @@ def test_killed_run_resumes_exactly_and_reshards_to_one_rank(tiny_prepared: Path
 
     # The 2-rank best checkpoint, evaluated by 1 rank (resharded on load), gives the same test AUC.
     out = run(train_command(1, "din_em3", [*common, "train.run_name=straight"], module="em3rec.evaluate") + ["--split", "test"])
-    line = [l for l in out.stdout.splitlines() if l.startswith("test auc=")][-1]
+    line = [x for x in out.stdout.splitlines() if x.startswith("test auc=")][-1]
     one_rank_auc = float(line.split()[1].split("=")[1])
     assert math.isclose(one_rank_auc, straight["test"]["auc"], abs_tol=1e-4), line

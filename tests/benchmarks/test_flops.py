@@ -1,7 +1,7 @@
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from em3rec.modules.flops import format_table, measure
+from benchmarks.flops import format_table, measure
 from em3rec.modules.model import EM3Train, build_model
 
 

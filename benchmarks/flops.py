@@ -6,7 +6,7 @@ running; backward FLOPs go to the component that created the autograd node being
 tagged during the forward), which stays right for branches that take no gradient (``frozen``,
 ``cached``) or a partial one (``lora``). Run it on a real-shaped batch::
 
-    python -m em3rec.modules.flops --set model.backbone=din --set model.seq_content_mode=lora
+    python -m benchmarks.flops --set model.backbone=din --set model.seq_content_mode=lora
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
+from em3rec import cli
 from em3rec.data.batch import Batch
 from em3rec.modules.model import EM3Train
 
@@ -162,19 +163,18 @@ def format_table(rows: list[ComponentCost]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from em3rec.config import load_config
     from em3rec.data.schema import DatasetMeta
-    from em3rec.modules.example_batch import example_batch, ml100k_shaped_meta
+    from em3rec.testing.example_batch import example_batch, ml100k_shaped_meta
     from em3rec.modules.model import build_model
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="a config file or bundled config name")
-    parser.add_argument("--set", action="append", default=[], help="section.key=value override")
+    parser = cli.config_parser(__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.set_defaults(config=None)  # no config: the dataclass defaults
     parser.add_argument("--meta", default=None, help="a prepared dataset folder (default: ml-100k-shaped synthetic meta)")
     parser.add_argument("--batch-size", type=int, default=0, help="default: data.batch_size")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    config = load_config(args.config, args.set)
+    config = cli.load(args)
     meta = DatasetMeta.load(args.meta) if args.meta else ml100k_shaped_meta()
     torch.manual_seed(args.seed)
     train = EM3Train(build_model(config.model, meta, config.data))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from em3rec.data.batch import Batch
+from em3rec.data.batch import CATALOGUE_FEATURE, Batch
 from em3rec.data.schema import DatasetMeta, FeatureSpec, ModalitySpec, SplitSpec
 
 
@@ -103,6 +103,7 @@ def example_batch(
     empty_history_rows: int = 1,
     padding_rows: int = 0,
     num_item_choices: int | None = None,
+    catalogue_samples: int | None = None,
 ) -> Batch:
     """A random :class:`Batch` that follows the batch contract.
 
@@ -116,6 +117,8 @@ def example_batch(
         empty_history_rows (int): the first rows get an empty history.
         padding_rows (int): the last rows get weight 0.
         num_item_choices (int | None): draw items from only this many (forces duplicates).
+        catalogue_samples (int | None): K items drawn uniformly from the whole catalogue for CIC
+            (the ``CATALOGUE_FEATURE``, all in the first row); None = no such feature.
     """
     g = torch.Generator().manual_seed(seed)
     items = items or ExampleItems.random(meta)
@@ -134,7 +137,8 @@ def example_batch(
     history_mask = torch.arange(L)[None, :] < lengths[:, None]  # (B, L)
     history = torch.where(history_mask, draw(B * L).view(B, L), torch.zeros(B, L, dtype=torch.long))
 
-    content_item_ids = torch.unique(torch.cat([targets, history[history_mask]]))  # (U,)
+    catalogue = torch.randint(1, num_items + 1, (catalogue_samples or 0,), generator=g)  # (K,)
+    content_item_ids = torch.unique(torch.cat([targets, history[history_mask], catalogue]))  # (U,)
     target_content_index = torch.searchsorted(content_item_ids, targets)
     history_content_index = torch.where(history_mask, torch.searchsorted(content_item_ids, history), 0)
 
@@ -153,10 +157,15 @@ def example_batch(
         feature_lengths.append(n)
     user_ids = values[keys.index(meta.features_of("user")[0].name)]
     sparse_features = KeyedJaggedTensor(keys=keys, values=torch.cat(values), lengths=torch.cat(feature_lengths))
+    sequence_keys = [meta.features_of("item")[0].name, meta.features_of("history")[0].name]
+    sequence_lengths = [torch.ones(B, dtype=torch.long), lengths]
+    if catalogue_samples is not None:
+        sequence_keys.append(CATALOGUE_FEATURE)
+        sequence_lengths.append(torch.zeros(B, dtype=torch.long).index_fill(0, torch.tensor([0]), catalogue_samples))
     sequence_features = KeyedJaggedTensor(
-        keys=[meta.features_of("item")[0].name, meta.features_of("history")[0].name],
-        values=torch.cat([targets, history[history_mask]]),
-        lengths=torch.cat([torch.ones(B, dtype=torch.long), lengths]),
+        keys=sequence_keys,
+        values=torch.cat([targets, history[history_mask], catalogue]),
+        lengths=torch.cat(sequence_lengths),
     )
     weights = torch.ones(B)
     if padding_rows:
@@ -173,5 +182,6 @@ def example_batch(
         target_content_index=target_content_index,
         history_content_index=history_content_index,
         content_tokens=content_tokens,
+        catalogue_content_index=torch.searchsorted(content_item_ids, catalogue),
         content_token_mask=content_token_mask,
     )

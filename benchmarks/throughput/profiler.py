@@ -1,0 +1,96 @@
+"""``--profile``: torch.profiler over a few steps of each variant, as Markdown."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from benchmarks.throughput.report import machine
+from benchmarks.throughput.runner import build_runner, load_batches, quiet, sync
+from benchmarks.throughput.variants import VARIANTS, variant_config
+from em3rec.data.schema import DatasetMeta
+from em3rec.distributed import init_distributed
+
+
+def profile_variants(args: argparse.Namespace, argv: list[str] | None = None) -> Path:
+    """``--profile``: torch.profiler over ``--steps`` steps of each variant (1 process, after warm-up);
+    the top operators by self CPU time and each model component's forward time, as Markdown."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    env = init_distributed(args.device)
+    quiet()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = variant_config(args, None)
+    meta = DatasetMeta.load(base.data.path)
+    from em3rec.data.item_store import ItemStore
+
+    store = ItemStore(base.data.path, base.data.modalities, meta) if meta.modalities else None
+    L = min(args.history[0], meta.max_history)
+    lines = [
+        f"# Profile: {args.name}, L={L}, batch {args.batch_size}, {torch.get_num_threads()} thread(s)",
+        "",
+        "Command: `python -m benchmarks.throughput "
+        f"{' '.join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))}`",
+        "",
+        f"Machine: {machine()['nproc']} CPUs ({machine()['cpu']}), load average {machine()['load']}; "
+        f"torch {torch.__version__}; commit {machine()['commit']}. {args.warmup} warm-up step(s), then "
+        f"{args.steps} profiled step(s) per variant on real loader batches.",
+        "",
+    ]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if env.device.type == "cuda" else [])
+    for name in args.variants:
+        v = VARIANTS[name]
+        batches = load_batches(base, L, v.level, args.warmup + args.steps, env, store)
+        runner = build_runner(v, variant_config(args, v), meta, env)
+        for b in batches[: args.warmup]:
+            runner.step(b)
+        hooks = []
+        if not v.reference:
+            model = runner.model
+            for part in ("id_arch", "content_tower", "content_interest", "backbone", "cic"):
+                module = getattr(model, part, None)
+                if module is None:
+                    continue
+                ranges: list = []
+                hooks.append(module.register_forward_pre_hook(
+                    lambda m, a, part=part, ranges=ranges: ranges.append(record_function(f"## forward {part}").__enter__())
+                ))
+                hooks.append(module.register_forward_hook(
+                    lambda m, a, o, ranges=ranges: ranges.pop().__exit__(None, None, None)
+                ))
+        with profile(activities=activities, record_shapes=True) as prof:
+            for b in batches[args.warmup :]:
+                with record_function("## step"):
+                    runner.step(b)
+            sync(env.device)
+        for h in hooks:
+            h.remove()
+        events = prof.key_averages()
+        step_ms = sum(e.cpu_time_total for e in events if e.key == "## step") / 1e3 / args.steps
+        parts = sorted((e for e in events if e.key.startswith("## forward")), key=lambda e: -e.cpu_time_total)
+        lines += [f"## {name}", "", f"Step: {step_ms:,.0f} ms CPU per step (profiled). Forward of each component, ms per step:", ""]
+        lines += ["| component (forward only) | ms/step | share of step |", "|---|---:|---:|"]
+        for e in parts:
+            ms = e.cpu_time_total / 1e3 / args.steps
+            lines.append(f"| {e.key[11:]} | {ms:,.1f} | {100 * ms / step_ms:.0f}% |")
+        lines += ["", "Top operators by self CPU time (forward and backward):", "", "```"]
+        lines.append(events.table(sort_by="self_cpu_time_total", row_limit=args.profile_rows, max_name_column_width=60))
+        lines += ["```", "", "Top operators by self CPU time, by input shape:", "", "```"]
+        lines.append(prof.key_averages(group_by_input_shape=True).table(
+            sort_by="self_cpu_time_total", row_limit=args.profile_rows, max_name_column_width=40, max_shapes_column_width=70
+        ))
+        lines += ["```", ""]
+        del runner, batches
+    dist.destroy_process_group()
+    out = Path(args.out) / f"throughput_profile_{args.name}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    print("\n".join(lines))
+    print(f"wrote {out}", file=sys.stderr)
+    return out

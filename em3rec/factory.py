@@ -1,0 +1,157 @@
+"""Building what a job needs from its config, in one place: the sharded model and its optimiser,
+the validated loaders, and a trained model loaded for inference.
+
+The training recipe (``em3rec.train``), ``evaluate``, ``export``, ``score`` and the throughput
+benchmark all build through here, so a model is sharded, seeded and given its optimisers one way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.optim.keyed import CombinedOptimizer
+
+from em3rec.checkpoint import CheckpointManager, load_checkpoint
+from em3rec.config import Config, ModelConfig
+from em3rec.data.item_store import ItemStore
+from em3rec.data.loader import ImpressionLoader
+from em3rec.data.schema import DatasetMeta
+from em3rec.distributed import DistEnv, allowed_sharding_types, build_optimizer, init_distributed, shard_model
+from em3rec.errors import UsageError
+from em3rec.evaluation import cold_item_mask
+from em3rec.modules.model import EM3Model, EM3Train, build_model, uses_catalogue
+from em3rec.run_log import setup_logging
+
+
+def run_dir(config: Config) -> Path:
+    """``<train.run_dir>/<train.run_name>``: where a run writes its checkpoints and results."""
+    return Path(config.train.run_dir) / config.train.run_name
+
+
+def checkpoint_manager(config: Config) -> CheckpointManager:
+    return CheckpointManager(run_dir(config) / "checkpoints", config.train.keep_checkpoints)
+
+
+def open_item_store(config: Config, meta: DatasetMeta) -> ItemStore | None:
+    """The item content arrays, validated against ``meta``; None for an ID-only model."""
+    if config.model.content == "none":
+        return None
+    return ItemStore(config.data.path, config.data.modalities, meta)
+
+
+def open_loader(
+    config: Config, split: str, env: DistEnv, item_store: ItemStore | None
+) -> ImpressionLoader:
+    """Open (and validate) this rank's loader for ``split``; ID-only models read no content tensors.
+    Training reads at most ``train.max_steps_per_epoch`` batches per epoch."""
+    data = config.data
+    if config.model.content == "none":
+        data = dataclasses.replace(data, modalities=[])
+    return ImpressionLoader.from_config(
+        data, split, rank=env.rank, world_size=env.world_size, seed=config.train.seed,
+        max_batches=(config.train.max_steps_per_epoch or None) if split == "train" else None,
+        item_store=item_store, scan_rows=data.scan_rows,
+        catalogue_samples=catalogue_samples(config.model, split),
+    )
+
+
+def catalogue_samples(model: ModelConfig, split: str) -> int | None:
+    """The loader's ``catalogue_samples`` for ``split``: None when the model samples no catalogue
+    items for CIC, else ``model.cic.catalogue_samples`` in training and 0 in evaluation (the
+    batches keep the feature the model's item table expects)."""
+    if not uses_catalogue(model):
+        return None
+    return model.cic.catalogue_samples if split == "train" else 0
+
+
+def build_sharded_model(config: Config, meta: DatasetMeta, env: DistEnv) -> DistributedModelParallel:
+    """``EM3Train`` built with its embedding tables on ``meta``, given the fused embedding
+    optimiser and sharded by ``DistributedModelParallel``. Seeds torch with ``train.seed`` first, so
+    every rank starts from the same dense weights."""
+    torch.manual_seed(config.train.seed)
+    model = EM3Train(build_model(config.model, meta, config.data, sparse_device=torch.device("meta"),
+                                 dense_device=env.device))
+    return shard_model(model, env, config.sharding, config.optim, config.data.batch_size)
+
+
+def build_training(
+    config: Config, meta: DatasetMeta, env: DistEnv
+) -> tuple[DistributedModelParallel, CombinedOptimizer]:
+    """The sharded model and its optimiser (fused embedding optimiser + dense AdamW groups)."""
+    model = build_sharded_model(config, meta, env)
+    return model, build_optimizer(model, config.optim)
+
+
+def local_model(model: DistributedModelParallel) -> EM3Model:
+    """The ``EM3Model`` inside DMP -> ``EM3Train``: its dense parts (content tower, backbone, CIC)
+    are local replicas; its embedding tables are sharded and must be called through DMP."""
+    train = model.module
+    assert isinstance(train, EM3Train), f"expected DMP over EM3Train, got {type(train).__name__}"
+    return train.model
+
+
+@dataclass
+class TrainedModel:
+    """A trained model loaded for inference (evaluate, export, score).
+
+    Fields:
+        config: the run's config (the caller's, unchanged).
+        env: this process's rank, world size and device.
+        meta: the dataset's ``meta.json``.
+        model: the sharded ``EM3Train`` (call it with a batch), weights from ``checkpoint``.
+        checkpoint: the checkpoint folder the weights came from.
+        cold_items: ``(num_items,)`` bool, items never seen in training (cold-start metrics).
+        item_store: the item content arrays (None for an ID-only model).
+    """
+
+    config: Config
+    env: DistEnv
+    meta: DatasetMeta
+    model: DistributedModelParallel
+    checkpoint: Path
+    cold_items: torch.Tensor
+    item_store: ItemStore | None
+    _loaders: dict[str, ImpressionLoader] = field(default_factory=dict, repr=False)
+
+    @property
+    def run_dir(self) -> Path:
+        return run_dir(self.config)
+
+    @property
+    def em3_model(self) -> EM3Model:
+        """The local ``EM3Model`` (for its dense parts, e.g. ``encode_items``)."""
+        return local_model(self.model)
+
+    def loader(self, split: str) -> ImpressionLoader:
+        """This rank's loader for ``split``, opened and validated on first use."""
+        if split not in self._loaders:
+            self._loaders[split] = open_loader(self.config, split, self.env, self.item_store)
+        return self._loaders[split]
+
+
+def load_trained(config: Config, checkpoint: str | Path = "") -> TrainedModel:
+    """Initialise the process group, build the sharded model and load the weights of
+    ``checkpoint`` (default: the run's best), resharded to this world size.
+
+    Builds no optimiser state, train pipeline, metric writer or loaders beyond those asked for, and
+    leaves ``config`` as it was. Raises :class:`~em3rec.errors.UsageError` if there is no such checkpoint.
+    """
+    env = init_distributed(config.train.device, timeout_s=config.train.collective_timeout_s)
+    setup_logging(env.rank)
+    allowed_sharding_types(config.sharding, env.device)
+    meta = DatasetMeta.load(config.data.path)
+    item_store = open_item_store(config, meta)
+    cold_items = cold_item_mask(config.data.path, meta)
+    model = build_sharded_model(config, meta, env)
+    manager = checkpoint_manager(config)
+    path = Path(checkpoint) if checkpoint else manager.best()
+    if path is None:
+        raise UsageError(f"{manager.folder}: no best checkpoint (train first, or pass --checkpoint DIR)")
+    if not path.is_dir():
+        raise UsageError(f"--checkpoint {path}: no such checkpoint folder")
+    load_checkpoint(path, model, optimizer=None, restore_rng=False)
+    return TrainedModel(config, env, meta, model, path, cold_items, item_store)

@@ -1,0 +1,74 @@
+"""The two-stage baseline's content side: pre-extracted pooled vectors through one trainable Linear.
+
+:class:`PooledContentProjection` is also EM3's starting point (``ModelConfig.pooled_base``): the
+EM3 content tower adds a gated Q-Former correction to it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from em3rec.data.batch import Batch
+from em3rec.modules.content_io import ContentOutput, DistinctTargets, place_history
+
+
+class PooledContentProjection(nn.Module):
+    """The two-stage baseline's content encoder: pooled frozen per-modality vectors -> one Linear.
+
+    Each modality's tokens are mean-pooled over the real ones (with pre-pooled features, ``T_m = 1``,
+    this is the stored vector itself); a missing modality gives zeros. The modalities are
+    concatenated and projected to ``out_dim``.
+
+    Args:
+        modality_widths (dict[str, int]): modality name -> width ``W_m``.
+        out_dim (int): output width ``D``.
+
+    Example::
+
+        proj = PooledContentProjection({"title": 384, "meta": 384}, out_dim=64)
+        y = proj({"title": t1, "meta": t2}, {"title": m1, "meta": m2})  # (U, 64)
+    """
+
+    def __init__(self, modality_widths: dict[str, int], out_dim: int) -> None:
+        super().__init__()
+        self._modalities = list(modality_widths)
+        self.proj = nn.Linear(sum(modality_widths.values()), out_dim)
+
+    def forward(self, tokens: dict[str, torch.Tensor], token_mask: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Args: modality -> ``(U, T_m, W_m)`` tokens and ``(U, T_m)`` masks. Returns ``(U, D)``."""
+        pooled = []
+        for m in self._modalities:
+            w = token_mask[m].to(self.proj.weight.dtype).unsqueeze(-1)  # (U, T_m, 1)
+            x = tokens[m].to(self.proj.weight.dtype)  # (U, T_m, W_m)
+            pooled.append((x * w).sum(1) / w.sum(1).clamp_min(1.0))  # (U, W_m)
+        return self.proj(torch.cat(pooled, dim=-1))  # (U, D)
+
+
+class FrozenContentTower(nn.Module):
+    """Content side of the ID + frozen-content baseline: every distinct item through
+    :class:`PooledContentProjection` once, gathered for the target and (optionally) the history.
+
+    Args:
+        projection (PooledContentProjection): the trainable projection.
+        use_history (bool): also return history content (``seq_content_mode != "none"``).
+    """
+
+    def __init__(self, projection: PooledContentProjection, use_history: bool) -> None:
+        super().__init__()
+        self.projection = projection
+        self._use_history = use_history
+
+    def encode_items(self, tokens: dict[str, torch.Tensor], token_mask: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(N, D)`` content embeddings of items given as ``(N, T_m, W_m)`` tokens."""
+        return self.projection(tokens, token_mask)
+
+    def forward(self, batch: Batch, targets: DistinctTargets) -> ContentOutput:
+        """Same contract as :meth:`ContentTower.forward`."""
+        items = self.projection(batch.content_tokens, batch.content_token_mask)  # (U, D)
+        history = None
+        if self._use_history:
+            mask = batch.history_mask  # (B, L)
+            history = place_history(items[batch.history_content_index[mask]], mask)  # (B, L, D)
+        item_content = items[targets.index]  # (V, D)
+        return ContentOutput(target=item_content[targets.inverse], history=history, item_content=item_content)

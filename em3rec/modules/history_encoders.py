@@ -1,0 +1,241 @@
+"""The history branch of EM3's content tower: one module per ``seq_content_mode``, chosen at build.
+
+Each encoder maps the batch's distinct history items to their Q-Former content embeddings ``(H, D)``
+and differs only in how gradients (and compute) reach the shared Q-Former:
+
+- :class:`NoGradHistory` (``frozen``): the same Q-Former under ``no_grad``.
+- :class:`LoraHistory` (``lora``): the Q-Former's base weights detached plus trainable peft LoRA
+  adapters, so the long side trains only low-rank matrices.
+- :class:`FullHistory` (``full``): full gradient, as the target branch.
+- :class:`CachedHistory` (``cached``, beyond the paper): a memory bank refreshed every N steps.
+
+The Q-Former is owned by :class:`~em3rec.modules.content_tower.ContentTower` and passed to every
+call (an encoder holding it as a submodule would register its parameters twice). ``encode`` is
+the branch's plain function of the tokens (what the per-position reference calls); ``forward``
+may be faster on a deduplicated batch, e.g. by reusing the target branch's outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import peft
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+from em3rec.config import LoraConfig
+from em3rec.modules.fusion_qformer import FusionQFormer
+
+HISTORY_ADAPTER = "history"
+
+
+@dataclass
+class HistoryItems:
+    """The distinct history items of a batch and the target branch's outputs to reuse.
+
+    Fields:
+        tokens, token_mask: modality -> ``(U, T_m, W_m)`` / ``(U, T_m)``: the batch's distinct items.
+        item_ids: ``(U,)`` int64 item id of each distinct item.
+        index: ``(H,)`` int64 rows of the distinct items at real history positions.
+        target_index: ``(V,)`` int64 rows of the distinct target items.
+        target_content: ``(V, D)`` the target branch's Q-Former output for them (with gradient).
+    """
+
+    tokens: dict[str, torch.Tensor]
+    token_mask: dict[str, torch.Tensor]
+    item_ids: torch.Tensor
+    index: torch.Tensor
+    target_index: torch.Tensor
+    target_content: torch.Tensor
+
+    def target_position(self) -> torch.Tensor:
+        """``(H,)`` int64: each history item's row in ``target_content``, or -1 if it is no target."""
+        U = self.item_ids.shape[0]
+        position = torch.full((U,), -1, dtype=torch.long, device=self.index.device)
+        position[self.target_index] = torch.arange(self.target_index.shape[0], device=self.index.device)
+        return position[self.index]
+
+
+def _reuse_targets(items: HistoryItems, encode, detach: bool) -> torch.Tensor:
+    """``(H, D)``: history items that are also targets take the target branch's output (detached
+    if ``detach``); only the others are encoded, by ``encode(index)``."""
+    position = items.target_position()  # (H,)
+    is_target = position >= 0
+    reused = items.target_content.detach() if detach else items.target_content
+    rest = encode(items.index[~is_target])  # (H - H_t, D)
+    out = rest.new_zeros(items.index.shape[0], rest.shape[-1])
+    out = out.index_put((is_target,), reused[position[is_target]].to(rest.dtype))
+    return out.index_put((~is_target,), rest)  # (H, D)
+
+
+class NoGradHistory(nn.Module):
+    """``frozen``: history content from the target branch's Q-Former, without gradient."""
+
+    mode = "frozen"
+
+    def encode(self, qformer: FusionQFormer, tokens, token_mask, index: torch.Tensor | None) -> torch.Tensor:
+        with torch.no_grad():
+            return qformer(tokens, token_mask, index).pooled
+
+    def forward(self, qformer: FusionQFormer, items: HistoryItems) -> torch.Tensor:
+        return _reuse_targets(items, lambda index: self.encode(qformer, items.tokens, items.token_mask, index), True)
+
+
+class FullHistory(nn.Module):
+    """``full``: history content with full gradient into the Q-Former (the cost LoRA avoids)."""
+
+    mode = "full"
+
+    def encode(self, qformer: FusionQFormer, tokens, token_mask, index: torch.Tensor | None) -> torch.Tensor:
+        return qformer(tokens, token_mask, index).pooled
+
+    def forward(self, qformer: FusionQFormer, items: HistoryItems) -> torch.Tensor:
+        return _reuse_targets(items, lambda index: self.encode(qformer, items.tokens, items.token_mask, index), False)
+
+
+def lora_target_names(module: nn.Module, names: list[str]) -> list[str]:
+    """Qualified names of the ``nn.Linear`` submodules that have one of ``names`` as a path component.
+
+    ``["attn", "token_proj"]`` on a :class:`FusionQFormer` gives ``layers.0.attn.q_proj``, ...,
+    ``token_proj.title``, ...; a name that matches nothing is skipped, but something must match.
+    """
+    wanted = set(names)
+    targets = [
+        fqn for fqn, m in module.named_modules() if isinstance(m, nn.Linear) and wanted & set(fqn.split("."))
+    ]
+    if not targets:
+        raise ValueError(f"LoRA target_modules {names} match no nn.Linear in {type(module).__name__}")
+    return targets
+
+
+def _set_adapters(module: nn.Module, enabled: bool) -> None:
+    # peft's enable_adapters() also flips the adapters' requires_grad, which must stay fixed for
+    # DDP; the private flag is what LoraLayer.forward reads.
+    for m in module.modules():
+        if isinstance(m, BaseTunerLayer):
+            m._disable_adapters = not enabled
+
+
+class LoraHistory(nn.Module):
+    """``lora``: the Q-Former with its base weights frozen *for this branch* plus peft LoRA adapters.
+
+    The adapters (adapter name ``"history"``) are injected into the Q-Former itself, so there is
+    one set of base weights. peft's ``inject_adapter_in_model`` sets ``requires_grad=False`` on
+    every base parameter; the target branch trains the base, so it is turned back on, and this
+    branch calls the Q-Former through ``torch.func.functional_call`` with its base parameters
+    *detached*: the base gets gradients from the target branch only, the adapters from this branch
+    only (tests check both). Adapters stay disabled outside this call (the target branch's state).
+    With no adapter dropout each adapter is folded into its Linear for the call (``W.detach() +
+    s B A``): the same values and gradients as peft's forward, without its low-rank passes over
+    every row (``merge = False`` runs peft's forward, the reference). The alternative, a separate
+    history copy whose base is synced every N steps, would double the dense state and make the
+    history side lag.
+
+    Args:
+        qformer (FusionQFormer): the Q-Former to adapt in place.
+        config (LoraConfig): ``rank``, ``alpha``, ``dropout``, ``target_modules``.
+
+    Example::
+
+        history = LoraHistory(qformer, LoraConfig(rank=4))
+        content = history.encode(qformer, tokens, token_mask, index)  # (H, D)
+    """
+
+    mode = "lora"
+
+    def __init__(self, qformer: FusionQFormer, config: LoraConfig) -> None:
+        super().__init__()
+        peft_config = peft.LoraConfig(
+            r=config.rank,
+            lora_alpha=config.alpha,
+            lora_dropout=config.dropout,
+            target_modules=lora_target_names(qformer, config.target_modules),
+        )
+        peft.inject_adapter_in_model(peft_config, qformer, adapter_name=HISTORY_ADAPTER)
+        self._base_names = []
+        for name, p in qformer.named_parameters():
+            if "lora_" not in name:
+                p.requires_grad_(True)
+                self._base_names.append(name)
+        _set_adapters(qformer, enabled=False)
+        self._adapted = [  # (base weight, A, B, scaling) per adapted Linear
+            (f"{name}.base_layer.weight", f"{name}.lora_A.{HISTORY_ADAPTER}.weight",
+             f"{name}.lora_B.{HISTORY_ADAPTER}.weight", float(module.scaling[HISTORY_ADAPTER]))
+            for name, module in qformer.named_modules()
+            if isinstance(module, peft.tuners.lora.LoraLayer) and HISTORY_ADAPTER in module.lora_A
+        ]  # fmt: skip
+        self.merge = config.dropout == 0.0
+
+    def encode(self, qformer: FusionQFormer, tokens, token_mask, index: torch.Tensor | None) -> torch.Tensor:
+        params = dict(qformer.named_parameters())
+        detached = {name: params[name].detach() for name in self._base_names}
+        if self.merge:
+            # x (W + s B A)^T = x W^T + s (x A^T) B^T: one matmul per adapted Linear instead of three
+            # passes over the rows, and the adapters' gradients through an (out, in) weight gradient.
+            for base, a, b, scaling in self._adapted:
+                detached[base] = detached[base] + scaling * (params[b] @ params[a])  # (out, in)
+            return torch.func.functional_call(qformer, detached, (tokens, token_mask, index)).pooled
+        _set_adapters(qformer, enabled=True)
+        try:
+            return torch.func.functional_call(qformer, detached, (tokens, token_mask, index)).pooled
+        finally:
+            _set_adapters(qformer, enabled=False)
+
+    def forward(self, qformer: FusionQFormer, items: HistoryItems) -> torch.Tensor:
+        return self.encode(qformer, items.tokens, items.token_mask, items.index)
+
+
+class CachedHistory(nn.Module):
+    """``cached``: a memory bank ``(num_items, D)`` of history-item content embeddings.
+
+    In training each step writes the target branch's detached outputs into the bank, history
+    positions read it, and entries older than ``refresh_steps`` steps (or never filled) are
+    recomputed under ``no_grad`` first: history content without gradient (like ``frozen``) at a
+    fraction of its forward. In eval the history is encoded fresh (as ``frozen``). The bank is a
+    non-persistent buffer: each rank keeps its own (DDP must not broadcast it; DMP's default DDP
+    uses ``broadcast_buffers=False``), and it starts empty after a restart.
+
+    Args:
+        num_items (int): bank rows (the item vocabulary size).
+        dim (int): width ``D`` of the content embeddings.
+        refresh_steps (int): an entry written at step ``s`` is read through step
+            ``s + refresh_steps`` and recomputed after.
+    """
+
+    mode = "cached"
+
+    def __init__(self, num_items: int, dim: int, refresh_steps: int) -> None:
+        super().__init__()
+        if num_items < 1:
+            raise ValueError("seq_content_mode = 'cached' needs num_items (the bank size)")
+        self._refresh_steps = refresh_steps
+        self._no_grad = NoGradHistory()
+        self.last_refresh_count = 0  # bank entries recomputed in the last training step
+        self.register_buffer("bank", torch.zeros(num_items, dim), persistent=False)
+        self.register_buffer("bank_step", torch.full((num_items,), -1, dtype=torch.long), persistent=False)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long), persistent=False)
+
+    def encode(self, qformer: FusionQFormer, tokens, token_mask, index: torch.Tensor | None) -> torch.Tensor:
+        return self._no_grad.encode(qformer, tokens, token_mask, index)
+
+    def forward(self, qformer: FusionQFormer, items: HistoryItems) -> torch.Tensor:
+        if not self.training:
+            return self._no_grad(qformer, items)
+        step = self.step
+        target_ids = items.item_ids[items.target_index]  # (V,)
+        self.bank[target_ids] = items.target_content.detach().to(self.bank.dtype)
+        self.bank_step[target_ids] = step
+        history_ids = items.item_ids[items.index]  # (H,)
+        last = self.bank_step[history_ids]  # (H,)
+        stale = (last < 0) | (step - last > self._refresh_steps)  # (H,)
+        self.last_refresh_count = int(stale.sum())
+        if self.last_refresh_count:
+            fresh = self.encode(qformer, items.tokens, items.token_mask, items.index[stale])
+            self.bank[history_ids[stale]] = fresh.to(self.bank.dtype)
+            self.bank_step[history_ids[stale]] = step
+        self.step += 1
+        return self.bank[history_ids].to(items.target_content.dtype)  # (H, D), no gradient
+
+
+HistoryEncoder = NoGradHistory | FullHistory | LoraHistory | CachedHistory
