@@ -89,7 +89,7 @@ def test_history_is_train_items_by_digest_without_the_row_itself(rows):
         train_by_user[r["user_id"]].append(r["item_id"])
     held_out = {(r["user_id"], r["item_id"]) for s in ("valid", "test") for r in rows[s]}
     checked = 0
-    for split, rs in rows.items():
+    for rs in rows.values():
         for r in rs:
             user, own = r["user_id"], r["item_id"]
             expected = sorted((i for i in train_by_user[user] if i != own), key=lambda i: digest(user, i))[:50]
