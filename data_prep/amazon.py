@@ -24,25 +24,23 @@ import html
 import json
 import logging
 import re
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from em3rec.data.schema import SPLITS, DatasetError, DatasetMeta
+from em3rec.data.schema import DatasetError, DatasetMeta
 
 from data_prep.image_encoder import DEFAULT_CACHE_DIR as IMAGE_CACHE_DIR
 from data_prep.image_encoder import ImageEncoder
-from data_prep.impressions import Impressions, aligned, id_features, id_vocabs, summary
+from data_prep.impressions import Impressions, aligned, id_features, id_vocabs, item_table, prepare_and_report
 from data_prep.protocol import DEFAULT_FRACTIONS, MAX_HISTORY, chronological_split
 from data_prep.text_encoder import DEFAULT_CACHE_DIR as TEXT_CACHE_DIR
-from data_prep.text_encoder import TextEncoder
+from data_prep.text_encoder import TextEncoder, encode_texts
 from data_prep.vocab import Feature, Vocab, max_list_length
-from data_prep.writer import ModalityArrays, write_prepared
+from data_prep.writer import ModalityArrays
 
 logger = logging.getLogger(__name__)
 
@@ -213,9 +211,7 @@ def build_impressions(
     features = id_features(user_vocab, item_vocab, max_history)
     it = tables.items
     side = aligned(item_vocab, it.column("item_id"), it.drop_columns(["item_id"]))
-    items = pa.table({
-        "item_idx": pa.array(np.arange(item_vocab.size), pa.int64()),
-        "item_id": pa.concat_arrays([pa.nulls(1, pa.string()), item_vocab.values]),
+    items = item_table(item_vocab, {
         "title_text": side.column("title"),
         "description_text": side.column("description"),
         "brand": side.column("brand"),
@@ -242,11 +238,7 @@ def encode_items(
     tables: AmazonTables, items: pa.Table, text_encoders: dict[str, TextEncoder], image_encoder: ImageEncoder | None
 ) -> tuple[pa.Table, list[ModalityArrays]]:
     """Title / description tokens and, for items that reference a local picture, image tokens."""
-    modalities = []
-    texts = {name: items.column(f"{name}_text").to_pylist() for name in text_encoders}
-    for name, encoder in text_encoders.items():
-        tokens, mask = encoder.encode(texts[name])
-        modalities.append(ModalityArrays(name, tokens, mask, encoder.name, encoder.version))
+    modalities = encode_texts({name: items.column(f"{name}_text").to_pylist() for name in text_encoders}, text_encoders)
     relative = items.column("image_path").to_pylist()
     if image_encoder is not None and any(relative):
         tokens, mask = image_encoder.encode([tables.root / p if p else None for p in relative])
@@ -285,11 +277,7 @@ def prepare(
         "items_remote_image_only": refs.remote_only,
         "missing_image_files": len(refs.missing_files),
     }
-    return write_prepared(
-        out, name=name, protocol=PROTOCOL, features=[f.spec() for f in impressions.features],
-        splits={s: impressions.tables(s) for s in SPLITS}, items=items, modalities=modalities,
-        vocabs=impressions.vocabs(), extra=extra,
-    )
+    return impressions.write(out, name=name, protocol=PROTOCOL, items=items, modalities=modalities, extra=extra)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -306,15 +294,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache/em3rec"), help="text/ and image/ caches go here")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    start = time.perf_counter()
-    meta = prepare(
+    prepare_and_report(lambda: prepare(
         read_amazon(args.reviews, args.meta, args.root), args.out, name=args.name, fractions=args.fractions,
         max_title_tokens=args.max_title_tokens, max_description_tokens=args.max_description_tokens,
         images=not args.no_images, text_cache_dir=args.cache_dir / "text", image_cache_dir=args.cache_dir / "image",
         progress=not args.no_progress,
-    )
-    print(summary(meta, time.perf_counter() - start))
+    ))
 
 
 if __name__ == "__main__":

@@ -6,17 +6,21 @@ vocabulary index ``i``) and are gathered per impression chunk, so large splits s
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from em3rec.data.schema import DatasetMeta
+from em3rec.data.schema import SPLITS, DatasetMeta
 
-from data_prep.protocol import LABEL_THRESHOLD, ChronologicalSplit, cold_items
+from data_prep.protocol import ProtocolSplit, cold_items
 from data_prep.vocab import Feature, Vocab, add_index_columns
+from data_prep.writer import ModalityArrays, write_prepared
 
 
 def aligned(vocab: Vocab, keys: pa.Array | pa.ChunkedArray, table: pa.Table) -> pa.Table:
@@ -34,7 +38,7 @@ class Impressions:
     """The protocol's rows plus everything needed to write their side features and index columns.
 
     Fields:
-        split: the chronological split (labels, order, histories).
+        split: the protocol's split (labels, order, histories).
         features: every ID feature, in the order their index columns are written.
         user_vocab, item_vocab: the id vocabularies (the item one is shared with the history).
         users: row ``i`` = user index ``i``: user side columns copied into every impression.
@@ -42,7 +46,7 @@ class Impressions:
         item_columns: the ``items`` columns copied into every impression.
     """
 
-    split: ChronologicalSplit
+    split: ProtocolSplit
     features: list[Feature]
     user_vocab: Vocab
     item_vocab: Vocab
@@ -71,11 +75,17 @@ class Impressions:
         return {f.name: f.vocab for f in self.features if f.kind != "history"}
 
     def extra(self) -> dict:
-        """Protocol facts recorded in ``meta.extra``."""
+        """Protocol facts recorded in ``meta.extra``.
+
+        Cold test rows are those whose item never occurs in train (what ``em3rec.evaluation``
+        reports ``cold_auc`` on); warm test rows are the others (``warm_auc``).
+        """
         cold_test_items, cold_test_rows = cold_items(self.split)
+        start, stop = self.split.bounds["test"]
+        test_items = len(pc.unique(pa.array(self.split.item_ids[start:stop])))
         return {
-            "label": f"rating >= {LABEL_THRESHOLD:g}",
-            "split_order": "timestamp, user_id, item_id",
+            "label": f"rating >= {self.split.label_threshold:g}",
+            "split_order": self.split.order_key,
             "split_rows": {s: b - a for s, (a, b) in self.split.bounds.items()},
             "max_history": self.split.max_history,
             "num_real_users": self.user_vocab.size - 1,
@@ -83,7 +93,30 @@ class Impressions:
             "index_note": "num_users / num_items and every vocab_size count the reserved index 0",
             "cold_test_items": cold_test_items,
             "cold_test_rows": cold_test_rows,
+            "warm_test_items": test_items - cold_test_items,
+            "warm_test_rows": stop - start - cold_test_rows,
         }
+
+    def write(
+        self, out: str | Path, *, name: str, protocol: str, items: pa.Table,
+        modalities: Sequence[ModalityArrays], extra: dict,
+    ) -> DatasetMeta:
+        """Write every split, ``items`` (row ``i`` = item index ``i``) and the modality arrays to ``out``."""
+        return write_prepared(
+            out, name=name, protocol=protocol, features=[f.spec() for f in self.features],
+            splits={s: self.tables(s) for s in SPLITS}, items=items, modalities=modalities,
+            vocabs=self.vocabs(), extra=extra,
+        )
+
+
+def item_table(item_vocab: Vocab, columns: dict[str, pa.Array | pa.ChunkedArray]) -> pa.Table:
+    """The item table every importer writes: ``item_idx`` (0..n), raw ``item_id`` (null on the
+    reserved row 0), then ``columns`` (each already aligned to item indices)."""
+    return pa.table({
+        "item_idx": pa.array(np.arange(item_vocab.size), pa.int64()),
+        "item_id": pa.concat_arrays([pa.nulls(1, item_vocab.values.type), item_vocab.values]),
+        **columns,
+    })
 
 
 def id_vocabs(
@@ -120,7 +153,16 @@ def summary(meta: DatasetMeta, seconds: float) -> str:
     lines.append(f"  users {meta.extra.get('num_real_users')}, items {meta.extra.get('num_real_items')} (+ reserved index 0)")
     for m in meta.modalities:
         lines.append(f"  modality {m.name}: {m.tokens} x {m.width} from {m.encoder}")
-    for key in ("wikidata_matches", "items_with_image", "cold_test_items", "cold_test_rows"):
+    for key in ("row_filter", "malformed_rows", "wikidata_matches", "items_with_image", "cold_test_items", "cold_test_rows", "warm_test_items", "warm_test_rows"):
         if meta.extra.get(key) is not None:
             lines.append(f"  {key}: {meta.extra[key]}")
     return "\n".join(lines)
+
+
+def prepare_and_report(prepare: Callable[[], DatasetMeta]) -> DatasetMeta:
+    """A command's body: log to stderr, run ``prepare``, print its ``summary`` with the time taken."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    start = time.perf_counter()
+    meta = prepare()
+    print(summary(meta, time.perf_counter() - start), flush=True)
+    return meta

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,10 +28,11 @@ from data_prep.movielens import (
     clean_titles,
     file_digest,
     prepare,
+    prepare_from_args,
     read_delimited,
     split_genres,
 )
-from data_prep.impressions import Impressions, summary
+from data_prep.impressions import Impressions, prepare_and_report
 from data_prep.text_encoder import DEFAULT_CACHE_DIR
 
 PROTOCOL = "ml100k-ctr-v1"
@@ -53,17 +52,22 @@ def recbole_ml100k_dir() -> Path:
     return folder
 
 
-def read_atomic(path: Path) -> pa.Table:
-    """A RecBole atomic file (``name:type`` header, tab-separated) as all-string columns named ``name``."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing")
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
+def read_atomic(source: Path | bytes) -> pa.Table:
+    """A RecBole atomic file or its bytes (``name:type`` header, tab-separated, LF or CRLF line ends)
+    as all-string columns named ``name``."""
+    if isinstance(source, Path):
+        if not source.is_file():
+            raise FileNotFoundError(f"{source}: missing")
+        with open(source, "rb") as f:
+            first = f.readline()
+    else:
+        first = source.split(b"\n", 1)[0]
+    header = first.decode("utf-8").rstrip("\r\n").split("\t")
     names = [h.split(":", 1)[0] for h in header]
-    return read_delimited(path, names, "\t", header=True)
+    return read_delimited(source, names, "\t", header=True)
 
 
-def _require(table: pa.Table, columns: Sequence[str], path: Path) -> None:
+def require_columns(table: pa.Table, columns: Sequence[str], path: Path) -> None:
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise DatasetError(f"{path}: columns {missing} missing; have {table.column_names}")
@@ -82,7 +86,7 @@ def read_ml100k(folder: str | Path | None = None) -> MovieLensTables:
     inter_path, user_path, item_path = (folder / f"ml-100k.{ext}" for ext in ("inter", "user", "item"))
 
     inter = read_atomic(inter_path)
-    _require(inter, ["user_id", "item_id", "rating", "timestamp"], inter_path)
+    require_columns(inter, ["user_id", "item_id", "rating", "timestamp"], inter_path)
     if inter.num_rows != NUM_RATINGS:
         raise DatasetError(f"{inter_path}: {inter.num_rows} ratings; {PROTOCOL} expects exactly {NUM_RATINGS}")
     ratings = pa.table({
@@ -93,7 +97,7 @@ def read_ml100k(folder: str | Path | None = None) -> MovieLensTables:
     })
 
     user = read_atomic(user_path)
-    _require(user, ["user_id", "age", "gender", "occupation", "zip_code"], user_path)
+    require_columns(user, ["user_id", "age", "gender", "occupation", "zip_code"], user_path)
     users = pa.table({
         "user_id": _int(user, "user_id", user_path),
         "age": _int(user, "age", user_path),
@@ -103,7 +107,7 @@ def read_ml100k(folder: str | Path | None = None) -> MovieLensTables:
     })
 
     item = read_atomic(item_path)
-    _require(item, ["item_id", "movie_title", "release_year", "class"], item_path)
+    require_columns(item, ["item_id", "movie_title", "release_year", "class"], item_path)
     # release_year is a 4-digit year except for two rows: the "unkonwn" placeholder item (no year)
     # and one whose year sits in its title ("... (1995)", release_year "V"); clean_titles recovers it.
     year_text = item.column("release_year").combine_chunks()
@@ -151,13 +155,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--src", type=Path, default=None, help="ml-100k atomic files folder (default: the recbole wheel's)")
     add_common_args(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    start = time.perf_counter()
-    meta = prepare_ml100k(
-        args.out, max_title_tokens=args.max_title_tokens, max_meta_tokens=args.max_meta_tokens,
-        cache_dir=args.cache_dir, wikidata=not args.no_wikidata, progress=not args.no_progress, source=args.src,
-    )
-    print(summary(meta, time.perf_counter() - start))
+    prepare_and_report(lambda: prepare_from_args(read_ml100k(args.src), args, name="ml100k", protocol=PROTOCOL, counts=SPLIT_COUNTS))
 
 
 if __name__ == "__main__":

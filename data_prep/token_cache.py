@@ -9,11 +9,32 @@ temporary name, then rename), so concurrent preparations can share one cache.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import re
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+
+_MAGIC = b"\x93NUMPY\x01\x00"
+_FLOAT16_2D = re.compile(rb"\{'descr': '<f2', 'fortran_order': False, 'shape': \((\d+), (\d+)\), \} *\n")
+
+
+def _read_npy(data: bytes) -> np.ndarray:
+    """An ``.npy`` file's bytes as an array. The ``(n, W)`` float16 files ``put`` writes are parsed
+    directly (``np.load`` evaluates the header with ``ast``, ~5x slower per small file, which is most
+    of a cached preparation of 10^5 items); anything else goes through ``np.load``."""
+    if data[:8] == _MAGIC:
+        size = int.from_bytes(data[8:10], "little")
+        header = _FLOAT16_2D.fullmatch(data[10 : 10 + size])
+        if header is not None:
+            rows, width = int(header[1]), int(header[2])
+            if len(data) != 10 + size + 2 * rows * width:
+                raise ValueError("truncated .npy file")
+            return np.frombuffer(data, dtype="<f2", offset=10 + size).reshape(rows, width)
+    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def content_key(*parts: str | bytes) -> str:
@@ -41,9 +62,8 @@ class TokenCache:
 
     def get(self, key: str) -> np.ndarray | None:
         """The cached ``(n, W)`` array, or None if absent or unreadable (it is then recomputed)."""
-        path = self._path(key)
         try:
-            return np.load(path, allow_pickle=False)
+            return _read_npy(self._path(key).read_bytes())
         except (FileNotFoundError, ValueError, OSError, EOFError):
             return None
 

@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 IMPRESSION_COLUMNS: tuple[str, ...] = ("label", "user_id", "item_id", "timestamp", "hist_item_ids")
 ROW_GROUP_SIZE = 65_536
+ITEM_BLOCK_ROWS = 8_192  # items per block when writing the modality arrays
 
 
 @dataclass
@@ -73,6 +74,24 @@ def masked_mean(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (total / count).astype(np.float16)
 
 
+def _save_modality(folder: Path, mod: ModalityArrays) -> None:
+    """``<name>.tokens.npy`` (masked-out tokens zeroed), ``.mask.npy`` and ``.pooled.npy``, written
+    ``ITEM_BLOCK_ROWS`` items at a time so large item sets need no full-size temporaries."""
+    n, t, w = mod.tokens.shape
+    block_rows = ITEM_BLOCK_ROWS
+    tokens = np.lib.format.open_memmap(folder / f"{mod.name}.tokens.npy", mode="w+", dtype=np.float16, shape=(n, t, w))
+    pooled = np.lib.format.open_memmap(folder / f"{mod.name}.pooled.npy", mode="w+", dtype=np.float16, shape=(n, w))
+    for lo in range(0, n, block_rows):
+        rows = slice(lo, min(lo + block_rows, n))
+        block = np.where(mod.mask[rows, :, None], mod.tokens[rows], 0).astype(np.float16)  # (b, T, W)
+        tokens[rows] = block
+        pooled[rows] = masked_mean(block, mod.mask[rows])
+    tokens.flush()
+    pooled.flush()
+    del tokens, pooled
+    np.save(folder / f"{mod.name}.mask.npy", mod.mask)
+
+
 def _check_modality(mod: ModalityArrays, num_items: int) -> None:
     where = f"modality {mod.name!r}"
     if mod.tokens.ndim != 3 or mod.mask.ndim != 2:
@@ -90,10 +109,12 @@ def _check_modality(mod: ModalityArrays, num_items: int) -> None:
         raise DatasetError(f"{where}: mask dtype {mod.mask.dtype}; expected bool")
     if mod.mask[0].any():
         raise DatasetError(f"{where}: row 0 is the reserved unknown/padding item and must be fully masked")
-    if not np.isfinite(mod.tokens).all():
-        raise DatasetError(f"{where}: tokens contain NaN or inf")
-    if np.abs(mod.tokens).max(initial=0.0) > np.finfo(np.float16).max:
-        raise DatasetError(f"{where}: token values overflow float16")
+    for lo in range(0, num_items, ITEM_BLOCK_ROWS):  # blocks: no full-size temporaries
+        block = mod.tokens[lo : lo + ITEM_BLOCK_ROWS]
+        if not np.isfinite(block).all():
+            raise DatasetError(f"{where}: tokens contain NaN or inf")
+        if np.abs(block).max(initial=0.0) > np.finfo(np.float16).max:
+            raise DatasetError(f"{where}: token values overflow float16")
 
 
 def _check_items(items: pa.Table, num_items: int) -> None:
@@ -219,10 +240,7 @@ def write_prepared(
         (tmp / "items").mkdir()
         pq.write_table(items, tmp / "items" / "items.parquet")
         for mod in modalities:
-            tokens = np.where(mod.mask[..., None], mod.tokens, 0).astype(np.float16)  # (N, T, W)
-            np.save(tmp / "items" / f"{mod.name}.tokens.npy", tokens)
-            np.save(tmp / "items" / f"{mod.name}.mask.npy", mod.mask)
-            np.save(tmp / "items" / f"{mod.name}.pooled.npy", masked_mean(tokens, mod.mask))
+            _save_modality(tmp / "items", mod)
 
         if vocabs:
             (tmp / "vocabs").mkdir()

@@ -1,4 +1,4 @@
-"""Ranking metrics of the ml100k-ctr-v1 protocol: AUC, GAUC, logloss and cold-item AUC.
+"""Ranking metrics of the CTR protocols: AUC, GAUC, logloss, and AUC on cold and on warm items.
 
 Metrics are computed on the *gathered* predictions of all ranks (``gather_predictions``), never as
 averages of per-rank metrics, which are biased for AUC. AUC comes from torchmetrics; GAUC is ours:

@@ -58,7 +58,7 @@ def test_compute_metrics_cold_rows_and_logloss() -> None:
     expected_logloss = float(torch.nn.functional.binary_cross_entropy_with_logits(logits.double(), labels.double()))
     assert math.isclose(m["logloss"], expected_logloss, rel_tol=1e-9)
     assert m["cold_rows"] == 2 and m["cold_auc"] == 0.0  # item 5 (neg) scored above item 6 (pos)
-    assert m["auc"] == _pairwise_auc(logits, labels)
     assert m["warm_rows"] == 2 and m["warm_auc"] == 1.0  # item 3 (pos) scored above item 4 (neg)
+    assert m["auc"] == _pairwise_auc(logits, labels)
     # one user per split: user 1 holds the warm rows, user 2 the cold ones
     assert m["warm_gauc"] == 1.0 and m["cold_gauc"] == 0.0

@@ -69,3 +69,26 @@ def test_cache_key_includes_max_tokens(encoded):
 def test_bad_max_tokens():
     with pytest.raises(ValueError, match="max_tokens must be >= 2"):
         TextEncoder(max_tokens=1)
+
+
+def test_interrupted_encoding_keeps_finished_batches(tmp_path, monkeypatch):
+    texts = ["Dune", "Emma", "Ulysses"]
+    enc = TextEncoder(max_tokens=8, cache_dir=tmp_path, batch_size=1, progress=False)
+    run = TextEncoder._run
+
+    def killed_after_one_batch(self, todo):
+        for k, item in enumerate(run(self, todo)):
+            if k == 1:
+                raise KeyboardInterrupt  # a kill while the second batch is being handed over
+            yield item
+
+    monkeypatch.setattr(TextEncoder, "_run", killed_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        enc.encode(texts)
+    monkeypatch.undo()
+    resumed = TextEncoder(max_tokens=8, cache_dir=tmp_path, batch_size=1, progress=False)
+    tokens, mask = resumed.encode(texts)
+    assert resumed.cache_hits == 1 and resumed.encoded == 2  # the first batch was not redone
+    fresh, fresh_mask = TextEncoder(max_tokens=8, cache_dir=tmp_path / "other", progress=False).encode(texts)
+    assert np.array_equal(mask, fresh_mask)
+    np.testing.assert_allclose(tokens.astype(np.float32), fresh.astype(np.float32), atol=1e-2)  # batch padding may differ slightly

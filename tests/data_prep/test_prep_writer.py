@@ -11,6 +11,7 @@ import pytest
 
 from em3rec.data.schema import DatasetError, DatasetMeta, FeatureSpec
 
+from data_prep import writer
 from data_prep.vocab import Vocab
 from data_prep.writer import ModalityArrays, masked_mean, write_prepared
 
@@ -56,7 +57,9 @@ def splits():
     }
 
 
-def test_round_trip(tmp_path):
+@pytest.mark.parametrize("block_rows", [8192, 3])  # the item arrays are written in blocks of items
+def test_round_trip(tmp_path, monkeypatch, block_rows):
+    monkeypatch.setattr(writer, "ITEM_BLOCK_ROWS", block_rows)
     rng = np.random.default_rng(0)
     mod = modality(rng)
     out = tmp_path / "ds"
