@@ -65,6 +65,17 @@ class Runner:
     model: Any = None  # the EM3Model (TorchRec variants)
 
 
+
+def flops_per_sample(step: Callable[[Batch], None], key: str) -> Callable[[Batch], dict[str, float]]:
+    """``{key: FLOPs of one step(batch) / B}``, counted by ``FlopCounterMode``."""
+
+    def count(batch: Batch) -> dict[str, float]:
+        with FlopCounterMode(display=False) as counter:
+            step(batch)
+        return {key: counter.get_total_flops() / batch.batch_size}
+
+    return count
+
 def build_runner(
     variant: Variant, config: Config, meta: DatasetMeta, env: DistEnv, batches: list[Batch] | None = None
 ) -> Runner:
@@ -85,12 +96,7 @@ def build_runner(
             loss.backward()
             optimizer.step()
 
-        def reference_count(batch: Batch) -> dict[str, float]:
-            with FlopCounterMode(display=False) as counter:
-                reference_step(batch)
-            return {"total_flops": counter.get_total_flops() / batch.batch_size}
-
-        return Runner(reference_step, reference_count)
+        return Runner(reference_step, flops_per_sample(reference_step, "total_flops"))
 
     dmp, optimizer = factory.build_training(config, meta, env)  # as the recipe builds it
     inner = factory.local_model(dmp)
@@ -146,12 +152,7 @@ def build_tower_runner(variant: Variant, config: Config, meta: DatasetMeta, devi
         tower.zero_grad(set_to_none=True)
         loss.backward()
 
-    def count(batch: Batch) -> dict[str, float]:
-        with FlopCounterMode(display=False) as counter:
-            step(batch)
-        return {"tower_flops": counter.get_total_flops() / batch.batch_size}
-
-    return Runner(step, count)
+    return Runner(step, flops_per_sample(step, "tower_flops"))
 
 
 def matmul_runner(size: tuple[int, int, int], device: torch.device) -> Callable[[], float]:
