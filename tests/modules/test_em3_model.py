@@ -134,3 +134,16 @@ def test_catalogue_items_join_cic_and_train_their_id_rows(meta, data_config, mod
     loss, _ = EM3Train(plain)(example_batch(meta, 12, num_item_choices=5, seed=4))
     loss.backward()
     assert plain.id_arch.embedding_collection.embeddings["item"].weight.grad[outside].abs().sum() == 0
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_em3_starts_at_the_frozen_baseline(meta, data_config, batch, model_config, backbone):
+    # With the baseline's weights, EM3's logits at initialisation are the two-stage baseline's,
+    # exactly: the Q-Former's gate starts at 0 and the pooled projection is the baseline's Linear.
+    em3 = build_model(model_config(backbone=backbone, content="em3", seq_content_mode="lora"), meta, data_config)
+    frozen = build_model(model_config(backbone=backbone, content="frozen", seq_content_mode="frozen"), meta, data_config)
+    state = {k.replace("content_tower.projection.", "content_tower.pooled_base."): v for k, v in frozen.state_dict().items()}
+    missing, unexpected = em3.load_state_dict(state, strict=False)
+    assert not unexpected and missing
+    assert all(k.startswith(("content_tower.qformer.", "cic.")) for k in missing)
+    torch.testing.assert_close(em3.eval()(batch).logits, frozen.eval()(batch).logits, rtol=0, atol=0)
