@@ -33,6 +33,7 @@ ABLATIONS: dict[str, tuple[str, list[str]]] = {
                ["model.qformer.token_dropout=0.5", "model.qformer.attention_dropout=0.5", "model.qformer.ffn_dropout=0.5"]),
     "epochs3": ("3 epochs, no early stopping (as before)", ["train.epochs=3", "train.patience=0"]),
     # The method's parts:
+    "no_catalogue": ("CIC over the batch's targets only (no catalogue sample)", ["model.cic.catalogue_samples=0"]),
     "cic0": ("EM3 without the CIC loss", ["model.cic.weight=0.0"]),
     "hist_none": ("EM3, no history content", ["model.seq_content_mode=none"]),
     "pooled": ("EM3 over the pooled vectors (one token per modality)", ["data.pooled_content=true"]),
