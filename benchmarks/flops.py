@@ -134,7 +134,9 @@ def measure(train: EM3Train, batch: Batch) -> list[ComponentCost]:
         params, trainable = _params(module)
         rows.append(
             ComponentCost(
-                name, params, trainable,
+                name,
+                params,
+                trainable,
                 counter.by_component[("forward", name)] / B,
                 counter.by_component[("backward", name)] / B,
             )
@@ -142,8 +144,11 @@ def measure(train: EM3Train, batch: Batch) -> list[ComponentCost]:
     params, trainable = _params(model)
     rows.append(
         ComponentCost(
-            "total", params, trainable,
-            sum(r.forward_flops for r in rows), sum(r.backward_flops for r in rows),
+            "total",
+            params,
+            trainable,
+            sum(r.forward_flops for r in rows),
+            sum(r.backward_flops for r in rows),
         )
     )
     return rows
@@ -170,7 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = cli.config_parser(__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.set_defaults(config=None)  # no config: the dataclass defaults
-    parser.add_argument("--meta", default=None, help="a prepared dataset folder (default: ml-100k-shaped synthetic meta)")
+    parser.add_argument(
+        "--meta", default=None, help="a prepared dataset folder (default: ml-100k-shaped synthetic meta)"
+    )
     parser.add_argument("--batch-size", type=int, default=0, help="default: data.batch_size")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -179,8 +186,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     train = EM3Train(build_model(config.model, meta, config.data))
     batch = example_batch(
-        meta, args.batch_size or config.data.batch_size, max_history=config.data.max_history,
-        modalities=config.data.modalities, seed=args.seed,
+        meta,
+        args.batch_size or config.data.batch_size,
+        max_history=config.data.max_history,
+        modalities=config.data.modalities,
+        seed=args.seed,
     )
     print(
         f"backbone={config.model.backbone} content={config.model.content} "

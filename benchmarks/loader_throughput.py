@@ -254,9 +254,17 @@ def main(argv: list[str] | None = None) -> None:
 
     meta = DatasetMeta.load(a.data)
     args = dict(
-        data=a.data, split=a.split, batch_size=a.batch_size, max_history=min(a.max_history, meta.max_history),
+        data=a.data,
+        split=a.split,
+        batch_size=a.batch_size,
+        max_history=min(a.max_history, meta.max_history),
         modalities=[m for m in a.modalities.split(",") if m] or [m.name for m in meta.modalities],
-        batches=a.batches, warmup=a.warmup, seed=a.seed, step=a.step, step_kind=a.step_kind, repeats=a.repeats,
+        batches=a.batches,
+        warmup=a.warmup,
+        seed=a.seed,
+        step=a.step,
+        step_kind=a.step_kind,
+        repeats=a.repeats,
     )
     scenarios = [
         Scenario(int(r), c, int(f), float(s))

@@ -32,9 +32,12 @@ def describe_machine(versions: dict[str, str], watched: list[str]) -> dict[str, 
     if torch.cuda.is_available():
         cpu += f"; GPU {torch.cuda.get_device_name(0)}"
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
-        ).stdout.strip() or "unknown"
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+            ).stdout.strip()
+            or "unknown"
+        )
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--", *watched], cwd=ROOT, capture_output=True, text=True, check=False
         ).stdout.strip()

@@ -25,12 +25,18 @@ from benchmarks.ml100k_quality import METRICS, VARIANTS, _cell, run_one  # noqa:
 
 ABLATIONS: dict[str, tuple[str, list[str]]] = {
     # Leave-one-out of the changes that made EM3 start at the two-stage baseline:
-    "no_pooled_base": ("EM3 without the pooled baseline path (the Q-Former alone, the paper's form)",
-                       ["model.pooled_base=false"]),
-    "cic_before": ("CIC as before: λ = 0.1, all in-batch negatives, heads with bias",
-                   ["model.cic.weight=0.1", "model.cic.num_negatives=0", "model.cic.head_bias=true"]),
-    "drop05": ("Q-Former dropout 0.5 on tokens and both residual branches (as before)",
-               ["model.qformer.token_dropout=0.5", "model.qformer.attention_dropout=0.5", "model.qformer.ffn_dropout=0.5"]),
+    "no_pooled_base": (
+        "EM3 without the pooled baseline path (the Q-Former alone, the paper's form)",
+        ["model.pooled_base=false"],
+    ),
+    "cic_before": (
+        "CIC as before: λ = 0.1, all in-batch negatives, heads with bias",
+        ["model.cic.weight=0.1", "model.cic.num_negatives=0", "model.cic.head_bias=true"],
+    ),
+    "drop05": (
+        "Q-Former dropout 0.5 on tokens and both residual branches (as before)",
+        ["model.qformer.token_dropout=0.5", "model.qformer.attention_dropout=0.5", "model.qformer.ffn_dropout=0.5"],
+    ),
     "epochs3": ("3 epochs, no early stopping (as before)", ["train.epochs=3", "train.patience=0"]),
     # The method's parts:
     "no_catalogue": ("CIC over the batch's targets only (no catalogue sample)", ["model.cic.catalogue_samples=0"]),
@@ -53,9 +59,12 @@ def table(backbone: str, reference: dict[str, list[dict]], results: dict[str, li
     """The quality table's rows of ``backbone``, then every ablation; the paired column is each
     row's test AUC minus the default EM3's at the same seed."""
     em3 = {r["config"]["train"]["seed"]: r for r in reference.get(f"{backbone}_em3", [])}
-    lines = ["| variant | n | valid auc | " + " | ".join(f"test {m}" for m in METRICS)
-             + " | Δ test auc vs EM3 (paired) | best epochs |",
-             "|---|---|---|" + "---|" * (len(METRICS) + 2)]
+    lines = [
+        "| variant | n | valid auc | "
+        + " | ".join(f"test {m}" for m in METRICS)
+        + " | Δ test auc vs EM3 (paired) | best epochs |",
+        "|---|---|---|" + "---|" * (len(METRICS) + 2),
+    ]
     for variant, label in VARIANTS.items():
         if runs := reference.get(f"{backbone}_{variant}"):
             lines.append(_rows(f"{label} (quality table)", runs, em3))
@@ -70,12 +79,20 @@ def main() -> None:
     parser.add_argument("--backbone", default="din", choices=["dlrm", "dcn", "din"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ablations", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra override for every run (e.g. data.path=data/ml100k_cold20)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra override for every run (e.g. data.path=data/ml100k_cold20)",
+    )
     parser.add_argument("--run-dir", default="runs/ablation")
     parser.add_argument("--out", default="", help="default: benchmarks/results/ml100k_ablation_<backbone>.md")
-    parser.add_argument("--reference", default=str(ROOT / "benchmarks/results/ml100k_ctr_v1.json"),
-                        help="the quality-table JSON whose rows of the same backbone head the table")
+    parser.add_argument(
+        "--reference",
+        default=str(ROOT / "benchmarks/results/ml100k_ctr_v1.json"),
+        help="the quality-table JSON whose rows of the same backbone head the table",
+    )
     args = parser.parse_args()
     out = Path(args.out or ROOT / f"benchmarks/results/ml100k_ablation_{args.backbone}.md")
     reference_json = Path(args.reference)
@@ -83,21 +100,34 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     if out.with_suffix(".json").exists():
         earlier = json.loads(out.with_suffix(".json").read_text())
-        results = {name: kept for name, runs in earlier.items()  # all but the (ablation, seed) runs redone now
-                   if (kept := [r for r in runs if name not in args.ablations or r["config"]["train"]["seed"] not in args.seeds])}
+        results = {
+            name: kept
+            for name, runs in earlier.items()  # all but the (ablation, seed) runs redone now
+            if (
+                kept := [
+                    r for r in runs if name not in args.ablations or r["config"]["train"]["seed"] not in args.seeds
+                ]
+            )
+        }
     command = "python benchmarks/ml100k_ablation.py " + " ".join(sys.argv[1:])
     for seed in args.seeds:
         for name in args.ablations:
             _, overrides = ABLATIONS[name]
             r = run_one(f"{args.backbone}_em3", seed, 1, overrides + args.set, f"{args.run_dir}/{name}")
             results.setdefault(name, []).append(r)
-            print(f"{name} seed {seed}: " + " ".join(f"{m}={r['test'][m]:.4f}" for m in METRICS)
-                  + f" best_epoch={r['best_epoch']} ({r['wall_seconds']:.0f}s)", flush=True)
+            print(
+                f"{name} seed {seed}: "
+                + " ".join(f"{m}={r['test'][m]:.4f}" for m in METRICS)
+                + f" best_epoch={r['best_epoch']} ({r['wall_seconds']:.0f}s)",
+                flush=True,
+            )
             seeds = sorted({run["config"]["train"]["seed"] for runs in results.values() for run in runs})
             names = [n for n in ABLATIONS if n in results]
             extra = "".join(f" --set {o}" for o in args.set) + (f" --out {args.out}" if args.out else "")
-            every_row = (f"python benchmarks/ml100k_ablation.py --backbone {args.backbone} "
-                         f"--seeds {' '.join(map(str, seeds))} --ablations {' '.join(names)}{extra}")
+            every_row = (
+                f"python benchmarks/ml100k_ablation.py --backbone {args.backbone} "
+                f"--seeds {' '.join(map(str, seeds))} --ablations {' '.join(names)}{extra}"
+            )
             out.write_text(
                 f"# ml100k-ctr-v1 ablations of {args.backbone} + EM3: test metrics at the best-valid epoch "
                 "(mean ± std over n seeds)\n\n"

@@ -43,8 +43,17 @@ def scores_on_test(run: dict) -> Path:
     out = ROOT / train["run_dir"] / train["run_name"] / "scores_test.parquet"
     if not out.exists():
         model = run["config"]["model"]
-        cmd = [sys.executable, "-m", "em3rec.score", "--config", f"{model['backbone']}_id", "--split", "test",
-               "--out", str(out)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "em3rec.score",
+            "--config",
+            f"{model['backbone']}_id",
+            "--split",
+            "test",
+            "--out",
+            str(out),
+        ]
         for line in as_overrides(run["config"]):
             cmd += ["--set", line]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -77,8 +86,12 @@ def _cell(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="+", default=[str(ROOT / "benchmarks/results/ml100k_ctr_v1.json")],
-                        help="JSON files of runs written by ml100k_quality.py / ml100k_ablation.py")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        default=[str(ROOT / "benchmarks/results/ml100k_ctr_v1.json")],
+        help="JSON files of runs written by ml100k_quality.py / ml100k_ablation.py",
+    )
     parser.add_argument("--data", default="data/ml100k")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/ml100k_buckets.md"))
     args = parser.parse_args()
@@ -101,22 +114,29 @@ def main() -> None:
     header = " | ".join(f"{c} ({rows[c]} rows)" for c in columns)
     lines = [f"| run | n | {header} |", "|---|---|" + "---|" * len(columns)]
     for key, by_seed in results.items():
-        lines.append(f"| {key} | {len(by_seed)} | " + " | ".join(_cell([r[c] for r in by_seed.values()]) for c in columns) + " |")
+        lines.append(
+            f"| {key} | {len(by_seed)} | " + " | ".join(_cell([r[c] for r in by_seed.values()]) for c in columns) + " |"
+        )
     deltas = [f"| run minus `<backbone>_frozen` | seeds | {header} |", "|---|---|" + "---|" * len(columns)]
     for key, by_seed in results.items():
         frozen = results.get(f"{backbone_of[key]}_frozen", {})
         if key == f"{backbone_of[key]}_frozen" or not (seeds := sorted(set(by_seed) & set(frozen))):
             continue
-        deltas.append(f"| {key} | {len(seeds)} | " + " | ".join(
-            _cell([by_seed[s][c] - frozen[s][c] for s in seeds]) for c in columns) + " |")
+        deltas.append(
+            f"| {key} | {len(seeds)} | "
+            + " | ".join(_cell([by_seed[s][c] - frozen[s][c] for s in seeds]) for c in columns)
+            + " |"
+        )
     out = Path(args.out)
     out.write_text(
         "# ml100k-ctr-v1: test AUC by the item's number of train rows (best-valid checkpoints)\n\n"
         f"Command: `python benchmarks/ml100k_buckets.py {' '.join(sys.argv[1:])}`\n\n"
         "Bucket = how many train rows the test row's item has (0 = cold); `all` = every test row. "
-        "Mean ± std over seeds.\n\n" + "\n".join(lines)
+        "Mean ± std over seeds.\n\n"
+        + "\n".join(lines)
         + "\n\nPaired per-seed difference to ID + frozen content of the same backbone (mean ± std; > 0 = better):\n\n"
-        + "\n".join(deltas) + "\n"
+        + "\n".join(deltas)
+        + "\n"
     )
     out.with_suffix(".json").write_text(json.dumps({"rows": rows, "auc": results}, indent=2))
     print(out.read_text())

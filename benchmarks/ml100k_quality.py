@@ -27,12 +27,29 @@ METRICS = ("auc", "gauc", "logloss", "cold_auc", "warm_auc")
 
 def run_one(config: str, seed: int, nproc: int, overrides: list[str], run_dir: str) -> dict:
     name = f"{config}_seed{seed}"
-    args = ["--config", config, "--set", f"train.seed={seed}", "--set", f"train.run_name={name}",
-            "--set", f"train.run_dir={run_dir}"]
+    args = [
+        "--config",
+        config,
+        "--set",
+        f"train.seed={seed}",
+        "--set",
+        f"train.run_name={name}",
+        "--set",
+        f"train.run_dir={run_dir}",
+    ]
     for o in overrides:
         args += ["--set", o]
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "em3rec.train", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "em3rec.train",
+            *args,
+        ]
     else:
         cmd = [sys.executable, "-m", "em3rec.train", *args]
     start = time.perf_counter()
@@ -54,8 +71,12 @@ def _cell(values: list[float], signed: bool = False) -> str:
 
 def table(results: dict[str, list[dict]]) -> str:
     """One row per backbone x variant: mean ± std over the seeds that finished (n says how many)."""
-    lines = ["| backbone | variant | n | valid auc | " + " | ".join(f"test {m}" for m in METRICS) + " | best epochs | s/run |",
-             "|---|---|---|---|" + "---|" * (len(METRICS) + 2)]
+    lines = [
+        "| backbone | variant | n | valid auc | "
+        + " | ".join(f"test {m}" for m in METRICS)
+        + " | best epochs | s/run |",
+        "|---|---|---|---|" + "---|" * (len(METRICS) + 2),
+    ]
     for backbone in BACKBONES:
         for variant, label in VARIANTS.items():
             runs = results.get(f"{backbone}_{variant}", [])
@@ -65,14 +86,18 @@ def table(results: dict[str, list[dict]]) -> str:
             valid = _cell([r["valid"]["auc"] for r in runs])
             epochs = ",".join(str(r["best_epoch"]) for r in runs)
             secs = statistics.mean(r["wall_seconds"] for r in runs)
-            lines.append(f"| {backbone} | {label} | {len(runs)} | {valid} | " + " | ".join(cells) + f" | {epochs} | {secs:.0f} |")
+            lines.append(
+                f"| {backbone} | {label} | {len(runs)} | {valid} | " + " | ".join(cells) + f" | {epochs} | {secs:.0f} |"
+            )
     return "\n".join(lines)
 
 
 def paired_table(results: dict[str, list[dict]], metrics: tuple[str, ...] = ("auc", "gauc", "cold_auc")) -> str:
     """EM3 minus each baseline, paired by seed (mean ± std of the per-seed differences, n pairs)."""
-    lines = ["| backbone | difference | n | " + " | ".join(f"Δ test {m}" for m in metrics) + " |",
-             "|---|---|---|" + "---|" * len(metrics)]
+    lines = [
+        "| backbone | difference | n | " + " | ".join(f"Δ test {m}" for m in metrics) + " |",
+        "|---|---|---|" + "---|" * len(metrics),
+    ]
     for backbone in BACKBONES:
         em3 = {r["config"]["train"]["seed"]: r for r in results.get(f"{backbone}_em3", [])}
         for baseline in ("frozen", "id"):
@@ -94,8 +119,12 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--run-dir", default="runs/quality")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/ml100k_ctr_v1.md"))
-    parser.add_argument("--table-only", metavar="RUNS_COMMAND", default="",
-                        help="rewrite the table from the JSON of earlier runs made by RUNS_COMMAND")
+    parser.add_argument(
+        "--table-only",
+        metavar="RUNS_COMMAND",
+        default="",
+        help="rewrite the table from the JSON of earlier runs made by RUNS_COMMAND",
+    )
     args = parser.parse_args()
     if args.table_only:
         write(args, json.loads(Path(args.out).with_suffix(".json").read_text()))
@@ -108,8 +137,12 @@ def main() -> None:
                 config = f"{backbone}_{variant}"
                 r = run_one(config, seed, args.nproc, args.set, args.run_dir)
                 results.setdefault(config, []).append(r)
-                print(f"{config} seed {seed}: " + " ".join(f"{m}={r['test'][m]:.4f}" for m in METRICS)
-                      + f" best_epoch={r['best_epoch']} ({r['wall_seconds']:.0f}s)", flush=True)
+                print(
+                    f"{config} seed {seed}: "
+                    + " ".join(f"{m}={r['test'][m]:.4f}" for m in METRICS)
+                    + f" best_epoch={r['best_epoch']} ({r['wall_seconds']:.0f}s)",
+                    flush=True,
+                )
                 write(args, results)
 
 
@@ -119,8 +152,11 @@ def _earlier_runs(path: Path, configs: set[str], seeds: set[int]) -> dict[str, l
     if not path.exists():
         return {}
     earlier = json.loads(path.read_text())
-    return {config: kept for config, runs in earlier.items()
-            if (kept := [r for r in runs if config not in configs or r["config"]["train"]["seed"] not in seeds])}
+    return {
+        config: kept
+        for config, runs in earlier.items()
+        if (kept := [r for r in runs if config not in configs or r["config"]["train"]["seed"] not in seeds])
+    }
 
 
 def write(args: argparse.Namespace, results: dict[str, list[dict]]) -> None:
@@ -134,8 +170,10 @@ def write(args: argparse.Namespace, results: dict[str, list[dict]]) -> None:
         f"invocations' JSON)  \nMachine: {platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}; {args.nproc} process(es) per run. s/run is wall time on a "
         "machine shared with other jobs (not a benchmark: see throughput_*.md).\n\n"
-        + table(results) + "\n\nPaired by seed (per-seed test differences, mean ± std):\n\n"
-        + paired_table(results) + "\n"
+        + table(results)
+        + "\n\nPaired by seed (per-seed test differences, mean ± std):\n\n"
+        + paired_table(results)
+        + "\n"
     )
     out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str))
 

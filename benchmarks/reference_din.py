@@ -87,8 +87,13 @@ class ReferenceDIN(nn.Module):
         self.id_arch = ReferenceIdArch(meta, config.embedding_dim, sparse)
         num_pooled = len(meta.features_of("user", "single", "multi"))
         self.backbone = DINBackbone(
-            num_pooled, 0, config.embedding_dim, config.attention_hidden, config.attention_softmax,
-            config.over_layers, config.dropout,
+            num_pooled,
+            0,
+            config.embedding_dim,
+            config.attention_hidden,
+            config.attention_softmax,
+            config.over_layers,
+            config.dropout,
         )
 
     def forward(self, batch: Batch) -> torch.Tensor:

@@ -31,7 +31,9 @@ from benchmarks.ml100k_quality import run_one  # noqa: E402
 def draw_trials(grid: dict[str, list], trials: int, draw_seed: int) -> list[list[str]]:
     """``trials`` distinct grid points (``--set`` override lists), drawn without replacement."""
     keys = sorted(grid)
-    points = [[f"{k}={json.dumps(v)}" for k, v in zip(keys, values)] for values in itertools.product(*(grid[k] for k in keys))]
+    points = [
+        [f"{k}={json.dumps(v)}" for k, v in zip(keys, values)] for values in itertools.product(*(grid[k] for k in keys))
+    ]
     if len(points) < trials:
         raise ValueError(f"a grid of {len(points)} points cannot fill {trials} trials; widen it")
     return random.Random(draw_seed).sample(points, trials)
@@ -56,19 +58,31 @@ def main() -> None:
             if any(t["variant"] == variant and t["overrides"] == overrides for t in done):
                 continue
             r = run_one(variant, spec["seed"], 1, overrides, f"{args.run_dir}/{args.sweep.stem}/{variant}_t{i}")
-            trial = {"variant": variant, "trial": i, "overrides": overrides, "valid_auc": r["valid"]["auc"],
-                     "best_epoch": r["best_epoch"], "valid_by_epoch": [v["auc"] for v in r["valid_by_epoch"]],
-                     "wall_seconds": r["wall_seconds"], "commit": _commit()}
+            trial = {
+                "variant": variant,
+                "trial": i,
+                "overrides": overrides,
+                "valid_auc": r["valid"]["auc"],
+                "best_epoch": r["best_epoch"],
+                "valid_by_epoch": [v["auc"] for v in r["valid_by_epoch"]],
+                "wall_seconds": r["wall_seconds"],
+                "commit": _commit(),
+            }
             done.append(trial)
             with log.open("a") as f:
                 f.write(json.dumps(trial) + "\n")
-            print(f"{variant} trial {i} {overrides}: valid auc {trial['valid_auc']:.4f} (epoch {trial['best_epoch']})", flush=True)
+            print(
+                f"{variant} trial {i} {overrides}: valid auc {trial['valid_auc']:.4f} (epoch {trial['best_epoch']})",
+                flush=True,
+            )
             write_table(out.with_suffix(".md"), spec, done, command)
 
 
 def _commit() -> str:
     """The code a trial ran: HEAD, marked ``+dirty`` when tracked files differ from it."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT).returncode != 0
     return head + ("+dirty" if dirty else "")
 
@@ -83,13 +97,20 @@ def best_overrides(done: list[dict]) -> dict[str, dict]:
 
 
 def write_table(path: Path, spec: dict, done: list[dict], command: str) -> None:
-    lines = [f"# Sweep `{path.stem}`: {spec['trials']} trials per variant at seed {spec['seed']}, selected on valid AUC",
-             "", f"Command: `{command}` (trials of earlier invocations kept from the JSONL)", "",
-             "| variant | trial | overrides | valid auc | best epoch | valid auc by epoch | s |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Sweep `{path.stem}`: {spec['trials']} trials per variant at seed {spec['seed']}, selected on valid AUC",
+        "",
+        f"Command: `{command}` (trials of earlier invocations kept from the JSONL)",
+        "",
+        "| variant | trial | overrides | valid auc | best epoch | valid auc by epoch | s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for t in sorted(done, key=lambda t: (t["variant"], t["trial"])):
         by_epoch = " ".join(f"{a:.4f}" for a in t["valid_by_epoch"])
-        lines.append(f"| {t['variant']} | {t['trial']} | `{' '.join(t['overrides'])}` | "
-                     f"{t['valid_auc']:.4f} | {t['best_epoch']} | {by_epoch} | {t['wall_seconds']:.0f} |")
+        lines.append(
+            f"| {t['variant']} | {t['trial']} | `{' '.join(t['overrides'])}` | "
+            f"{t['valid_auc']:.4f} | {t['best_epoch']} | {by_epoch} | {t['wall_seconds']:.0f} |"
+        )
     lines += ["", "Chosen (best valid AUC per variant):", ""]
     for variant, t in best_overrides(done).items():
         lines.append(f"- {variant}: `{' '.join(t['overrides'])}` (valid auc {t['valid_auc']:.4f})")

@@ -89,13 +89,19 @@ def main(argv: list[str] | None = None) -> None:
     # Its own parser, not em3rec.cli's: a worker must not import em3rec before it picks its tree.
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--before", required=True, help="folder holding the 'before' em3rec package")
-    p.add_argument("--after", default=str(ROOT), help="folder holding the 'after' em3rec package (default: this checkout)")
+    p.add_argument(
+        "--after", default=str(ROOT), help="folder holding the 'after' em3rec package (default: this checkout)"
+    )
     p.add_argument("--data", default="data/ml100k")
     p.add_argument("--config", default="din_em3")
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--history", default="50")
-    p.add_argument("--variants", default="em3-lora,tower:em3-lora", help="throughput.py variant names; tower:NAME = its tower alone")
+    p.add_argument(
+        "--variants",
+        default="em3-lora,tower:em3-lora",
+        help="throughput.py variant names; tower:NAME = its tower alone",
+    )
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1)
@@ -112,11 +118,20 @@ def main(argv: list[str] | None = None) -> None:
     passthrough = [x for x in (argv if argv is not None else sys.argv[1:])]
     workers = {}
     for side in ("before", "after"):
-        cmd = [sys.executable, "-m", "benchmarks.throughput_ab", *passthrough, "--worker", "--tree", getattr(args, side)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.throughput_ab",
+            *passthrough,
+            "--worker",
+            "--tree",
+            getattr(args, side),
+        ]
         # A 1-process group per worker: no launcher variables, so no TCP store (em3rec.distributed).
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-        workers[side] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-                                         cwd=ROOT)
+        workers[side] = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT
+        )
         ready = json.loads(workers[side].stdout.readline())  # build one at a time: no overlap
         print(f"{side}: em3rec from {ready['ready']}", file=sys.stderr, flush=True)
     names = args.variants.split(",")

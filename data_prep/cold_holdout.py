@@ -83,9 +83,14 @@ def hold_out_items(src: str | Path, out: str | Path, fraction: float, seed: int 
 
     cold_test_rows = int(np.isin(test_items, held).sum())
     report = {
-        "source": str(src), "fraction": fraction, "seed": seed, "items_held_out": int(len(held)),
-        "of_test_items": int(len(candidates)), "train_rows_removed": int((~keep_rows).sum()),
-        "history_positions_removed": history_removed, "cold_test_rows_from_held_items": cold_test_rows,
+        "source": str(src),
+        "fraction": fraction,
+        "seed": seed,
+        "items_held_out": int(len(held)),
+        "of_test_items": int(len(candidates)),
+        "train_rows_removed": int((~keep_rows).sum()),
+        "history_positions_removed": history_removed,
+        "cold_test_rows_from_held_items": cold_test_rows,
     }
     labels = kept.column("label").to_numpy()
     raw_meta["name"] = out.name
@@ -94,9 +99,15 @@ def hold_out_items(src: str | Path, out: str | Path, fraction: float, seed: int 
     raw_meta.setdefault("extra", {})["cold_holdout"] = report
     (out / "meta.json").write_text(json.dumps(raw_meta, indent=2))
     DatasetMeta.load(out)  # the result must load like any prepared dataset
-    log.info("%s: held out %d of %d test items: %d train rows and %d history positions removed; %d test rows "
-             "are now cold", out, len(held), len(candidates), report["train_rows_removed"], history_removed,
-             cold_test_rows)
+    log.info(
+        "%s: held out %d of %d test items: %d train rows and %d history positions removed; %d test rows are now cold",
+        out,
+        len(held),
+        len(candidates),
+        report["train_rows_removed"],
+        history_removed,
+        cold_test_rows,
+    )
     return report
 
 

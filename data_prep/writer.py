@@ -61,8 +61,11 @@ class ModalityArrays:
 
     def spec(self) -> ModalitySpec:
         return ModalitySpec(
-            name=self.name, tokens=int(self.tokens.shape[1]), width=int(self.tokens.shape[2]),
-            encoder=self.encoder, encoder_version=self.encoder_version,
+            name=self.name,
+            tokens=int(self.tokens.shape[1]),
+            width=int(self.tokens.shape[2]),
+            encoder=self.encoder,
+            encoder_version=self.encoder_version,
         )
 
 
@@ -156,7 +159,9 @@ def _check_impressions(table: pa.Table, features: Sequence[FeatureSpec], where: 
         if is_list and len(col):
             longest = pc.max(pc.list_value_length(col)).as_py() or 0
             if longest > f.max_length:
-                raise DatasetError(f"{where}: column {f.column!r} has a row of {longest} values; max_length is {f.max_length}")
+                raise DatasetError(
+                    f"{where}: column {f.column!r} has a row of {longest} values; max_length is {f.max_length}"
+                )
 
 
 def _replace_folder(tmp: Path, out: Path) -> None:
@@ -206,7 +211,9 @@ def write_prepared(
     item_feature = [f for f in features if f.kind == "item"]
     user_feature = [f for f in features if f.kind == "user"]
     if len(item_feature) != 1 or len(user_feature) != 1:
-        raise DatasetError(f"{out}: expected exactly one 'item' and one 'user' feature, got {[f.name for f in features]}")
+        raise DatasetError(
+            f"{out}: expected exactly one 'item' and one 'user' feature, got {[f.name for f in features]}"
+        )
     num_items = items.num_rows
     if item_feature[0].vocab_size != num_items:
         raise DatasetError(
@@ -250,7 +257,8 @@ def write_prepared(
         extra = dict(extra or {})
         unmapped = {
             key: {"unknown": v.unknown_count, "missing": v.missing_count}
-            for key, v in (vocabs or {}).items() if v.unknown_count or v.missing_count
+            for key, v in (vocabs or {}).items()
+            if v.unknown_count or v.missing_count
         }
         if unmapped:
             # Counted over every impression written (the history shares the item vocabulary).

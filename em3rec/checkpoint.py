@@ -150,8 +150,11 @@ class CheckpointManager:
             if _rank() == 0:
                 shutil.rmtree(tmp, ignore_errors=True)
             previous = next(iter(self.candidates()), None)
-            intact = (f"earlier checkpoints are untouched (newest: {previous.name})" if previous
-                      else "there is no earlier checkpoint")
+            intact = (
+                f"earlier checkpoints are untouched (newest: {previous.name})"
+                if previous
+                else "there is no earlier checkpoint"
+            )
             raise CheckpointError(f"{final}: save failed ({_reason(e)}); {intact}") from e
         if _rank() == 0:
             self._install(tmp, final)
@@ -245,13 +248,17 @@ class CheckpointManager:
             try:
                 progress = load_checkpoint(path, model, optimizer, restore_rng=restore_rng)
             except CheckpointError as e:
-                after = (f"falling back to {candidates[i + 1].name}" if i + 1 < len(candidates)
-                         else "no older checkpoint")
+                after = (
+                    f"falling back to {candidates[i + 1].name}" if i + 1 < len(candidates) else "no older checkpoint"
+                )
                 log.warning("checkpoint refused: %s; %s", e, after)
                 continue
             if i and _rank() == 0:
-                log.warning("resumed from %s, an older checkpoint: the newer one(s) %s were refused", path.name,
-                            [p.name for p in candidates[:i]])
+                log.warning(
+                    "resumed from %s, an older checkpoint: the newer one(s) %s were refused",
+                    path.name,
+                    [p.name for p in candidates[:i]],
+                )
             return path, progress
         if candidates:
             raise CheckpointError(

@@ -29,8 +29,13 @@ def config_parser(description: str, checkpoint: bool = False) -> argparse.Argume
     ``checkpoint``, also ``--checkpoint`` (a checkpoint folder; default: the run's best)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", default="din_em3", help="bundled config name or TOML path")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set model.backbone=dcn (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set model.backbone=dcn (repeatable)",
+    )
     parser.add_argument("--debug", action="store_true", help="show the traceback of a user error")
     if checkpoint:
         parser.add_argument("--checkpoint", default="", help="checkpoint folder (default: the run's best)")

@@ -124,11 +124,15 @@ class ModelConfig:
     dedup: bool = True  # encode each distinct item once per step (off: every position, the oracle)
     cache_refresh_steps: int = 50  # `cached` mode: recompute a bank entry older than this
     dense_layers: list[int] = field(default_factory=lambda: [128, 64])  # DCN-v2 deep tower (parallel to the cross net)
-    over_layers: list[int] = field(default_factory=lambda: [256, 128])  # every backbone's final MLP (then a Linear to 1)
+    over_layers: list[int] = field(
+        default_factory=lambda: [256, 128]
+    )  # every backbone's final MLP (then a Linear to 1)
     cross_layers: int = 3  # DCN-v2
     cross_low_rank: int = 32  # DCN-v2 low-rank cross projection
     attention_hidden: list[int] = field(default_factory=lambda: [64, 32])  # DIN attention MLP
-    attention_softmax: bool = False  # DIN: False = raw attention weights (the DIN paper), True = softmax over the history
+    attention_softmax: bool = (
+        False  # DIN: False = raw attention weights (the DIN paper), True = softmax over the history
+    )
     dropout: float = 0.1  # on the over-arch input
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -330,7 +334,8 @@ def validate_config(config: Config) -> None:
     for key, value in (
         ("model.qformer.token_dropout", model.qformer.token_dropout),
         ("model.qformer.attention_dropout", model.qformer.attention_dropout),
-        ("model.qformer.ffn_dropout", model.qformer.ffn_dropout), ("model.dropout", model.dropout),
+        ("model.qformer.ffn_dropout", model.qformer.ffn_dropout),
+        ("model.dropout", model.dropout),
     ):
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{key} = {value}; expected a probability in [0, 1)")
@@ -340,10 +345,15 @@ def validate_config(config: Config) -> None:
         )
     train = config.train
     for key, value, low in (
-        ("train.epochs", train.epochs, 1), ("train.patience", train.patience, 0), ("train.log_every", train.log_every, 1),
-        ("train.checkpoint_every", train.checkpoint_every, 0), ("train.keep_checkpoints", train.keep_checkpoints, 1),
-        ("train.max_steps_per_epoch", train.max_steps_per_epoch, 0), ("train.nan_skip_limit", train.nan_skip_limit, 0),
-        ("train.collective_timeout_s", train.collective_timeout_s, 1), ("data.scan_rows", config.data.scan_rows, 0),
+        ("train.epochs", train.epochs, 1),
+        ("train.patience", train.patience, 0),
+        ("train.log_every", train.log_every, 1),
+        ("train.checkpoint_every", train.checkpoint_every, 0),
+        ("train.keep_checkpoints", train.keep_checkpoints, 1),
+        ("train.max_steps_per_epoch", train.max_steps_per_epoch, 0),
+        ("train.nan_skip_limit", train.nan_skip_limit, 0),
+        ("train.collective_timeout_s", train.collective_timeout_s, 1),
+        ("data.scan_rows", config.data.scan_rows, 0),
     ):
         if value < low:
             raise ConfigError(f"{key} = {value}; expected >= {low}")

@@ -96,13 +96,16 @@ def _restart_safe_store(world_size: int, timeout: datetime.timedelta) -> dist.St
     restarts_allowed = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
     if int(os.environ.get("GROUP_WORLD_SIZE", "1")) > 1:
         if restarts_allowed and int(os.environ.get("RANK", "0")) == 0:
-            log.warning("torchrun --max-restarts over several nodes with the shared rendezvous store: a restarted "
-                        "group may read the failed attempt's addresses; set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
-                        "for torchrun (the em3rec torchx component does)")
+            log.warning(
+                "torchrun --max-restarts over several nodes with the shared rendezvous store: a restarted "
+                "group may read the failed attempt's addresses; set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
+                "for torchrun (the em3rec torchx component does)"
+            )
         return None
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
-                          is_master=False, timeout=timeout)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False, timeout=timeout
+    )
     return dist.PrefixStore(f"em3rec/attempt_{attempt}", store)
 
 
@@ -117,8 +120,7 @@ def allowed_sharding_types(config: ShardingConfig, device: torch.device) -> list
     unsupported = [t for t in config.types if t not in supported]
     if unsupported:
         raise ConfigError(
-            f"sharding.types {unsupported} cannot run on {device.type}; "
-            f"{device.type} supports {list(supported)}"
+            f"sharding.types {unsupported} cannot run on {device.type}; {device.type} supports {list(supported)}"
         )
     return list(config.types)
 
@@ -134,9 +136,7 @@ def embedding_tables(model: nn.Module) -> list[str]:
     return names
 
 
-def plan_sharding(
-    model: nn.Module, env: DistEnv, config: ShardingConfig, batch_size: int
-) -> ShardingPlan:
+def plan_sharding(model: nn.Module, env: DistEnv, config: ShardingConfig, batch_size: int) -> ShardingPlan:
     """An ``EmbeddingShardingPlanner`` plan restricted to the sharding types the device allows."""
     types = allowed_sharding_types(config, env.device)
     constraints = {name: ParameterConstraints(sharding_types=types) for name in embedding_tables(model)}
@@ -145,9 +145,7 @@ def plan_sharding(
         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size)),
         compute_device=env.device.type,
     )
-    planner = EmbeddingShardingPlanner(
-        topology=topology, batch_size=batch_size, constraints=constraints, debug=False
-    )
+    planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size, constraints=constraints, debug=False)
     return planner.collective_plan(model, get_default_sharders(), dist.GroupMember.WORLD)
 
 
@@ -183,9 +181,7 @@ def shard_model(
     apply_embedding_optimizer(model, optim)
     if plan is None:
         plan = plan_sharding(model, env, sharding, batch_size)
-    return DistributedModelParallel(
-        module=model, device=env.device, plan=plan, sharders=get_default_sharders()
-    )
+    return DistributedModelParallel(module=model, device=env.device, plan=plan, sharders=get_default_sharders())
 
 
 def build_optimizer(model: DistributedModelParallel, config: OptimConfig) -> CombinedOptimizer:
@@ -194,14 +190,19 @@ def build_optimizer(model: DistributedModelParallel, config: OptimConfig) -> Com
     dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
     content = {name: p for name, p in dense_params.items() if ".content_tower." in f".{name}"}
     rest = {name: p for name, p in dense_params.items() if name not in content}
-    optimizers = [model.fused_optimizer, KeyedOptimizerWrapper(
-        rest, lambda params: torch.optim.AdamW(params, lr=config.dense_lr, weight_decay=config.weight_decay)
-    )]
+    optimizers = [
+        model.fused_optimizer,
+        KeyedOptimizerWrapper(
+            rest, lambda params: torch.optim.AdamW(params, lr=config.dense_lr, weight_decay=config.weight_decay)
+        ),
+    ]
     if content:  # the content tower's own AdamW settings (optim.content_lr / content_weight_decay)
         lr = config.content_lr or config.dense_lr
-        optimizers.append(KeyedOptimizerWrapper(
-            content, lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=config.content_weight_decay)
-        ))
+        optimizers.append(
+            KeyedOptimizerWrapper(
+                content, lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=config.content_weight_decay)
+            )
+        )
     return CombinedOptimizer(optimizers)
 
 

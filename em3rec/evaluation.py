@@ -36,7 +36,9 @@ def predict(model: nn.Module, batches: Iterable[Batch], device: torch.device) ->
     for batch in batches:
         _, (_, logits, _, _) = model(batch.to(device))
         real = batch.weights > 0
-        parts.append(Predictions(logits.float().cpu()[real], batch.labels[real], batch.user_ids[real], batch.item_ids[real]))
+        parts.append(
+            Predictions(logits.float().cpu()[real], batch.labels[real], batch.user_ids[real], batch.item_ids[real])
+        )
     model.train(was_training)
     if not parts:
         empty = torch.empty(0)

@@ -27,8 +27,9 @@ from em3rec.modules.model import EM3Model
 
 
 @torch.no_grad()
-def item_embeddings(model: EM3Model, store: ItemStore, pooled: bool, device: torch.device,
-                    chunk: int = 1024) -> np.ndarray:
+def item_embeddings(
+    model: EM3Model, store: ItemStore, pooled: bool, device: torch.device, chunk: int = 1024
+) -> np.ndarray:
     """``(num_items, D)`` float32 content embeddings of every item row (row 0: the padding item)."""
     model.eval()
     rows = []

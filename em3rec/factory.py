@@ -43,18 +43,21 @@ def open_item_store(config: Config, meta: DatasetMeta) -> ItemStore | None:
     return ItemStore(config.data.path, config.data.modalities, meta)
 
 
-def open_loader(
-    config: Config, split: str, env: DistEnv, item_store: ItemStore | None
-) -> ImpressionLoader:
+def open_loader(config: Config, split: str, env: DistEnv, item_store: ItemStore | None) -> ImpressionLoader:
     """Open (and validate) this rank's loader for ``split``; ID-only models read no content tensors.
     Training reads at most ``train.max_steps_per_epoch`` batches per epoch."""
     data = config.data
     if config.model.content == "none":
         data = dataclasses.replace(data, modalities=[])
     return ImpressionLoader.from_config(
-        data, split, rank=env.rank, world_size=env.world_size, seed=config.train.seed,
+        data,
+        split,
+        rank=env.rank,
+        world_size=env.world_size,
+        seed=config.train.seed,
         max_batches=(config.train.max_steps_per_epoch or None) if split == "train" else None,
-        item_store=item_store, scan_rows=data.scan_rows,
+        item_store=item_store,
+        scan_rows=data.scan_rows,
         catalogue_samples=catalogue_samples(config.model, split),
     )
 
@@ -73,8 +76,9 @@ def build_sharded_model(config: Config, meta: DatasetMeta, env: DistEnv) -> Dist
     optimiser and sharded by ``DistributedModelParallel``. Seeds torch with ``train.seed`` first, so
     every rank starts from the same dense weights."""
     torch.manual_seed(config.train.seed)
-    model = EM3Train(build_model(config.model, meta, config.data, sparse_device=torch.device("meta"),
-                                 dense_device=env.device))
+    model = EM3Train(
+        build_model(config.model, meta, config.data, sparse_device=torch.device("meta"), dense_device=env.device)
+    )
     return shard_model(model, env, config.sharding, config.optim, config.data.batch_size)
 
 

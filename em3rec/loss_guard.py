@@ -40,8 +40,10 @@ class BatchIds:
         return BatchIds(batch.user_ids, batch.item_ids, batch.content_item_ids)
 
     def describe(self) -> str:
-        return (f"user_ids={self.user_ids.tolist()} item_ids={self.item_ids.tolist()} "
-                f"target+history item ids={self.content_item_ids.tolist()}")
+        return (
+            f"user_ids={self.user_ids.tolist()} item_ids={self.item_ids.tolist()} "
+            f"target+history item ids={self.content_item_ids.tolist()}"
+        )
 
 
 class TrackedBatches:
@@ -86,7 +88,11 @@ class NonFiniteLossGuard:
     """
 
     def __init__(
-        self, policy: NanPolicy, skip_limit: int = 0, rank: int = 0, world_size: int = 1,
+        self,
+        policy: NanPolicy,
+        skip_limit: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
         device: torch.device | None = None,
     ) -> None:
         self._policy = policy
@@ -123,8 +129,12 @@ class NonFiniteLossGuard:
         if self._policy == "skip":
             self._skipped_in_a_row += 1
             if self._rank in bad or self._rank == 0:
-                log.warning("non-finite loss at %s: batch skipped (train.nan_policy = 'skip'; %d skipped so far); %s",
-                            where, skipped_so_far + 1, batch)
+                log.warning(
+                    "non-finite loss at %s: batch skipped (train.nan_policy = 'skip'; %d skipped so far); %s",
+                    where,
+                    skipped_so_far + 1,
+                    batch,
+                )
             if self._skip_limit and self._skipped_in_a_row >= self._skip_limit:
                 raise NonFiniteLossError(
                     f"{self._skipped_in_a_row} batches in a row had a non-finite loss (train.nan_skip_limit = "

@@ -27,7 +27,9 @@ class Predictions:
 
     @staticmethod
     def cat(parts: list["Predictions"]) -> "Predictions":
-        return Predictions(*(torch.cat([getattr(p, f) for p in parts]) for f in ("logits", "labels", "user_ids", "item_ids")))
+        return Predictions(
+            *(torch.cat([getattr(p, f) for p in parts]) for f in ("logits", "labels", "user_ids", "item_ids"))
+        )
 
 
 def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -105,5 +107,7 @@ def gather_predictions(local: Predictions) -> Predictions:
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return local
     parts: list[Predictions | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, Predictions(*(t.cpu() for t in (local.logits, local.labels, local.user_ids, local.item_ids))))
+    dist.all_gather_object(
+        parts, Predictions(*(t.cpu() for t in (local.logits, local.labels, local.user_ids, local.item_ids)))
+    )
     return Predictions.cat([p for p in parts if p is not None])

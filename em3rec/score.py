@@ -27,13 +27,15 @@ def write_scores(path: Path, pred: Predictions) -> None:
     """Rows in loader order: every rank reads a contiguous shard in order, gathered by rank."""
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(
-        pa.table({
-            "user_idx": pred.user_ids.numpy(),
-            "item_idx": pred.item_ids.numpy(),
-            "label": pred.labels.float().numpy(),
-            "logit": pred.logits.float().numpy(),
-            "score": torch.sigmoid(pred.logits.float()).numpy(),
-        }),
+        pa.table(
+            {
+                "user_idx": pred.user_ids.numpy(),
+                "item_idx": pred.item_ids.numpy(),
+                "label": pred.labels.float().numpy(),
+                "logit": pred.logits.float().numpy(),
+                "score": torch.sigmoid(pred.logits.float()).numpy(),
+            }
+        ),
         path,
     )
 

@@ -41,11 +41,7 @@ def check_stack() -> dict[str, str]:
     finally:
         logging.getLogger().removeHandler(handler)
     messages = [str(w.message) for w in caught] + handler.messages
-    bad = [
-        m.strip()
-        for m in messages
-        if any(k in m for k in _MISMATCH_MARKERS) and not any(k in m for k in _BENIGN)
-    ]
+    bad = [m.strip() for m in messages if any(k in m for k in _MISMATCH_MARKERS) and not any(k in m for k in _BENIGN)]
     if bad:
         raise RuntimeError("torch/FBGEMM/TorchRec stack is inconsistent:\n" + "\n".join(bad))
     if not hasattr(torch.ops.fbgemm, "asynchronous_complete_cumsum"):

@@ -100,8 +100,9 @@ class Recipe:
         self.writer = MetricWriter(self.run_dir, enabled=env.is_main)
         self.pipeline = self._make_pipeline()
         self._pipeline_attached = True
-        self.guard = NonFiniteLossGuard(config.train.nan_policy, config.train.nan_skip_limit, env.rank,
-                                        env.world_size, env.device)
+        self.guard = NonFiniteLossGuard(
+            config.train.nan_policy, config.train.nan_skip_limit, env.rank, env.world_size, env.device
+        )
         if env.is_main:
             log.info(describe_plan(self.model.plan))
 
@@ -110,9 +111,11 @@ class Recipe:
             return None
         if self.config.train.nan_policy == "skip":
             if self.env.is_main:
-                log.info("train.nan_policy = 'skip': training without TrainPipelineSparseDist (it runs backward and "
-                         "the optimiser step inside progress(), before the loss can be checked); each loss is "
-                         "checked before backward")
+                log.info(
+                    "train.nan_policy = 'skip': training without TrainPipelineSparseDist (it runs backward and "
+                    "the optimiser step inside progress(), before the loss can be checked); each loss is "
+                    "checked before backward"
+                )
             return None
         return TrainPipelineSparseDist(self.model, self.optimizer, self.env.device, execute_all_batches=True)
 
@@ -139,8 +142,13 @@ class Recipe:
 
     def _resumed(self, path: Path, state: dict[str, Any]) -> None:
         self.progress = Progress.from_dict(state)
-        log.info("resumed from %s at epoch %d, batch %d, step %d", path, self.progress.epoch,
-                 self.progress.batches_done, self.progress.step)
+        log.info(
+            "resumed from %s at epoch %d, batch %d, step %d",
+            path,
+            self.progress.epoch,
+            self.progress.batches_done,
+            self.progress.step,
+        )
 
     # ---- training -------------------------------------------------------------------------
     def train(self) -> None:
@@ -163,10 +171,18 @@ class Recipe:
             self._save(best=improved)
             self.writer.scalars("valid", valid, self.progress.step)
             if self.env.is_main:
-                skipped = f"  ({self.progress.skipped_batches} batches skipped so far: non-finite loss)" \
-                    if self.progress.skipped_batches else ""
-                log.info("epoch %d valid %s%s%s", epoch, format_metrics(valid), "  (best so far)" if improved else "",
-                         skipped)
+                skipped = (
+                    f"  ({self.progress.skipped_batches} batches skipped so far: non-finite loss)"
+                    if self.progress.skipped_batches
+                    else ""
+                )
+                log.info(
+                    "epoch %d valid %s%s%s",
+                    epoch,
+                    format_metrics(valid),
+                    "  (best so far)" if improved else "",
+                    skipped,
+                )
 
     def _patience_exhausted(self) -> bool:
         """Early stopping: ``train.patience`` epochs in a row without a better valid AUC (checked
@@ -176,8 +192,13 @@ class Recipe:
         if patience == 0 or self.progress.best_epoch < 0 or waited < patience:
             return False
         if self.env.is_main:
-            log.info("early stop after epoch %d: no better valid auc for %d epochs (best epoch %d, auc %.4f)",
-                     self.progress.epoch - 1, waited, self.progress.best_epoch, self.progress.best_valid_auc)
+            log.info(
+                "early stop after epoch %d: no better valid auc for %d epochs (best epoch %d, auc %.4f)",
+                self.progress.epoch - 1,
+                waited,
+                self.progress.best_epoch,
+                self.progress.best_valid_auc,
+            )
         return True
 
     def _eval_model(self) -> torch.nn.Module:
@@ -201,8 +222,15 @@ class Recipe:
                 self.pipeline.attach(self.model)
                 self._pipeline_attached = True
             self.pipeline.reset()
-        bar = tqdm(total=total, initial=self.progress.batches_done, desc=f"epoch {epoch}",
-                   disable=not self.env.is_main, dynamic_ncols=True, mininterval=2.0, file=sys.stderr)
+        bar = tqdm(
+            total=total,
+            initial=self.progress.batches_done,
+            desc=f"epoch {epoch}",
+            disable=not self.env.is_main,
+            dynamic_ncols=True,
+            mininterval=2.0,
+            file=sys.stderr,
+        )
         window: dict[str, float] = {"loss": 0.0, "bce": 0.0, "cic": 0.0, "n": 0}
         window_start = time.perf_counter()
         while True:
@@ -251,8 +279,9 @@ class Recipe:
 
     def _check_loss(self, value: float, ids: BatchIds) -> bool:
         """The guard's verdict on this step's loss; a skipped batch is counted in the progress."""
-        position = (f"step {self.progress.step + 1} (epoch {self.progress.epoch}, "
-                    f"batch {self.progress.batches_done + 1})")
+        position = (
+            f"step {self.progress.step + 1} (epoch {self.progress.epoch}, batch {self.progress.batches_done + 1})"
+        )
         finite = self.guard.check(value, ids, position, self.progress.skipped_batches)
         if not finite:
             self.progress.skipped_batches += 1
@@ -311,14 +340,18 @@ def write_results(recipe: Recipe, test: dict[str, Any], seconds: float) -> Path:
     }
     path = recipe.run_dir / "metrics.json"
     path.write_text(json.dumps(result, indent=2))
-    lines = [f"run {recipe.config.train.run_name}: {recipe.config.model.backbone} content={recipe.config.model.content} "
-             f"history={recipe.config.model.seq_content_mode}, {recipe.env.world_size} rank(s), {seconds:.0f}s"]
+    lines = [
+        f"run {recipe.config.train.run_name}: {recipe.config.model.backbone} content={recipe.config.model.content} "
+        f"history={recipe.config.model.seq_content_mode}, {recipe.env.world_size} rank(s), {seconds:.0f}s"
+    ]
     for v in recipe.progress.valid:
         lines.append(f"  epoch {v['epoch']}: valid {format_metrics(v)}")
     lines.append(f"  best epoch {recipe.progress.best_epoch} (valid auc {recipe.progress.best_valid_auc:.4f})")
     if recipe.progress.skipped_batches or recipe.config.train.nan_policy == "skip":
-        lines.append(f"  skipped batches (non-finite loss, train.nan_policy = "
-                     f"{recipe.config.train.nan_policy!r}): {recipe.progress.skipped_batches}")
+        lines.append(
+            f"  skipped batches (non-finite loss, train.nan_policy = "
+            f"{recipe.config.train.nan_policy!r}): {recipe.progress.skipped_batches}"
+        )
     lines.append(f"  test {format_metrics(test)} rows={test['rows']} cold_rows={test.get('cold_rows', 0)}")
     (recipe.run_dir / "summary.txt").write_text("\n".join(lines) + "\n")
     return path

@@ -31,8 +31,11 @@ class TinyRanker(nn.Module):
             device=meta,
         )
         self.ec = EmbeddingCollection(
-            tables=[EmbeddingConfig(name="item", embedding_dim=DIM, num_embeddings=50,
-                                    feature_names=["item_id", "hist_item_ids"])],
+            tables=[
+                EmbeddingConfig(
+                    name="item", embedding_dim=DIM, num_embeddings=50, feature_names=["item_id", "hist_item_ids"]
+                )
+            ],
             device=meta,
         )
         self.mlp = nn.Sequential(nn.Linear(4 * DIM, 32), nn.ReLU(), nn.Linear(32, 1))
@@ -55,11 +58,13 @@ def _batch(rank: int, batch_size: int = 32) -> tuple[KeyedJaggedTensor, KeyedJag
     hist_len = torch.randint(0, 6, (batch_size,), generator=g)
     hist = torch.randint(1, 50, (int(hist_len.sum()),), generator=g)
     pooled = KeyedJaggedTensor.from_lengths_sync(
-        keys=["user_id", "genres"], values=torch.cat([users, genres]),
+        keys=["user_id", "genres"],
+        values=torch.cat([users, genres]),
         lengths=torch.cat([torch.ones(batch_size, dtype=torch.long), genre_len]),
     )
     sequence = KeyedJaggedTensor.from_lengths_sync(
-        keys=["item_id", "hist_item_ids"], values=torch.cat([items, hist]),
+        keys=["item_id", "hist_item_ids"],
+        values=torch.cat([items, hist]),
         lengths=torch.cat([torch.ones(batch_size, dtype=torch.long), hist_len]),
     )
     labels = ((users + items) % 2).float()
@@ -70,8 +75,11 @@ def _train(rank: int, world_size: int, sharding_type: str) -> dict:
     torch.manual_seed(0)
     env = DistEnv(rank, world_size, rank, torch.device("cpu"), "gloo")
     model = shard_model(
-        TinyRanker(), env, ShardingConfig(types=[sharding_type]),
-        OptimConfig(embedding_optimizer="adagrad", embedding_lr=0.1, dense_lr=1e-2), batch_size=32,
+        TinyRanker(),
+        env,
+        ShardingConfig(types=[sharding_type]),
+        OptimConfig(embedding_optimizer="adagrad", embedding_lr=0.1, dense_lr=1e-2),
+        batch_size=32,
     )
     optimizer = build_optimizer(model, OptimConfig(dense_lr=1e-2))
     pooled, sequence, labels = _batch(rank)
@@ -83,11 +91,7 @@ def _train(rank: int, world_size: int, sharding_type: str) -> dict:
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    types = {
-        table: p.sharding_type
-        for module_plan in model.plan.plan.values()
-        for table, p in module_plan.items()
-    }
+    types = {table: p.sharding_type for module_plan in model.plan.plan.values() for table, p in module_plan.items()}
     ddp = type(model._dmp_wrapped_module).__name__
     return {"losses": losses, "types": types, "dense_wrapper": ddp}
 

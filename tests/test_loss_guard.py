@@ -22,9 +22,12 @@ def test_finite_losses_pass() -> None:
 @pytest.mark.parametrize("value", [NAN, INF, -INF])
 def test_stop_names_the_step_and_the_batch(value: float) -> None:
     guard = NonFiniteLossGuard("stop")
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 5 \(epoch 1, batch 2\) on rank\(s\) \[0\]: "
-                                                 r"loss .* on rank 0, batch user_ids=\[3, 4\] item_ids=\[7, 8\] "
-                                                 r"target\+history item ids=\[7, 8, 9\]"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"non-finite loss at step 5 \(epoch 1, batch 2\) on rank\(s\) \[0\]: "
+        r"loss .* on rank 0, batch user_ids=\[3, 4\] item_ids=\[7, 8\] "
+        r"target\+history item ids=\[7, 8, 9\]",
+    ):
         guard.check(value, IDS, "step 5 (epoch 1, batch 2)")
 
 
@@ -42,5 +45,7 @@ def test_skip_limit_counts_batches_in_a_row() -> None:
     assert not guard.check(NAN, IDS, "s") and not guard.check(NAN, IDS, "s")
     assert guard.check(0.7, IDS, "s")  # a finite loss resets the run of skips
     assert not guard.check(NAN, IDS, "s") and not guard.check(INF, IDS, "s")
-    with pytest.raises(NonFiniteLossError, match=r"3 batches in a row had a non-finite loss \(train.nan_skip_limit = 3\)"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"3 batches in a row had a non-finite loss \(train.nan_skip_limit = 3\)"
+    ):
         guard.check(NAN, IDS, "s")

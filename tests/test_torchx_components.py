@@ -37,7 +37,10 @@ def test_train_component_builds_a_torchrun_appdef() -> None:
 def test_evaluate_and_bench_components() -> None:
     c = _components()
     ev = c.evaluate(config="dcn_em3", checkpoint="runs/x/checkpoints/step_00000010", split="valid")
-    assert "-m em3rec.evaluate --config dcn_em3 --split valid --checkpoint runs/x/checkpoints/step_00000010" in ev.roles[0].args[1]
+    assert (
+        "-m em3rec.evaluate --config dcn_em3 --split valid --checkpoint runs/x/checkpoints/step_00000010"
+        in ev.roles[0].args[1]
+    )
     bench = c.bench("--steps", "5", j="1x2")
     assert "-m benchmarks.throughput --steps 5" in bench.roles[0].args[1]
     assert "--nproc_per_node 2" in bench.roles[0].args[1]
@@ -53,11 +56,26 @@ def test_cli_dryrun_local_slurm_and_kubernetes() -> None:
         ("local_cwd", [], [], "torchrun"),
         ("slurm", [], [], "#SBATCH"),
         # The image holds the repo and its .venv: no workspace to build (torchx would call docker).
-        ("kubernetes", ["--workspace", "", "-cfg", "queue=default"], ["--image", "example/em3rec:1"],
-         "'image': 'example/em3rec:1'"),
+        (
+            "kubernetes",
+            ["--workspace", "", "-cfg", "queue=default"],
+            ["--image", "example/em3rec:1"],
+            "'image': 'example/em3rec:1'",
+        ),
     ):
-        cmd = [*torchx, "-s", scheduler, *run_options, "torchx/em3rec.py:train", "-j", "1x2", *component_options,
-               "--config", "din_em3", "train.epochs=1"]
+        cmd = [
+            *torchx,
+            "-s",
+            scheduler,
+            *run_options,
+            "torchx/em3rec.py:train",
+            "-j",
+            "1x2",
+            *component_options,
+            "--config",
+            "din_em3",
+            "train.epochs=1",
+        ]
         out = subprocess.run(cmd, cwd=ROOT, env=_torchx_env(), capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert expect in out.stdout

@@ -14,7 +14,6 @@ workspace image through docker).
 This folder has no ``__init__.py`` on purpose: it would shadow the installed ``torchx`` package.
 """
 
-
 from typing import Dict, List, Optional, Tuple
 
 import torchx
@@ -43,8 +42,18 @@ def _ddp(
         # (pytorch/pytorch#135712).
         env = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", **(env or {})}
     app = dist.ddp(
-        *args, m=module, script=script, name=name, j=j, cpu=cpu, gpu=gpu, memMB=memMB, h=h,
-        image=image, env=env, max_retries=max_retries,
+        *args,
+        m=module,
+        script=script,
+        name=name,
+        j=j,
+        cpu=cpu,
+        gpu=gpu,
+        memMB=memMB,
+        h=h,
+        image=image,
+        env=env,
+        max_retries=max_retries,
     )
     if max_restarts:
         # torchrun restarts the whole worker group (all ranks) from the last checkpoint.
@@ -91,8 +100,9 @@ def train(
         max_restarts: torchrun restarts of the worker group after a failure (resumes from checkpoint)
     """
     args = ["--config", config, *(["--resume"] if resume else []), *_overrides(overrides)]
-    return _ddp("em3rec.train", None, args, "em3rec/train", j, cpu, gpu, memMB, h, image, env,
-                max_retries, max_restarts)
+    return _ddp(
+        "em3rec.train", None, args, "em3rec/train", j, cpu, gpu, memMB, h, image, env, max_retries, max_restarts
+    )
 
 
 def evaluate(
@@ -123,8 +133,14 @@ def evaluate(
         image: the image (container) to run in
         env: environment variables
     """
-    args = ["--config", config, "--split", split, *(["--checkpoint", checkpoint] if checkpoint else []),
-            *_overrides(overrides)]
+    args = [
+        "--config",
+        config,
+        "--split",
+        split,
+        *(["--checkpoint", checkpoint] if checkpoint else []),
+        *_overrides(overrides),
+    ]
     return _ddp("em3rec.evaluate", None, args, "em3rec/evaluate", j, cpu, gpu, memMB, h, image, env, 0, 0)
 
 
@@ -150,5 +166,6 @@ def bench(
         image: the image (container) to run in
         env: environment variables
     """
-    return _ddp("benchmarks.throughput", None, list(bench_args), "em3rec/bench", j, cpu, gpu, memMB,
-                h, image, env, 0, 0)
+    return _ddp(
+        "benchmarks.throughput", None, list(bench_args), "em3rec/bench", j, cpu, gpu, memMB, h, image, env, 0, 0
+    )

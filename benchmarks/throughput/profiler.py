@@ -58,12 +58,16 @@ def profile_variants(args: argparse.Namespace, argv: list[str] | None = None) ->
                 if module is None:
                     continue
                 ranges: list = []
-                hooks.append(module.register_forward_pre_hook(
-                    lambda m, a, part=part, ranges=ranges: ranges.append(record_function(f"## forward {part}").__enter__())
-                ))
-                hooks.append(module.register_forward_hook(
-                    lambda m, a, o, ranges=ranges: ranges.pop().__exit__(None, None, None)
-                ))
+                hooks.append(
+                    module.register_forward_pre_hook(
+                        lambda m, a, part=part, ranges=ranges: ranges.append(
+                            record_function(f"## forward {part}").__enter__()
+                        )
+                    )
+                )
+                hooks.append(
+                    module.register_forward_hook(lambda m, a, o, ranges=ranges: ranges.pop().__exit__(None, None, None))
+                )
         with profile(activities=activities, record_shapes=True) as prof:
             for b in batches[args.warmup :]:
                 with record_function("## step"):
@@ -74,7 +78,12 @@ def profile_variants(args: argparse.Namespace, argv: list[str] | None = None) ->
         events = prof.key_averages()
         step_ms = sum(e.cpu_time_total for e in events if e.key == "## step") / 1e3 / args.steps
         parts = sorted((e for e in events if e.key.startswith("## forward")), key=lambda e: -e.cpu_time_total)
-        lines += [f"## {name}", "", f"Step: {step_ms:,.0f} ms CPU per step (profiled). Forward of each component, ms per step:", ""]
+        lines += [
+            f"## {name}",
+            "",
+            f"Step: {step_ms:,.0f} ms CPU per step (profiled). Forward of each component, ms per step:",
+            "",
+        ]
         lines += ["| component (forward only) | ms/step | share of step |", "|---|---:|---:|"]
         for e in parts:
             ms = e.cpu_time_total / 1e3 / args.steps
@@ -82,9 +91,14 @@ def profile_variants(args: argparse.Namespace, argv: list[str] | None = None) ->
         lines += ["", "Top operators by self CPU time (forward and backward):", "", "```"]
         lines.append(events.table(sort_by="self_cpu_time_total", row_limit=args.profile_rows, max_name_column_width=60))
         lines += ["```", "", "Top operators by self CPU time, by input shape:", "", "```"]
-        lines.append(prof.key_averages(group_by_input_shape=True).table(
-            sort_by="self_cpu_time_total", row_limit=args.profile_rows, max_name_column_width=40, max_shapes_column_width=70
-        ))
+        lines.append(
+            prof.key_averages(group_by_input_shape=True).table(
+                sort_by="self_cpu_time_total",
+                row_limit=args.profile_rows,
+                max_name_column_width=40,
+                max_shapes_column_width=70,
+            )
+        )
         lines += ["```", ""]
         del runner, batches
     dist.destroy_process_group()

@@ -151,7 +151,9 @@ def _world_tables(args: argparse.Namespace, world: dict[str, Any]) -> list[str]:
         "",
         "### Step time per rank: wall and CPU ms (median), and step-time ratio to `frozen` (> 1 = slower)",
         "",
-        "| variant | " + " | ".join(f"L={L} wall ms | L={L} CPU ms | L={L} wall x frozen | L={L} CPU x frozen" for L in histories) + " |",
+        "| variant | "
+        + " | ".join(f"L={L} wall ms | L={L} CPU ms | L={L} wall x frozen | L={L} CPU x frozen" for L in histories)
+        + " |",
         "|---|" + "---:|---:|---:|---:|" * len(histories),
     ]
     for n in model_names:
@@ -161,7 +163,12 @@ def _world_tables(args: argparse.Namespace, world: dict[str, Any]) -> list[str]:
             if s is None:
                 cells += ["not run", "", "", ""]
                 continue
-            cells += [_fmt(1e3 * s.seconds), _fmt(1e3 * s.cpu_seconds), ratio(n, L, "seconds"), ratio(n, L, "cpu_seconds")]
+            cells += [
+                _fmt(1e3 * s.seconds),
+                _fmt(1e3 * s.cpu_seconds),
+                ratio(n, L, "seconds"),
+                ratio(n, L, "cpu_seconds"),
+            ]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     mem_kind = "CUDA allocator peak" if world["device"].startswith("cuda") else "peak RSS (VmHWM)"
     lines += [
@@ -197,12 +204,19 @@ def _world_tables(args: argparse.Namespace, world: dict[str, Any]) -> list[str]:
             total, tower = b["flops"].get("total_flops", 0.0), b["flops"].get("tower_flops", 0.0)
             cells += [f"{total / 1e6:.2f}", f"{tower / 1e6:.2f}", f"{total * args.batch_size / s.seconds / 1e9:.1f}"]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    cached = [(n, L) for n in model_names for L in histories if by.get((n, L)) and by[(n, L)]["extra"].get("history_items")]
+    cached = [
+        (n, L) for n in model_names for L in histories if by.get((n, L)) and by[(n, L)]["extra"].get("history_items")
+    ]
     if cached:
-        lines += ["", "`cached` bank: share of the distinct history items recomputed per timed step: " + "; ".join(
-            f"{n} L={L}: {100 * by[(n, L)]['extra']['refreshed'] / by[(n, L)]['extra']['history_items']:.0f}%"
-            for n, L in cached
-        ) + f" (an entry is recomputed when older than {variant_config(args, None).model.cache_refresh_steps} steps)."]
+        lines += [
+            "",
+            "`cached` bank: share of the distinct history items recomputed per timed step: "
+            + "; ".join(
+                f"{n} L={L}: {100 * by[(n, L)]['extra']['refreshed'] / by[(n, L)]['extra']['history_items']:.0f}%"
+                for n, L in cached
+            )
+            + f" (an entry is recomputed when older than {variant_config(args, None).model.cache_refresh_steps} steps).",
+        ]
     towers = [n for n in names if n.startswith("tower:")]
     lines += [
         "",
@@ -247,7 +261,8 @@ def _world_tables(args: argparse.Namespace, world: dict[str, Any]) -> list[str]:
                 s, ref = summary.get((i, L)), summary.get((r, L))
                 cells += (
                     [f"{s.samples_per_s / ref.samples_per_s:.2f}", f"{ref.cpu_seconds / s.cpu_seconds:.2f}"]
-                    if s and ref else ["n/a", "n/a"]
+                    if s and ref
+                    else ["n/a", "n/a"]
                 )
             lines.append(f"| {L} | " + " | ".join(cells) + " |")
     lines += [""] + _targets(args, world, summary, by, peak, cpu_peak) + [""]
@@ -276,7 +291,9 @@ def _targets(
     if naive and fast:
         r = max(x.samples_per_s for x in fast) / naive.samples_per_s
         c = naive.cpu_seconds / min(x.cpu_seconds for x in fast)
-        rows.append(f"| 2. dedup + lora/cached >= 5x naive samples/s at L=200 | {r:.1f}x | {c:.1f}x | {verdict(r >= 5)} |")
+        rows.append(
+            f"| 2. dedup + lora/cached >= 5x naive samples/s at L=200 | {r:.1f}x | {c:.1f}x | {verdict(r >= 5)} |"
+        )
     c50, c1000 = get("em3-cached", 50), get("em3-cached", 1000)
     if c50 and c1000:
         r, c = c1000.seconds / c50.seconds, c1000.cpu_seconds / c50.cpu_seconds
@@ -336,7 +353,12 @@ def write_results(args: argparse.Namespace, worlds: list[dict[str, Any]], comman
     stem = out / f"throughput_{args.name}"
     text = markdown(args, worlds, command, meta)
     stem.with_suffix(".md").write_text(text)
-    payload = {"command": command, "args": {k: v for k, v in vars(args).items()}, "machine": machine(), "worlds": worlds}
+    payload = {
+        "command": command,
+        "args": {k: v for k, v in vars(args).items()},
+        "machine": machine(),
+        "worlds": worlds,
+    }
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str))
     if args.plot:
         from benchmarks.throughput_plot import plot_samples_per_s
@@ -349,7 +371,8 @@ def write_results(args: argparse.Namespace, worlds: list[dict[str, Any]], comman
                     series.setdefault(name, []).append((L, s.samples_per_s))
             png = out / f"throughput_{args.name}_ws{world['world_size']}.png"
             plot_samples_per_s(
-                {k: sorted(v) for k, v in series.items()}, png,
+                {k: sorted(v) for k, v in series.items()},
+                png,
                 title=f"{args.name}: samples/s vs history length, {world['world_size']} rank(s), batch {args.batch_size}/rank",
             )
     print(text)

@@ -61,10 +61,22 @@ from benchmarks.throughput.memory import MemoryProbe
 from benchmarks.throughput.profiler import profile_variants
 from benchmarks.throughput.report import write_results
 from benchmarks.throughput.runner import (
-    Runner, batch_stats, build_runner, build_tower_runner, load_batches, matmul_runner, quiet, sync,
+    Runner,
+    batch_stats,
+    build_runner,
+    build_tower_runner,
+    load_batches,
+    matmul_runner,
+    quiet,
+    sync,
 )
 from benchmarks.throughput.variants import (
-    BASELINE, DEFAULT_TOWER_VARIANTS, DEFAULT_VARIANTS, VARIANTS, Variant, variant_config,
+    BASELINE,
+    DEFAULT_TOWER_VARIANTS,
+    DEFAULT_VARIANTS,
+    VARIANTS,
+    Variant,
+    variant_config,
 )
 from em3rec import cli
 from em3rec.config import Device, choices
@@ -128,8 +140,11 @@ def run_world(args: argparse.Namespace, env: DistEnv) -> dict[str, Any] | None:
         key = (("tower:" if tower else "") + v.name, L if per_L else 0)
         if key not in runners:
             cfg = variant_config(args, v)
-            runners[key] = (build_tower_runner(v, cfg, meta, env.device) if tower
-                            else build_runner(v, cfg, meta, env, batches[(L, v.level)]))
+            runners[key] = (
+                build_tower_runner(v, cfg, meta, env.device)
+                if tower
+                else build_runner(v, cfg, meta, env, batches[(L, v.level)])
+            )
         return runners[key]
 
     blocks: list[tuple[str, int, Callable[[], Runner], str]] = []  # (name, L, runner factory, level)
@@ -172,7 +187,7 @@ def run_world(args: argparse.Namespace, env: DistEnv) -> dict[str, Any] | None:
     matmul_flops = {k: fn() for k, fn in matmuls.items()}
     for r in range(args.rounds):
         gc.collect()
-        order = blocks[r % len(blocks):] + blocks[: r % len(blocks)]  # rotate: no block always first
+        order = blocks[r % len(blocks) :] + blocks[: r % len(blocks)]  # rotate: no block always first
         for name, L, factory, level in order:
             runner = factory()
             result = results[(name, L)]
@@ -216,9 +231,7 @@ def run_world(args: argparse.Namespace, env: DistEnv) -> dict[str, Any] | None:
         "histories": histories,
         "batch_stats": {str(L): s for L, s in stats.items()},
         "memory_reset_ok": probe.reset_ok,
-        "blocks": [
-            {"name": name, "L": L, **asdict(res)} for (name, L), res in results.items()
-        ],
+        "blocks": [{"name": name, "L": L, **asdict(res)} for (name, L), res in results.items()],
         "matmul": {
             k: {
                 "flops": matmul_flops[k],
@@ -261,8 +274,7 @@ def _spawned_world(rank: int, world_size: int, args: argparse.Namespace) -> dict
 def run_spawned(args: argparse.Namespace, world_size: int) -> dict[str, Any]:
     """Run :func:`run_world` on ``world_size`` fresh processes (gloo, or nccl on CUDA); rank 0's result."""
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    return run_ranks(_spawned_world, args, world_size=world_size, backend="nccl" if cuda else "gloo",
-                     timeout_s=None)[0]
+    return run_ranks(_spawned_world, args, world_size=world_size, backend="nccl" if cuda else "gloo", timeout_s=None)[0]
 
 
 def run_in_process(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -279,24 +291,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", default="data/ml100k", help="prepared dataset folder")
     p.add_argument("--batch-size", type=int, default=512, help="rows per rank")
     p.add_argument("--history", default="10,50", help="comma-separated history lengths L (capped at the dataset's)")
-    p.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated, from: {', '.join(VARIANTS)}; or 'all'")
+    p.add_argument(
+        "--variants", default=DEFAULT_VARIANTS, help=f"comma-separated, from: {', '.join(VARIANTS)}; or 'all'"
+    )
     p.add_argument("--tower-variants", default=DEFAULT_TOWER_VARIANTS, help="content towers timed alone ('' = none)")
     p.add_argument("--ranks", default="1", help="comma-separated world sizes (ignored under torchrun)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=2, help="timed steps per block per round")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per block (>= 1: the first counts FLOPs)")
-    p.add_argument("--skip-naive-above", type=int, default=0, help="skip no-dedup variants for L above this (0 = never)")
+    p.add_argument(
+        "--skip-naive-above", type=int, default=0, help="skip no-dedup variants for L above this (0 = never)"
+    )
     p.add_argument("--no-flops", dest="count_flops", action="store_false", help="skip the FLOP counts")
     p.add_argument("--matmul", default="2048x2048x2048,32768x384x64", help="fp32 matmul shapes MxKxN for the peak")
     p.add_argument("--matmul-reps", type=int, default=3)
     p.add_argument("--device", default="auto", choices=choices(Device))
-    p.add_argument("--threads", type=int, default=0, help="torch threads per rank (0: torch's default, or "
-                   "cpus / world size with several ranks, as torchrun)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads per rank (0: torch's default, or cpus / world size with several ranks, as torchrun)",
+    )
     p.add_argument("--name", default="", help="results name (default: the dataset folder's name)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results folder")
     p.add_argument("--no-plot", dest="plot", action="store_false")
-    p.add_argument("--profile", action="store_true", help="profile --variants at the first --history instead "
-                   "(torch.profiler; writes throughput_profile_<name>.md)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile --variants at the first --history instead (torch.profiler; writes throughput_profile_<name>.md)",
+    )
     p.add_argument("--profile-rows", type=int, default=25)
     args = p.parse_args(argv)
     args.history = [int(x) for x in args.history.split(",") if x]
@@ -336,6 +359,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])
     )
     if under_launcher:
-        command = f"torchrun --nproc-per-node {worlds[0]['world_size']} {command[len('python '):]}"
+        command = f"torchrun --nproc-per-node {worlds[0]['world_size']} {command[len('python ') :]}"
     write_results(args, worlds, command)
     return worlds

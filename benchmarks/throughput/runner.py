@@ -65,7 +65,6 @@ class Runner:
     model: Any = None  # the EM3Model (TorchRec variants)
 
 
-
 def flops_per_sample(step: Callable[[Batch], None], key: str) -> Callable[[Batch], dict[str, float]]:
     """``{key: FLOPs of one step(batch) / B}``, counted by ``FlopCounterMode``."""
 
@@ -75,6 +74,7 @@ def flops_per_sample(step: Callable[[Batch], None], key: str) -> Callable[[Batch
         return {key: counter.get_total_flops() / batch.batch_size}
 
     return count
+
 
 def build_runner(
     variant: Variant, config: Config, meta: DatasetMeta, env: DistEnv, batches: list[Batch] | None = None
@@ -140,7 +140,9 @@ def build_runner(
 def build_tower_runner(variant: Variant, config: Config, meta: DatasetMeta, device: torch.device) -> Runner:
     """The content tower of ``variant`` alone: forward + backward of its outputs (no optimiser)."""
     torch.manual_seed(config.train.seed)
-    tower = build_model(config.model, meta, config.data, sparse_device=torch.device("meta"), dense_device=device).content_tower
+    tower = build_model(
+        config.model, meta, config.data, sparse_device=torch.device("meta"), dense_device=device
+    ).content_tower
     tower.train()
 
     def step(batch: Batch) -> None:

@@ -325,7 +325,13 @@ class ImpressionLoader(IterableDataset):
             if self.dropped_rows and rank == 0:
                 logger.info(
                     "%s/%s: %d ranks x %d batches x %d rows; %d of %d rows dropped per epoch (remainder)",
-                    self._path.name, split, world_size, full, batch_size, self.dropped_rows, rows,
+                    self._path.name,
+                    split,
+                    world_size,
+                    full,
+                    batch_size,
+                    self.dropped_rows,
+                    rows,
                 )
         else:
             full = math.ceil(math.ceil(rows / world_size) / batch_size)
@@ -399,16 +405,19 @@ class ImpressionLoader(IterableDataset):
             check = not self._info.scanned and group.start not in self._checked
             offset = 0
             with pq.ParquetFile(group.fragment.path, metadata=group.fragment.metadata) as file:
-                for record_batch in _decoded(file.iter_batches(
-                    batch_size=self._read_rows, row_groups=[group.index], columns=self._columns
-                ), group.where):
+                for record_batch in _decoded(
+                    file.iter_batches(batch_size=self._read_rows, row_groups=[group.index], columns=self._columns),
+                    group.where,
+                ):
                     n = record_batch.num_rows
                     start, stop = max(piece.start - offset, 0), min(piece.stop - offset, n)
                     offset += n
                     if start < stop:
                         record_batch = record_batch.slice(start, stop - start)
                         if check:
-                            check_record_batch(record_batch, self._features, group.where, not self._info.stats_cover_ids)
+                            check_record_batch(
+                                record_batch, self._features, group.where, not self._info.stats_cover_ids
+                            )
                         yield Rows.from_arrow(record_batch, self._list_columns, tail)
                     if offset >= piece.stop:
                         break
@@ -566,7 +575,9 @@ class ImpressionLoader(IterableDataset):
             history_content_index=torch.from_numpy(history_index),
             content_tokens=tokens,
             content_token_mask=token_mask,
-            catalogue_content_index=torch.from_numpy(inverse[len(inverse) - len(catalogue):].astype(np.int64, copy=True)),
+            catalogue_content_index=torch.from_numpy(
+                inverse[len(inverse) - len(catalogue) :].astype(np.int64, copy=True)
+            ),
         )
 
 

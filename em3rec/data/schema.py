@@ -110,7 +110,9 @@ class DatasetMeta:
     def load(folder: str | Path) -> "DatasetMeta":
         path = Path(folder) / "meta.json"
         if not path.is_file():
-            raise DatasetError(f"{path}: missing; prepare the dataset first (python -m data_prep.ml100k --out {folder})")
+            raise DatasetError(
+                f"{path}: missing; prepare the dataset first (python -m data_prep.ml100k --out {folder})"
+            )
         try:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as e:

@@ -274,7 +274,9 @@ def check_meta_counts(folder: str | Path, meta: DatasetMeta) -> None:
     if items.is_file():
         rows = pq.ParquetFile(items).metadata.num_rows
         if rows != meta.num_items:
-            raise DatasetError(f"{items}: {rows} rows but meta.json num_items = {meta.num_items} (row i = item index i)")
+            raise DatasetError(
+                f"{items}: {rows} rows but meta.json num_items = {meta.num_items} (row i = item index i)"
+            )
 
 
 def item_array_path(folder: str | Path, modality: str, kind: str) -> Path:

@@ -154,7 +154,9 @@ class DINBackbone(nn.Module):
     def forward(self, inputs: RankingInputs) -> torch.Tensor:
         """Returns ``(B,)`` logits."""
         interest = self.id_interest(inputs.history_ids, inputs.target_id, inputs.history_mask)  # (B, D)
-        vectors = torch.cat([inputs.pooled, inputs.target_id.unsqueeze(1), interest.unsqueeze(1), inputs.content], dim=1)
+        vectors = torch.cat(
+            [inputs.pooled, inputs.target_id.unsqueeze(1), interest.unsqueeze(1), inputs.content], dim=1
+        )
         return self.over_arch(self._dropout(vectors.flatten(1))).squeeze(-1)  # (B,)
 
 
@@ -165,12 +167,23 @@ def build_backbone(config: ModelConfig, num_pooled: int, num_content: int) -> nn
         return DLRMBackbone(num_pooled, num_content, D, config.over_layers, config.dropout)
     if config.backbone == "dcn":
         return DCNBackbone(
-            num_pooled, num_content, D, config.cross_layers, config.cross_low_rank,
-            config.dense_layers, config.over_layers, config.dropout,
+            num_pooled,
+            num_content,
+            D,
+            config.cross_layers,
+            config.cross_low_rank,
+            config.dense_layers,
+            config.over_layers,
+            config.dropout,
         )
     if config.backbone == "din":
         return DINBackbone(
-            num_pooled, num_content, D, config.attention_hidden, config.attention_softmax,
-            config.over_layers, config.dropout,
+            num_pooled,
+            num_content,
+            D,
+            config.attention_hidden,
+            config.attention_softmax,
+            config.over_layers,
+            config.dropout,
         )
     raise ValueError(f"backbone = {config.backbone!r}; expected one of {BACKBONES}")

@@ -100,7 +100,9 @@ class ContentIDContrastive(nn.Module):
             self.steps += 1
         return CICOutput(loss=weight * value, value=value)
 
-    def _in_batch(self, z_id: torch.Tensor, z_content: torch.Tensor, item_ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def _in_batch(
+        self, z_id: torch.Tensor, z_content: torch.Tensor, item_ids: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
         N = z_id.shape[0]
         logits = z_id @ z_content.T / self._temperature  # (N, N): row i = ID i vs content j
         eye = torch.eye(N, dtype=torch.bool, device=z_id.device)
@@ -112,7 +114,9 @@ class ContentIDContrastive(nn.Module):
         content_to_id = torch.logsumexp(logits, dim=0) - logits.diagonal()  # (N,): content i vs every ID
         return 0.5 * (id_to_content + content_to_id)
 
-    def _sampled(self, z_id: torch.Tensor, z_content: torch.Tensor, item_ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def _sampled(
+        self, z_id: torch.Tensor, z_content: torch.Tensor, item_ids: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
         N, K = z_id.shape[0], self._num_negatives
         positive = (z_id * z_content).sum(-1, keepdim=True) / self._temperature  # (N, 1)
         if N < 2:

@@ -29,7 +29,9 @@ class DistinctTargets:
         index, inverse = torch.unique(target_content_index, return_inverse=True)  # (V,), (B,)
         V, B = index.shape[0], inverse.shape[0]
         rows = torch.arange(B, device=inverse.device)
-        first_row = torch.full((V,), B, dtype=torch.long, device=inverse.device).scatter_reduce(0, inverse, rows, "amin")
+        first_row = torch.full((V,), B, dtype=torch.long, device=inverse.device).scatter_reduce(
+            0, inverse, rows, "amin"
+        )
         weight = weights.new_zeros(V).scatter_reduce(0, inverse, weights, "amax")
         return DistinctTargets(index=index, inverse=inverse, first_row=first_row, weight=weight)
 

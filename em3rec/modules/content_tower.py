@@ -96,7 +96,9 @@ class ContentTower(nn.Module):
         if self.history is not None:
             # Only the items at real history positions: (H,) distinct, (P,) one per real position.
             history_index, position_item = torch.unique(batch.history_content_index[mask], return_inverse=True)
-            items = HistoryItems(tokens, token_mask, batch.content_item_ids, history_index, targets.index, target_content)
+            items = HistoryItems(
+                tokens, token_mask, batch.content_item_ids, history_index, targets.index, target_content
+            )
             history_items = self.history(self.qformer, items)  # (H, D)
             if base is not None:
                 history_items = history_items + base[history_index]

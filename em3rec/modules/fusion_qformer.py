@@ -232,10 +232,12 @@ class FusionQFormer(nn.Module):
         self.queries = nn.Parameter(torch.randn(Q, d) * 0.02)  # (Q, d)
         self._token_dropout = nn.Dropout(config.token_dropout)
         layer = CrossAttentionLayer if self._cross else SelfAttentionLayer
-        self.layers = nn.ModuleList([
-            layer(d, config.num_heads, config.mlp_ratio, config.attention_dropout, config.ffn_dropout)
-            for _ in range(config.num_layers)
-        ])
+        self.layers = nn.ModuleList(
+            [
+                layer(d, config.num_heads, config.mlp_ratio, config.attention_dropout, config.ffn_dropout)
+                for _ in range(config.num_layers)
+            ]
+        )
         self.token_norm = nn.LayerNorm(d) if self._cross else nn.Identity()
         self.ln_final = nn.LayerNorm(d)
         self.head = nn.Linear(Q * d, out_dim or d)

@@ -101,9 +101,7 @@ def lora_target_names(module: nn.Module, names: list[str]) -> list[str]:
     ``token_proj.title``, ...; a name that matches nothing is skipped, but something must match.
     """
     wanted = set(names)
-    targets = [
-        fqn for fqn, m in module.named_modules() if isinstance(m, nn.Linear) and wanted & set(fqn.split("."))
-    ]
+    targets = [fqn for fqn, m in module.named_modules() if isinstance(m, nn.Linear) and wanted & set(fqn.split("."))]
     if not targets:
         raise ValueError(f"LoRA target_modules {names} match no nn.Linear in {type(module).__name__}")
     return targets

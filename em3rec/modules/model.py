@@ -113,7 +113,12 @@ class EM3Model(nn.Module):
             item_ids = batch.content_item_ids[targets.index]  # (V,)
             item_content = content.item_content  # (V, D)
             if self.cic is not None:
-                cic_ids, cic_content, cic_items, cic_weights = ids.target[targets.first_row], item_content, item_ids, targets.weight
+                cic_ids, cic_content, cic_items, cic_weights = (
+                    ids.target[targets.first_row],
+                    item_content,
+                    item_ids,
+                    targets.weight,
+                )
                 if ids.catalogue is not None:
                     # Catalogue items join CIC with their content (target branch) and ID rows; no label.
                     index = batch.catalogue_content_index  # (K,)
@@ -135,7 +140,9 @@ class EM3Model(nn.Module):
             content=torch.stack(content_vectors, dim=1) if content_vectors else ids.target.new_zeros(B, 0, D),
         )
         logits = self.backbone(inputs)  # (B,)
-        return EM3Output(logits=logits, cic_loss=cic_loss, cic_value=cic_value, item_ids=item_ids, item_content=item_content)
+        return EM3Output(
+            logits=logits, cic_loss=cic_loss, cic_value=cic_value, item_ids=item_ids, item_content=item_content
+        )
 
 
 class EM3Train(nn.Module):
@@ -181,7 +188,9 @@ def _check(model_config: ModelConfig) -> None:
     if model_config.content not in CONTENT_VARIANTS:
         raise ValueError(f"model.content = {model_config.content!r}; expected one of {CONTENT_VARIANTS}")
     if model_config.seq_content_mode not in SEQ_CONTENT_MODES:
-        raise ValueError(f"model.seq_content_mode = {model_config.seq_content_mode!r}; expected one of {SEQ_CONTENT_MODES}")
+        raise ValueError(
+            f"model.seq_content_mode = {model_config.seq_content_mode!r}; expected one of {SEQ_CONTENT_MODES}"
+        )
     if model_config.content == "em3" and model_config.seq_content_mode == "cached" and not model_config.dedup:
         raise ValueError("model.seq_content_mode = 'cached' needs model.dedup = true")
     if not model_config.over_layers:

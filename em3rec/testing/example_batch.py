@@ -34,13 +34,17 @@ def example_meta(
             with kind ``single`` or ``multi``; default one of each.
     """
     modalities = modalities if modalities is not None else {"title": (4, 24), "meta": (6, 20)}
-    side_features = side_features if side_features is not None else {"gender": ("single", 3, 1), "genres": ("multi", 8, 3)}
+    side_features = (
+        side_features if side_features is not None else {"gender": ("single", 3, 1), "genres": ("multi", 8, 3)}
+    )
     features = [
         FeatureSpec("user_id", "user_idx", "user", num_users + 1, "user_id"),
         FeatureSpec("item_id", "item_idx", "item", num_items + 1, "item"),
         FeatureSpec("hist_item_ids", "hist_item_idx", "history", num_items + 1, "item", max_history),
     ]
-    features += [FeatureSpec(n, f"{n}_idx", kind, vocab, n, length) for n, (kind, vocab, length) in side_features.items()]
+    features += [
+        FeatureSpec(n, f"{n}_idx", kind, vocab, n, length) for n, (kind, vocab, length) in side_features.items()
+    ]
     return DatasetMeta(
         name="synthetic",
         protocol="synthetic",

@@ -27,8 +27,9 @@ def _worker(
     rank: int, world_size: int, store_file: str, backend: str, fn: Callable[..., Any], args: tuple, queue: Any
 ) -> None:
     # What torchrun would set: em3rec reads these (the planner's topology, the CUDA device).
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE=str(world_size))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size)
+    )
     try:
         store = dist.FileStore(store_file, world_size)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
@@ -53,8 +54,10 @@ def run_ranks(
     queue = ctx.SimpleQueue()
     folder = Path(tempfile.mkdtemp(prefix="em3rec-ranks-"))
     store_file = str(folder / "store")
-    procs = [ctx.Process(target=_worker, args=(r, world_size, store_file, backend, fn, args, queue))
-             for r in range(world_size)]
+    procs = [
+        ctx.Process(target=_worker, args=(r, world_size, store_file, backend, fn, args, queue))
+        for r in range(world_size)
+    ]
     try:
         for p in procs:
             p.start()

@@ -10,11 +10,43 @@ from data_prep.synthetic import SyntheticConfig, generate
 
 def test_loader_benchmark_writes_a_table_with_its_command(tmp_path: Path) -> None:
     data = tmp_path / "syn"
-    generate(SyntheticConfig(out=data, rows=1200, items=50, users=20, history_mean=4.0, history_max=8,
-                             modalities=("title",), tokens=(3,), width=(8,), seed=1))
+    generate(
+        SyntheticConfig(
+            out=data,
+            rows=1200,
+            items=50,
+            users=20,
+            history_mean=4.0,
+            history_max=8,
+            modalities=("title",),
+            tokens=(3,),
+            width=(8,),
+            seed=1,
+        )
+    )
     out = tmp_path / "loader.md"
-    loader_main(["--data", str(data), "--batch-size", "32", "--max-history", "8", "--content", "none,tokens",
-                 "--ranks", "1", "--prefetch", "0", "--batches", "4", "--warmup", "1", "--out", str(out)])
+    loader_main(
+        [
+            "--data",
+            str(data),
+            "--batch-size",
+            "32",
+            "--max-history",
+            "8",
+            "--content",
+            "none,tokens",
+            "--ranks",
+            "1",
+            "--prefetch",
+            "0",
+            "--batches",
+            "4",
+            "--warmup",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     text = out.read_text()
     assert "benchmarks.loader_throughput" in text and "--content none,tokens" in text
     assert "commit" in text.lower() and "torch" in text

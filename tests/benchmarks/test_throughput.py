@@ -17,15 +17,31 @@ from em3rec.testing.example_batch import example_batch, example_meta
 from em3rec.modules.model import EM3Train, build_model
 
 TINY_MODEL = [
-    "--set", "model.embedding_dim=8", "--set", "model.qformer.dim=8", "--set", "model.qformer.num_heads=2",
-    "--set", "model.attention_hidden=[8]", "--set", "model.over_layers=[8]", "--set", "model.cic.dim=8",
+    "--set",
+    "model.embedding_dim=8",
+    "--set",
+    "model.qformer.dim=8",
+    "--set",
+    "model.qformer.num_heads=2",
+    "--set",
+    "model.attention_hidden=[8]",
+    "--set",
+    "model.over_layers=[8]",
+    "--set",
+    "model.cic.dim=8",
 ]
 
 
 def test_reference_din_matches_the_torchrec_id_model():
     meta = example_meta()
-    config = ModelConfig(backbone="din", content="none", seq_content_mode="none", embedding_dim=16,
-                         attention_hidden=[8], over_layers=[16, 8])
+    config = ModelConfig(
+        backbone="din",
+        content="none",
+        seq_content_mode="none",
+        embedding_dim=16,
+        attention_hidden=[8],
+        over_layers=[16, 8],
+    )
     torch.manual_seed(0)
     torchrec_model = EM3Train(build_model(config, meta, DataConfig())).eval()
     reference = ReferenceDIN(meta, config, sparse=True).eval()
@@ -43,19 +59,53 @@ def test_reference_din_matches_the_torchrec_id_model():
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench") / "tiny"
-    generate(SyntheticConfig(out=out, rows=1200, items=150, users=60, history_mean=8.0, history_max=20,
-                             modalities=("title", "meta"), tokens=(3, 5), width=(8, 4), chunk_rows=600,
-                             row_group_rows=300, seed=3))
+    generate(
+        SyntheticConfig(
+            out=out,
+            rows=1200,
+            items=150,
+            users=60,
+            history_mean=8.0,
+            history_max=20,
+            modalities=("title", "meta"),
+            tokens=(3, 5),
+            width=(8, 4),
+            chunk_rows=600,
+            row_group_rows=300,
+            seed=3,
+        )
+    )
     return out
 
 
 def test_harness_runs_every_kind_of_block(tiny_dataset: Path, tmp_path: Path):
-    worlds = throughput_main([
-        "--data", str(tiny_dataset), "--batch-size", "16", "--history", "5,20",
-        "--variants", "id,id-pipeline,frozen,em3-lora,em3-cached/pooled,em3-full-nodedup,ref-sparse",
-        "--tower-variants", "em3-lora", "--rounds", "1", "--steps", "1", "--warmup", "1",
-        "--matmul", "64x64x64", "--out", str(tmp_path), "--name", "tiny", *TINY_MODEL,
-    ])
+    worlds = throughput_main(
+        [
+            "--data",
+            str(tiny_dataset),
+            "--batch-size",
+            "16",
+            "--history",
+            "5,20",
+            "--variants",
+            "id,id-pipeline,frozen,em3-lora,em3-cached/pooled,em3-full-nodedup,ref-sparse",
+            "--tower-variants",
+            "em3-lora",
+            "--rounds",
+            "1",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--matmul",
+            "64x64x64",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "tiny",
+            *TINY_MODEL,
+        ]
+    )
     (world,) = worlds
     blocks = {(b["name"], b["L"]): b for b in world["blocks"]}
     assert len(blocks) == 8 * 2
@@ -70,10 +120,30 @@ def test_harness_runs_every_kind_of_block(tiny_dataset: Path, tmp_path: Path):
 
 
 def test_profile_mode_writes_a_table(tiny_dataset: Path, tmp_path: Path):
-    throughput_main([
-        "--profile", "--data", str(tiny_dataset), "--batch-size", "16", "--history", "20", "--variants", "em3-lora",
-        "--steps", "1", "--warmup", "1", "--out", str(tmp_path), "--name", "tiny", "--profile-rows", "5", *TINY_MODEL,
-    ])
+    throughput_main(
+        [
+            "--profile",
+            "--data",
+            str(tiny_dataset),
+            "--batch-size",
+            "16",
+            "--history",
+            "20",
+            "--variants",
+            "em3-lora",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "tiny",
+            "--profile-rows",
+            "5",
+            *TINY_MODEL,
+        ]
+    )
     text = (tmp_path / "throughput_profile_tiny.md").read_text()
     assert "## em3-lora" in text and "| content_tower |" in text and "Top operators" in text
     assert "--profile" in text  # the command line is recorded

@@ -20,8 +20,18 @@ ROWS = 3001  # odd on purpose: uneven rank shards and a partial last batch
 
 def make_dataset(out: Path, **overrides: object) -> Path:
     cfg = dict(
-        out=out, rows=ROWS, items=200, users=80, history_mean=8.0, history_max=30, modalities=("title", "meta"),
-        tokens=(3, 5), width=(8, 4), chunk_rows=700, row_group_rows=250, seed=7,
+        out=out,
+        rows=ROWS,
+        items=200,
+        users=80,
+        history_mean=8.0,
+        history_max=30,
+        modalities=("title", "meta"),
+        tokens=(3, 5),
+        width=(8, 4),
+        chunk_rows=700,
+        row_group_rows=250,
+        seed=7,
     )
     cfg.update(overrides)
     generate(SyntheticConfig(**cfg))

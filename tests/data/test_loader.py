@@ -33,9 +33,9 @@ def test_jagged_helpers_match_python() -> None:
     values = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists])
     rows = rng.integers(0, 50, 30)
     o, v = jagged_take(offsets, values, rows)
-    assert [list(v[o[i]:o[i + 1]]) for i in range(30)] == [lists[r] for r in rows]
+    assert [list(v[o[i] : o[i + 1]]) for i in range(30)] == [lists[r] for r in rows]
     o, v = jagged_tail(offsets, values, 3)
-    assert [list(v[o[i]:o[i + 1]]) for i in range(50)] == [x[-3:] for x in lists]
+    assert [list(v[o[i] : o[i + 1]]) for i in range(50)] == [x[-3:] for x in lists]
 
 
 def test_batches_match_reference_rows(tiny_dataset: Path) -> None:
@@ -92,7 +92,9 @@ def test_pooled_content(tiny_dataset: Path) -> None:
     assert batch.content_tokens["title"].shape == (len(ids), 1, 8)
     assert batch.content_token_mask["title"].shape == (len(ids), 1)
     np.testing.assert_array_equal(batch.content_tokens["title"][:, 0].numpy(), store.array("title", "pooled")[ids])
-    np.testing.assert_array_equal(batch.content_token_mask["title"][:, 0].numpy(), store.array("title", "mask")[ids].any(1))
+    np.testing.assert_array_equal(
+        batch.content_token_mask["title"][:, 0].numpy(), store.array("title", "mask")[ids].any(1)
+    )
 
 
 @pytest.mark.parametrize("batch_size, read_rows", [(64, 8192), (128, 37), (1000, 8192)])

@@ -50,9 +50,32 @@ def test_zipf_and_history_distributions() -> None:
 
 def test_cli_small_run_validates(tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    main(["--out", str(out), "--rows", "500", "--items", "50", "--users", "20", "--history-mean", "4",
-          "--history-max", "12", "--history-dist", "geometric", "--modalities", "text", "--tokens", "2",
-          "--width", "6", "--row-group-rows", "100"])
+    main(
+        [
+            "--out",
+            str(out),
+            "--rows",
+            "500",
+            "--items",
+            "50",
+            "--users",
+            "20",
+            "--history-mean",
+            "4",
+            "--history-max",
+            "12",
+            "--history-dist",
+            "geometric",
+            "--modalities",
+            "text",
+            "--tokens",
+            "2",
+            "--width",
+            "6",
+            "--row-group-rows",
+            "100",
+        ]
+    )
     meta = validate_dataset(out)
     assert meta.modalities[0].name == "text" and meta.extra["config"]["history_dist"] == "geometric"
     table = pq.read_table(out / "train")

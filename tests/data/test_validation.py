@@ -73,7 +73,9 @@ def test_ids_out_of_range_from_statistics(dataset_copy: Path, bad_id: int, colum
         return _set_column(t, column, _replace_first(values, bad_id))
 
     rewrite_split(dataset_copy, "test", corrupt)
-    with pytest.raises(DatasetError, match=rf"row group 0\): column '{column}' holds ids in \[.*\]; expected 0 <= id < vocab_size"):
+    with pytest.raises(
+        DatasetError, match=rf"row group 0\): column '{column}' holds ids in \[.*\]; expected 0 <= id < vocab_size"
+    ):
         _open(dataset_copy, "test")
 
 
@@ -106,25 +108,40 @@ def test_meta_rows_disagree_with_files(dataset_copy: Path) -> None:
 
 @pytest.mark.parametrize(
     "value, message",
-    [(float("nan"), "column 'label' has 1 NaN value"), (0.5, r"column 'label' holds 0.5; expected 0 or 1"),
-     (2.0, r"column 'label' holds values in \[-?0.0, 2.0\]; expected 0 or 1"),
-     (None, "column 'label' has 1 null value")],
+    [
+        (float("nan"), "column 'label' has 1 NaN value"),
+        (0.5, r"column 'label' holds 0.5; expected 0 or 1"),
+        (2.0, r"column 'label' holds values in \[-?0.0, 2.0\]; expected 0 or 1"),
+        (None, "column 'label' has 1 null value"),
+    ],
 )
 def test_bad_labels(dataset_copy: Path, value: float | None, message: str) -> None:
-    rewrite_split(dataset_copy, "valid", lambda t: _set_column(t, "label", _replace_first(t.column("label").combine_chunks(), value)))
+    rewrite_split(
+        dataset_copy,
+        "valid",
+        lambda t: _set_column(t, "label", _replace_first(t.column("label").combine_chunks(), value)),
+    )
     with pytest.raises(DatasetError, match=message):
         _open(dataset_copy, "valid")
 
 
 def test_bad_labels_lazy(dataset_copy: Path) -> None:
-    rewrite_split(dataset_copy, "valid", lambda t: _set_column(t, "label", _replace_first(t.column("label").combine_chunks(), float("nan"))))
+    rewrite_split(
+        dataset_copy,
+        "valid",
+        lambda t: _set_column(t, "label", _replace_first(t.column("label").combine_chunks(), float("nan"))),
+    )
     loader = _open(dataset_copy, "valid", scan_rows=0)
     with pytest.raises(DatasetError, match="NaN"):
         list(loader)
 
 
 def test_null_ids_and_too_long_lists(dataset_copy: Path) -> None:
-    rewrite_split(dataset_copy, "valid", lambda t: _set_column(t, "user_group_idx", _replace_first(t.column("user_group_idx").combine_chunks(), None)))
+    rewrite_split(
+        dataset_copy,
+        "valid",
+        lambda t: _set_column(t, "user_group_idx", _replace_first(t.column("user_group_idx").combine_chunks(), None)),
+    )
     with pytest.raises(DatasetError, match="column 'user_group_idx' has 1 null row"):
         _open(dataset_copy, "valid")
 
@@ -132,7 +149,10 @@ def test_null_ids_and_too_long_lists(dataset_copy: Path) -> None:
         return _set_column(t, "item_tags_idx", _replace_first(t.column("item_tags_idx").combine_chunks(), [1] * 5))
 
     rewrite_split(dataset_copy, "test", long_tags)
-    with pytest.raises(DatasetError, match="column 'item_tags_idx' has a list of 5 values; meta.json feature 'item_tags' has max_length 4"):
+    with pytest.raises(
+        DatasetError,
+        match="column 'item_tags_idx' has a list of 5 values; meta.json feature 'item_tags' has max_length 4",
+    ):
         _open(dataset_copy, "test")
 
 
@@ -175,7 +195,10 @@ def test_item_array_dtype_rows_and_missing_file(dataset_copy: Path) -> None:
 
 
 def test_unknown_modality(tiny_dataset: Path) -> None:
-    with pytest.raises(DatasetError, match=r"modality \['image'\] requested \(data.modalities\) but the dataset has \['meta', 'title'\]"):
+    with pytest.raises(
+        DatasetError,
+        match=r"modality \['image'\] requested \(data.modalities\) but the dataset has \['meta', 'title'\]",
+    ):
         _open(tiny_dataset, modalities=["image"])
 
 

@@ -15,10 +15,20 @@ from em3rec.data.schema import DatasetError, DatasetMeta
 from data_prep.amazon import prepare, read_amazon, read_records
 
 ITEMS = {
-    "B000CAT": {"title": "Cat bed", "description": "<b>Soft</b> bed for cats &amp; kittens", "brand": "Purry",
-                "categories": [["Pet Supplies", "Cats"], ["Pet Supplies", "Beds"]], "image_path": "images/cat.png"},
-    "B000URL": {"title": "Espresso cup", "description": ["Porcelain.", "Dishwasher safe."], "brand": "Cuppa",
-                "categories": [["Kitchen"]], "imUrl": "http://example.invalid/cup.jpg"},
+    "B000CAT": {
+        "title": "Cat bed",
+        "description": "<b>Soft</b> bed for cats &amp; kittens",
+        "brand": "Purry",
+        "categories": [["Pet Supplies", "Cats"], ["Pet Supplies", "Beds"]],
+        "image_path": "images/cat.png",
+    },
+    "B000URL": {
+        "title": "Espresso cup",
+        "description": ["Porcelain.", "Dishwasher safe."],
+        "brand": "Cuppa",
+        "categories": [["Kitchen"]],
+        "imUrl": "http://example.invalid/cup.jpg",
+    },
     "B000GONE": {"title": "Rocket toy", "category": ["Toys", "Space"], "image": ["images/missing.jpg"]},
     "B000NONE": {"title": "Plain box"},
 }
@@ -38,8 +48,15 @@ def dump(tmp_path, skimage_data):
     reviews, day = [], 1_400_000_000
     for u in range(5):
         for k, asin in enumerate(ITEMS):
-            reviews.append({"reviewerID": f"U{u}", "asin": asin, "overall": float(1 + (u + k) % 5),
-                            "unixReviewTime": day + 86_400 * (k + u), "reviewText": "..."})
+            reviews.append(
+                {
+                    "reviewerID": f"U{u}",
+                    "asin": asin,
+                    "overall": float(1 + (u + k) % 5),
+                    "unixReviewTime": day + 86_400 * (k + u),
+                    "reviewText": "...",
+                }
+            )
     with gzip.open(root / "reviews.json.gz", "wt") as f:
         f.write("\n".join(json.dumps(r) for r in reviews))
     return root
@@ -59,14 +76,24 @@ def test_read_amazon(dump):
 
 def test_prepare_with_image(dump, tmp_path, text_cache):
     out = tmp_path / "prepared"
-    meta = prepare(read_amazon(dump / "reviews.json.gz", dump / "meta.json"), out, max_title_tokens=8,
-                   max_description_tokens=16, text_cache_dir=text_cache, image_cache_dir=tmp_path / "img", progress=False)
+    meta = prepare(
+        read_amazon(dump / "reviews.json.gz", dump / "meta.json"),
+        out,
+        max_title_tokens=8,
+        max_description_tokens=16,
+        text_cache_dir=text_cache,
+        image_cache_dir=tmp_path / "img",
+        progress=False,
+    )
     assert DatasetMeta.load(out) == meta
     assert meta.protocol == "amazon-chrono-ctr-v1"
     assert {s: v.rows for s, v in meta.splits.items()} == {"train": 16, "valid": 2, "test": 2}
     assert [f.name for f in meta.features] == ["user_id", "item_id", "hist_item_ids", "brand", "categories"]
     assert [(m.name, m.tokens, m.width) for m in meta.modalities] == [
-        ("title", 8, 384), ("description", 16, 384), ("image", 49, 1280)]
+        ("title", 8, 384),
+        ("description", 16, 384),
+        ("image", 49, 1280),
+    ]
     assert meta.extra["items_with_image"] == 1 and meta.extra["items_remote_image_only"] == 1
 
     items = pq.read_table(out / "items/items.parquet").to_pylist()

@@ -59,12 +59,19 @@ def rows(impressions) -> dict[str, list[dict]]:
 def naive(sliced: BXTables) -> dict[tuple[int, str], tuple[str, int]]:
     """Reference: (user, isbn) -> (split, rating) by the rules as the README writes them."""
     books = set(sliced.books.column("item_id").to_pylist())
-    explicit = [(u, i, r) for u, i, r in zip(*(sliced.ratings.column(c).to_pylist() for c in ("user_id", "item_id", "rating")))
-                if 1 <= r <= 10 and i in books]
+    explicit = [
+        (u, i, r)
+        for u, i, r in zip(*(sliced.ratings.column(c).to_pylist() for c in ("user_id", "item_id", "rating")))
+        if 1 <= r <= 10 and i in books
+    ]
     per_user = defaultdict(int)
     for u, _, _ in explicit:
         per_user[u] += 1
-    return {(u, i): (SPLIT_OF_BUCKET[int(digest(u, i)[:8], 16) % 10], r) for u, i, r in explicit if per_user[u] >= MIN_USER_ROWS}
+    return {
+        (u, i): (SPLIT_OF_BUCKET[int(digest(u, i)[:8], 16) % 10], r)
+        for u, i, r in explicit
+        if per_user[u] >= MIN_USER_ROWS
+    }
 
 
 def test_filter_split_and_labels_match_the_rules(sliced, rows):
@@ -102,20 +109,42 @@ def test_history_is_train_items_by_digest_without_the_row_itself(rows):
 
 def test_side_features(impressions, rows):
     imp, counts = impressions
-    assert counts["ratings"] >= counts["explicit"] >= counts["with_book_row"] >= counts["kept"] == sum(len(r) for r in rows.values())
+    assert (
+        counts["ratings"]
+        >= counts["explicit"]
+        >= counts["with_book_row"]
+        >= counts["kept"]
+        == sum(len(r) for r in rows.values())
+    )
     authors = {r["author"] for rs in rows.values() for r in rs if r["author"]}
     assert all(a == a.strip().lower() for a in authors) and len(authors) > 1_000
     years = [r["publication_year"] for rs in rows.values() for r in rs]
     assert all(y is None or 1000 <= y <= 2021 for y in years) and any(y is None for y in years)
     assert all(r["timestamp"] is None for r in rows["test"])  # Book-Crossing has no timestamps
-    assert set(r["age_bucket"] for rs in rows.values() for r in rs) <= {None, "<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"}
-    assert country(pa.array(["nyc, new york, usa", "porto, v.n.gaia, Portugal ", "x, ,", "lonely"])).to_pylist() == ["usa", "portugal", None, "lonely"]
+    assert set(r["age_bucket"] for rs in rows.values() for r in rs) <= {
+        None,
+        "<18",
+        "18-24",
+        "25-34",
+        "35-44",
+        "45-49",
+        "50-55",
+        "56+",
+    }
+    assert country(pa.array(["nyc, new york, usa", "porto, v.n.gaia, Portugal ", "x, ,", "lonely"])).to_pylist() == [
+        "usa",
+        "portugal",
+        None,
+        "lonely",
+    ]
 
 
 def test_escaped_quotes_parse(tables):
     books = {r["item_id"]: r for r in tables.books.to_pylist() if r["item_id"] in ("0140292918", "0330482750")}
     assert books["0140292918"]["title"] == 'Of Mice and Men (Steinbeck "Essentials")'
-    assert books["0330482750"]["title"] == 'Three Novels: "A Strange and Sublime Address"; "Afternoon Raag";"Freedom Song"'
+    assert (
+        books["0330482750"]["title"] == 'Three Novels: "A Strange and Sublime Address"; "Afternoon Raag";"Freedom Song"'
+    )
     assert books["0330482750"]["author"] == "Amit Chaudhuri"
     assert tables.malformed == {"BX-Book-Ratings.csv": 0, "BX-Books.csv": 0, "BX-Users.csv": 0}
     assert tables.books.num_rows == 271_379
@@ -150,7 +179,9 @@ def test_hashed_split_small():
 
 def test_prepare_a_slice_with_the_encoder(tables, tmp_path, text_cache):
     r = tables.ratings
-    tiny = BXTables(ratings=r.filter(pa.array(r.column("user_id").to_numpy() % 3000 == 0)), books=tables.books, users=tables.users)
+    tiny = BXTables(
+        ratings=r.filter(pa.array(r.column("user_id").to_numpy() % 3000 == 0)), books=tables.books, users=tables.users
+    )
     meta = prepare_bx(tmp_path / "bx", cache_dir=text_cache, progress=False, tables=tiny)
     assert DatasetMeta.load(tmp_path / "bx") == meta and meta.protocol == "bx-ctr-v1"
     assert [(m.name, m.tokens, m.width) for m in meta.modalities] == [("title", 16, 384), ("meta", 24, 384)]

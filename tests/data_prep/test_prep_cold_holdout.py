@@ -17,8 +17,20 @@ from em3rec.evaluation import cold_item_mask
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cold") / "syn"
-    generate(SyntheticConfig(out=out, rows=3000, items=80, users=40, history_mean=6.0, history_max=12,
-                             modalities=("title",), tokens=(3,), width=(8,), seed=5))
+    generate(
+        SyntheticConfig(
+            out=out,
+            rows=3000,
+            items=80,
+            users=40,
+            history_mean=6.0,
+            history_max=12,
+            modalities=("title",),
+            tokens=(3,),
+            width=(8,),
+            seed=5,
+        )
+    )
     return out
 
 

@@ -32,7 +32,9 @@ def test_prepare_full_ml100k_then_cached(tmp_path, monkeypatch):
         assert table.num_rows == spec.rows
         assert spec.positive_rate == pytest.approx(pc.mean(table.column("label")).as_py())
         for f in meta.features:
-            values = pc.list_flatten(table.column(f.column)) if f.kind in ("history", "multi") else table.column(f.column)
+            values = (
+                pc.list_flatten(table.column(f.column)) if f.kind in ("history", "multi") else table.column(f.column)
+            )
             assert pc.max(values).as_py() < f.vocab_size
     assert [(m.name, m.tokens, m.width) for m in meta.modalities] == [("title", 16, 384), ("meta", 32, 384)]
     assert all("all-MiniLM-L6-v2" in m.encoder and "transformers==" in m.encoder_version for m in meta.modalities)
@@ -59,5 +61,7 @@ def test_prepare_full_ml100k_then_cached(tmp_path, monkeypatch):
     second = time.perf_counter() - start
     assert again == meta
     for m in meta.modalities:
-        assert np.array_equal(np.load(tmp_path / f"a/items/{m.name}.tokens.npy"), np.load(tmp_path / f"b/items/{m.name}.tokens.npy"))
+        assert np.array_equal(
+            np.load(tmp_path / f"a/items/{m.name}.tokens.npy"), np.load(tmp_path / f"b/items/{m.name}.tokens.npy")
+        )
     assert second < first and second < 15, (first, second)

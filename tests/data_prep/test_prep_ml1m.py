@@ -50,7 +50,9 @@ def test_full_ml1m_counts_and_wikidata_matches():
     assert (extra["cold_test_items"], extra["cold_test_rows"]) == (33, 98)
     # Protocol order is (timestamp, user number, item title).
     s, order = imp.split, slice(*imp.split.bounds["train"])
-    keys = list(zip(s.timestamps[order][:2000].tolist(), s.user_ids[order][:2000].tolist(), s.item_ids[order][:2000].tolist()))
+    keys = list(
+        zip(s.timestamps[order][:2000].tolist(), s.user_ids[order][:2000].tolist(), s.item_ids[order][:2000].tolist())
+    )
     assert keys == sorted(keys)
     items = imp.items
     facts = MovieFactsIndex().lookup_all(items.column("title").to_pylist(), items.column("release_year").to_pylist())

@@ -31,9 +31,12 @@ def ratings(n_users: int = 4) -> list[tuple[int, int, float, int]]:
 def ml1m(tmp_path):
     folder = tmp_path / "ml-1m"
     folder.mkdir()
-    (folder / "ratings.dat").write_bytes("".join(f"{u}::{i}::{int(r)}::{t}\n" for u, i, r, t in ratings()).encode("latin-1"))
+    (folder / "ratings.dat").write_bytes(
+        "".join(f"{u}::{i}::{int(r)}::{t}\n" for u, i, r, t in ratings()).encode("latin-1")
+    )
     (folder / "users.dat").write_bytes(
-        "1::F::1::10::48067\n2::M::56::16::70072\n3::M::25::15::55117\n4::F::45::7::02460\n".encode("latin-1"))
+        "1::F::1::10::48067\n2::M::56::16::70072\n3::M::25::15::55117\n4::F::45::7::02460\n".encode("latin-1")
+    )
     (folder / "movies.dat").write_bytes("".join(f"{i}::{t}::{g}\n" for i, t, g in MOVIES).encode("latin-1"))
     return folder
 
@@ -42,17 +45,26 @@ def ml1m(tmp_path):
 def ml20m(tmp_path):
     folder = tmp_path / "ml-20m"
     folder.mkdir()
-    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "".join(
-        f"{u},{i},{r - 0.5 if u % 2 else r},{t}\n" for u, i, r, t in ratings()))
-    (folder / "movies.csv").write_text("movieId,title,genres\n" + "".join(
-        f'{i},"{t}",{g}\n' if "," in t else f"{i},{t},{g}\n" for i, t, g in MOVIES), encoding="utf-8")
+    (folder / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n"
+        + "".join(f"{u},{i},{r - 0.5 if u % 2 else r},{t}\n" for u, i, r, t in ratings())
+    )
+    (folder / "movies.csv").write_text(
+        "movieId,title,genres\n" + "".join(f'{i},"{t}",{g}\n' if "," in t else f"{i},{t},{g}\n" for i, t, g in MOVIES),
+        encoding="utf-8",
+    )
     return folder
 
 
 def test_read_ml1m(ml1m):
     t = read_ml1m(ml1m)
     assert t.ratings.num_rows == 20 and t.ratings.column("user_id").to_pylist()[:5] == [1] * 5
-    assert t.users.column("occupation").to_pylist() == ["K-12 student", "self-employed", "scientist", "executive/managerial"]
+    assert t.users.column("occupation").to_pylist() == [
+        "K-12 student",
+        "self-employed",
+        "scientist",
+        "executive/managerial",
+    ]
     assert t.items.column("title").to_pylist()[2] == "Cérémonie, La"  # Latin-1 decoded
     assert t.items.column("year").to_pylist() == [1995, 1995, 1995, 1995, None]
     assert t.items.column("genres").to_pylist()[0] == ["Animation", "Children's", "Comedy"]
@@ -71,8 +83,16 @@ def test_read_ml20m(ml20m):
 def test_prepare(dump, request, tmp_path, text_cache):
     folder = request.getfixturevalue(dump)
     out = tmp_path / "prepared"
-    meta = prepare(read_dump(folder), out, name=dump, protocol="movielens-chrono-ctr-v1", max_title_tokens=8,
-                   max_meta_tokens=24, cache_dir=text_cache, progress=False)
+    meta = prepare(
+        read_dump(folder),
+        out,
+        name=dump,
+        protocol="movielens-chrono-ctr-v1",
+        max_title_tokens=8,
+        max_meta_tokens=24,
+        cache_dir=text_cache,
+        progress=False,
+    )
     assert DatasetMeta.load(out) == meta
     assert {s: v.rows for s, v in meta.splits.items()} == {"train": 16, "valid": 2, "test": 2}
     assert meta.num_items == 6 and meta.num_users == 5
@@ -85,7 +105,9 @@ def test_prepare(dump, request, tmp_path, text_cache):
     assert train.column("timestamp").to_pylist() == sorted(train.column("timestamp").to_pylist())
     ratings_by_key = {(u, i): r for u, i, r, _ in ratings()}
     for row in train.to_pylist():
-        rating = ratings_by_key[(row["user_id"], row["item_id"])] - (0.5 if dump == "ml20m" and row["user_id"] % 2 else 0)
+        rating = ratings_by_key[(row["user_id"], row["item_id"])] - (
+            0.5 if dump == "ml20m" and row["user_id"] % 2 else 0
+        )
         assert row["label"] == float(rating >= 4)
         assert row["hist_item_idx"] == row["hist_item_ids"]  # ids 1..5 are dense and sorted
 

@@ -78,7 +78,9 @@ def test_ml100k_counts(raw, ml100k, tables):
 
 def test_ml100k_split_boundaries_follow_sort_key(tables):
     def keys(t):
-        return list(zip(t.column("timestamp").to_pylist(), t.column("user_id").to_pylist(), t.column("item_id").to_pylist()))
+        return list(
+            zip(t.column("timestamp").to_pylist(), t.column("user_id").to_pylist(), t.column("item_id").to_pylist())
+        )
 
     k = {s: keys(t) for s, t in tables.items()}
     for s in k:
@@ -88,10 +90,14 @@ def test_ml100k_split_boundaries_follow_sort_key(tables):
 
 def test_ml100k_labels_match_ratings(raw, tables):
     r = raw.ratings
-    rating = dict(zip(zip(r.column("user_id").to_pylist(), r.column("item_id").to_pylist()), r.column("rating").to_pylist()))
+    rating = dict(
+        zip(zip(r.column("user_id").to_pylist(), r.column("item_id").to_pylist()), r.column("rating").to_pylist())
+    )
     assert len(rating) == 100_000  # (user, item) is unique in ml-100k
     for t in tables.values():
-        for u, i, label in zip(t.column("user_id").to_pylist(), t.column("item_id").to_pylist(), t.column("label").to_pylist()):
+        for u, i, label in zip(
+            t.column("user_id").to_pylist(), t.column("item_id").to_pylist(), t.column("label").to_pylist()
+        ):
             assert label == float(rating[(u, i)] >= 4)
     assert all(t.schema.field("label").type == pa.float32() for t in tables.values())
 
@@ -132,8 +138,15 @@ def test_ml100k_side_features(ml100k, tables):
     assert t.column("user_idx").to_pylist() == t.column("user_id").to_pylist()
     assert t.column("hist_item_idx").to_pylist() == t.column("hist_item_ids").to_pylist()
     for age, bucket in zip(t.column("age").to_pylist()[:5000], t.column("age_bucket").to_pylist()[:5000]):
-        lo, hi = {"<18": (0, 17), "18-24": (18, 24), "25-34": (25, 34), "35-44": (35, 44),
-                  "45-49": (45, 49), "50-55": (50, 55), "56+": (56, 200)}[bucket]
+        lo, hi = {
+            "<18": (0, 17),
+            "18-24": (18, 24),
+            "25-34": (25, 34),
+            "35-44": (35, 44),
+            "45-49": (45, 49),
+            "50-55": (50, 55),
+            "56+": (56, 200),
+        }[bucket]
         assert lo <= age <= hi
     vocab = {f.name: f.vocab for f in ml100k.features}
     assert vocab["gender"].values.to_pylist() == ["F", "M"]
@@ -142,8 +155,17 @@ def test_ml100k_side_features(ml100k, tables):
     assert pc.list_value_length(genres).equals(pc.list_value_length(t.column("genres_idx").combine_chunks()))
     assert pc.min(pc.list_flatten(t.column("genres_idx"))).as_py() >= 1
     names = [f.name for f in ml100k.features]
-    assert names == ["user_id", "item_id", "hist_item_ids", "age_bucket", "gender", "occupation",
-                     "zip_prefix", "release_year", "genres"]
+    assert names == [
+        "user_id",
+        "item_id",
+        "hist_item_ids",
+        "age_bucket",
+        "gender",
+        "occupation",
+        "zip_prefix",
+        "release_year",
+        "genres",
+    ]
     specs = {f.name: f.spec() for f in ml100k.features}
     assert specs["hist_item_ids"].max_length == 50 and specs["hist_item_ids"].table == "item"
     assert specs["gender"].vocab_size == 3 and specs["age_bucket"].vocab_size == 8

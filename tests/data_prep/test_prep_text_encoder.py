@@ -91,4 +91,6 @@ def test_interrupted_encoding_keeps_finished_batches(tmp_path, monkeypatch):
     assert resumed.cache_hits == 1 and resumed.encoded == 2  # the first batch was not redone
     fresh, fresh_mask = TextEncoder(max_tokens=8, cache_dir=tmp_path / "other", progress=False).encode(texts)
     assert np.array_equal(mask, fresh_mask)
-    np.testing.assert_allclose(tokens.astype(np.float32), fresh.astype(np.float32), atol=1e-2)  # batch padding may differ slightly
+    np.testing.assert_allclose(
+        tokens.astype(np.float32), fresh.astype(np.float32), atol=1e-2
+    )  # batch padding may differ slightly

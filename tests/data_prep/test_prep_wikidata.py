@@ -29,7 +29,10 @@ def test_title_helpers():
     assert split_title_year("Toy Story") == ("Toy Story", None)
     assert display_title("Usual Suspects, The") == "The Usual Suspects"
     assert display_title("Enfer, L'") == "L'Enfer"
-    assert display_title("Horseman on the Roof, The (Hussard sur le toit, Le)") == "The Horseman on the Roof (Hussard sur le toit, Le)"
+    assert (
+        display_title("Horseman on the Roof, The (Hussard sur le toit, Le)")
+        == "The Horseman on the Roof (Hussard sur le toit, Le)"
+    )
     assert alternative_titles("Seven (Se7en)") == ["Se7en"]
     assert alternative_titles("Toy Story (1995)") == []
 

@@ -24,22 +24,29 @@ FEATURES = [
 
 
 def impressions(labels, users, items, hists, genres) -> pa.Table:
-    return pa.table({
-        "label": pa.array(labels, pa.float32()),
-        "user_id": pa.array([u * 10 for u in users]),
-        "item_id": pa.array([i * 100 for i in items]),
-        "timestamp": pa.array(range(len(labels)), pa.int64()),
-        "hist_item_ids": pa.array([[h * 100 for h in hs] for hs in hists], pa.list_(pa.int64())),
-        "user_idx": pa.array(users, pa.int64()),
-        "item_idx": pa.array(items, pa.int64()),
-        "hist_item_idx": pa.array(hists, pa.list_(pa.int64())),
-        "genres_idx": pa.array(genres, pa.list_(pa.int64())),
-    })
+    return pa.table(
+        {
+            "label": pa.array(labels, pa.float32()),
+            "user_id": pa.array([u * 10 for u in users]),
+            "item_id": pa.array([i * 100 for i in items]),
+            "timestamp": pa.array(range(len(labels)), pa.int64()),
+            "hist_item_ids": pa.array([[h * 100 for h in hs] for hs in hists], pa.list_(pa.int64())),
+            "user_idx": pa.array(users, pa.int64()),
+            "item_idx": pa.array(items, pa.int64()),
+            "hist_item_idx": pa.array(hists, pa.list_(pa.int64())),
+            "genres_idx": pa.array(genres, pa.list_(pa.int64())),
+        }
+    )
 
 
 def item_table() -> pa.Table:
-    return pa.table({"item_idx": pa.array(range(4), pa.int64()), "item_id": pa.array([None, 100, 200, 300], pa.int64()),
-                     "title_text": ["", "a", "b", None]})
+    return pa.table(
+        {
+            "item_idx": pa.array(range(4), pa.int64()),
+            "item_id": pa.array([None, 100, 200, 300], pa.int64()),
+            "title_text": ["", "a", "b", None],
+        }
+    )
 
 
 def modality(rng) -> ModalityArrays:
@@ -50,8 +57,10 @@ def modality(rng) -> ModalityArrays:
 
 def splits():
     return {
-        "train": [impressions([1, 0], [1, 2], [1, 2], [[], [1]], [[1], [1, 2]]),
-                  impressions([1], [1], [3], [[1, 2]], [[]])],
+        "train": [
+            impressions([1, 0], [1, 2], [1, 2], [[], [1]], [[1], [1, 2]]),
+            impressions([1], [1], [3], [[1, 2]], [[]]),
+        ],
         "valid": impressions([0], [2], [3], [[2]], [[2]]),
         "test": impressions([1, 1], [1, 2], [2, 1], [[1, 2, 3], []], [[1], [2]]),
     }
@@ -63,9 +72,17 @@ def test_round_trip(tmp_path, monkeypatch, block_rows):
     rng = np.random.default_rng(0)
     mod = modality(rng)
     out = tmp_path / "ds"
-    meta = write_prepared(out, name="tiny", protocol="p", features=FEATURES, splits=splits(), items=item_table(),
-                          modalities=[mod], vocabs={"item_id": Vocab.build("item_id", [100, 200, 300])},
-                          extra={"note": 1})
+    meta = write_prepared(
+        out,
+        name="tiny",
+        protocol="p",
+        features=FEATURES,
+        splits=splits(),
+        items=item_table(),
+        modalities=[mod],
+        vocabs={"item_id": Vocab.build("item_id", [100, 200, 300])},
+        extra={"note": 1},
+    )
     loaded = DatasetMeta.load(out)
     assert loaded == meta
     assert loaded.num_items == 4 and loaded.num_users == 3 and loaded.max_history == 50
@@ -109,12 +126,27 @@ def test_rewrite_replaces_a_prepared_folder_but_not_others(tmp_path):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda s: s["test"].drop_columns(["hist_item_idx"]), r"test/part-00000.parquet: columns \['hist_item_idx'\] missing"),
+        (
+            lambda s: s["test"].drop_columns(["hist_item_idx"]),
+            r"test/part-00000.parquet: columns \['hist_item_idx'\] missing",
+        ),
         (lambda s: s["test"].set_column(0, "label", pa.array([1.0, 2.0], pa.float32())), "label.*only 0.0 and 1.0"),
-        (lambda s: s["test"].set_column(0, "label", pa.array([1.0, 0.0], pa.float64())), "'label' is double; expected float32"),
-        (lambda s: s["test"].set_column(6, "item_idx", pa.array([1, 4], pa.int64())), r"item_idx.*\[1, 4\]; expected \[0, 4\)"),
-        (lambda s: s["test"].set_column(7, "hist_item_idx", pa.array([[1] * 51, []], pa.list_(pa.int64()))), "row of 51 values"),
-        (lambda s: s["test"].set_column(6, "item_idx", pa.array([1, 2], pa.int32())), "item_idx' is int32; expected int64"),
+        (
+            lambda s: s["test"].set_column(0, "label", pa.array([1.0, 0.0], pa.float64())),
+            "'label' is double; expected float32",
+        ),
+        (
+            lambda s: s["test"].set_column(6, "item_idx", pa.array([1, 4], pa.int64())),
+            r"item_idx.*\[1, 4\]; expected \[0, 4\)",
+        ),
+        (
+            lambda s: s["test"].set_column(7, "hist_item_idx", pa.array([[1] * 51, []], pa.list_(pa.int64()))),
+            "row of 51 values",
+        ),
+        (
+            lambda s: s["test"].set_column(6, "item_idx", pa.array([1, 2], pa.int32())),
+            "item_idx' is int32; expected int64",
+        ),
     ],
 )
 def test_impression_contract_errors(tmp_path, mutate, message):
@@ -139,4 +171,6 @@ def test_item_and_modality_contract_errors(tmp_path):
     with pytest.raises(DatasetError, match="row 0 is the reserved"):
         write_prepared(tmp_path / "c", items=item_table(), modalities=[bad], **kw)
     with pytest.raises(DatasetError, match="splits must be exactly"):
-        write_prepared(tmp_path / "d", name="t", protocol="p", features=FEATURES, splits={"train": []}, items=item_table())
+        write_prepared(
+            tmp_path / "d", name="t", protocol="p", features=FEATURES, splits={"train": []}, items=item_table()
+        )

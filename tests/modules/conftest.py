@@ -11,6 +11,7 @@ from em3rec.config import CICConfig, DataConfig, LoraConfig, ModelConfig, QForme
 from em3rec.data.batch import Batch
 from em3rec.testing.example_batch import ExampleItems, example_batch, example_meta
 
+
 def tiny_model_config(**overrides) -> ModelConfig:
     """A ModelConfig with d = D = 16; keyword overrides replace fields (nested configs included)."""
     config = ModelConfig(
@@ -20,7 +21,9 @@ def tiny_model_config(**overrides) -> ModelConfig:
         cross_layers=2,
         cross_low_rank=4,
         attention_hidden=[16],
-        qformer=QFormerConfig(dim=16, num_queries=2, num_layers=1, num_heads=2, token_dropout=0.0, attention_dropout=0.0, ffn_dropout=0.0),
+        qformer=QFormerConfig(
+            dim=16, num_queries=2, num_layers=1, num_heads=2, token_dropout=0.0, attention_dropout=0.0, ffn_dropout=0.0
+        ),
         lora=LoraConfig(rank=2, alpha=4.0),
         cic=CICConfig(weight=0.1, temperature=0.2, dim=8),
     )

@@ -21,8 +21,15 @@ def _tower(
     cache_refresh_steps: int = 50,
 ) -> ContentTower:
     torch.manual_seed(0)
-    config = QFormerConfig(dim=16, num_heads=2, num_layers=2, token_dropout=0.0, attention_dropout=0.0,
-                           ffn_dropout=0.0, attention=attention)
+    config = QFormerConfig(
+        dim=16,
+        num_heads=2,
+        num_layers=2,
+        token_dropout=0.0,
+        attention_dropout=0.0,
+        ffn_dropout=0.0,
+        attention=attention,
+    )
     qformer = FusionQFormer(WIDTHS, config, gated=pooled_base)
     model_config = ModelConfig(seq_content_mode=mode, lora=LORA, cache_refresh_steps=cache_refresh_steps)
     history = build_history_encoder(model_config, qformer, num_items)
@@ -37,6 +44,7 @@ def _tower(
 
 def _loss(out, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
+
     def weighted(x: torch.Tensor) -> torch.Tensor:
         return (x * torch.randn(x.shape, generator=g, dtype=torch.float64).to(x.dtype)).sum()
 
@@ -220,5 +228,5 @@ def test_em3_with_pooled_base_starts_at_the_frozen_baseline(batch, mode):
         else:
             torch.testing.assert_close(getattr(out_em3, field), expected, rtol=0, atol=0, msg=field)
     # ... and the gate is trainable from the first step, which opens the Q-Former path.
-    (out_em3.target ** 2).sum().backward()
+    (out_em3.target**2).sum().backward()
     assert qformer.gate.grad is not None and qformer.gate.grad.abs().sum() > 0

@@ -50,10 +50,19 @@ def _train_steps(rank: int, backbone: str, mode: str, pipelined: bool) -> None:
 
     meta = example_meta()
     config = ModelConfig(
-        backbone=backbone, content="em3", seq_content_mode=mode, embedding_dim=16,
-        dense_layers=[16], over_layers=[16, 8], cross_layers=1, cross_low_rank=4, attention_hidden=[8],
-        qformer=QFormerConfig(dim=16, num_heads=2, token_dropout=0.0, attention_dropout=0.0, ffn_dropout=0.0), lora=LoraConfig(rank=2),
-        cic=CICConfig(dim=8), cache_refresh_steps=1,
+        backbone=backbone,
+        content="em3",
+        seq_content_mode=mode,
+        embedding_dim=16,
+        dense_layers=[16],
+        over_layers=[16, 8],
+        cross_layers=1,
+        cross_low_rank=4,
+        attention_hidden=[8],
+        qformer=QFormerConfig(dim=16, num_heads=2, token_dropout=0.0, attention_dropout=0.0, ffn_dropout=0.0),
+        lora=LoraConfig(rank=2),
+        cic=CICConfig(dim=8),
+        cache_refresh_steps=1,
     )
     torch.manual_seed(0)
     model = build_model(config, meta, DataConfig(), sparse_device=torch.device("meta"))
@@ -66,7 +75,9 @@ def _train_steps(rank: int, backbone: str, mode: str, pipelined: bool) -> None:
         "gender": ParameterConstraints(sharding_types=["table_wise"]),
         "genres": ParameterConstraints(sharding_types=["table_column_wise"], min_partition=8),
     }
-    planner = EmbeddingShardingPlanner(topology=Topology(world_size=WORLD_SIZE, compute_device="cpu"), constraints=constraints)
+    planner = EmbeddingShardingPlanner(
+        topology=Topology(world_size=WORLD_SIZE, compute_device="cpu"), constraints=constraints
+    )
     sharders = get_default_sharders()
     plan = planner.collective_plan(train, sharders, dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(train, device=torch.device("cpu"), plan=plan, sharders=sharders)
@@ -111,7 +122,9 @@ def _train_steps(rank: int, backbone: str, mode: str, pipelined: bool) -> None:
     for k in tables:  # every table has shards somewhere, and they moved
         assert any(h[k] for _, h in everywhere), k
         assert any(c[k] for c, _ in everywhere), f"{backbone}/{mode}: sharded table {k} did not change"
-    assert all(not torch.equal(before[k], after[k]) for k in qformer if k.endswith("queries") or k.endswith("head.weight"))
+    assert all(
+        not torch.equal(before[k], after[k]) for k in qformer if k.endswith("queries") or k.endswith("head.weight")
+    )
     if mode == "lora":
         assert adapters and all(not torch.equal(before[k], after[k]) for k in adapters)
     # dense weights stay identical across ranks (DDP all-reduces their gradients)

@@ -61,7 +61,17 @@ def test_loss_is_bce_plus_weighted_cic(meta, data_config, batch, model_config):
 
 
 def test_cross_attention_variant_and_export(meta, data_config, batch, model_config):
-    config = model_config(qformer=QFormerConfig(dim=16, num_heads=2, num_layers=2, token_dropout=0.0, attention_dropout=0.0, ffn_dropout=0.0, attention="cross"))
+    config = model_config(
+        qformer=QFormerConfig(
+            dim=16,
+            num_heads=2,
+            num_layers=2,
+            token_dropout=0.0,
+            attention_dropout=0.0,
+            ffn_dropout=0.0,
+            attention="cross",
+        )
+    )
     model = build_model(config, meta, data_config).eval()
     out = model(batch)
     exported = model.encode_items(
@@ -99,7 +109,10 @@ def test_bad_configs_are_rejected(meta, data_config, overrides, match, model_con
         build_model(model_config(**overrides), meta, data_config)
 
 
-@pytest.mark.parametrize("content,mode", [("none", "none"), ("frozen", "none"), ("frozen", "full"), ("em3", "none"), ("em3", "lora"), ("em3", "cached")])
+@pytest.mark.parametrize(
+    "content,mode",
+    [("none", "none"), ("frozen", "none"), ("frozen", "full"), ("em3", "none"), ("em3", "lora"), ("em3", "cached")],
+)
 def test_fx_traceable_for_the_train_pipeline(meta, data_config, content, mode, model_config):
     """TorchRec's TrainPipelineSparseDist fx-traces the model with every sharding-free child as a
     leaf; the EBC and EC must then take the batch's KJTs unchanged (so they can be pipelined)."""
@@ -122,8 +135,10 @@ def test_catalogue_items_join_cic_and_train_their_id_rows(meta, data_config, mod
     model = build_model(config, meta, data_config)
     batch = example_batch(meta, 12, num_item_choices=5, catalogue_samples=6, seed=4)
     sampled = batch.content_item_ids[batch.catalogue_content_index]
-    outside = sampled[~torch.isin(sampled, batch.content_item_ids[batch.history_content_index[batch.history_mask]])
-                      & ~torch.isin(sampled, batch.item_ids)]
+    outside = sampled[
+        ~torch.isin(sampled, batch.content_item_ids[batch.history_content_index[batch.history_mask]])
+        & ~torch.isin(sampled, batch.item_ids)
+    ]
     assert outside.numel() > 0  # items that only the catalogue sample brings into the batch
     loss, _ = EM3Train(model)(batch)
     loss.backward()
@@ -141,8 +156,12 @@ def test_em3_starts_at_the_frozen_baseline(meta, data_config, batch, model_confi
     # With the baseline's weights, EM3's logits at initialisation are the two-stage baseline's,
     # exactly: the Q-Former's gate starts at 0 and the pooled projection is the baseline's Linear.
     em3 = build_model(model_config(backbone=backbone, content="em3", seq_content_mode="lora"), meta, data_config)
-    frozen = build_model(model_config(backbone=backbone, content="frozen", seq_content_mode="frozen"), meta, data_config)
-    state = {k.replace("content_tower.projection.", "content_tower.pooled_base."): v for k, v in frozen.state_dict().items()}
+    frozen = build_model(
+        model_config(backbone=backbone, content="frozen", seq_content_mode="frozen"), meta, data_config
+    )
+    state = {
+        k.replace("content_tower.projection.", "content_tower.pooled_base."): v for k, v in frozen.state_dict().items()
+    }
     missing, unexpected = em3.load_state_dict(state, strict=False)
     assert not unexpected and missing
     assert all(k.startswith(("content_tower.qformer.", "cic.")) for k in missing)

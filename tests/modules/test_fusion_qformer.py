@@ -19,7 +19,16 @@ def _inputs(U: int = 5, seed: int = 0):
 
 
 def _qformer(attention: str, num_layers: int = 2, num_queries: int = 2, out_dim=None) -> FusionQFormer:
-    config = QFormerConfig(dim=16, num_queries=num_queries, num_layers=num_layers, num_heads=2, token_dropout=0.1, attention_dropout=0.1, ffn_dropout=0.1, attention=attention)
+    config = QFormerConfig(
+        dim=16,
+        num_queries=num_queries,
+        num_layers=num_layers,
+        num_heads=2,
+        token_dropout=0.1,
+        attention_dropout=0.1,
+        ffn_dropout=0.1,
+        attention=attention,
+    )
     return FusionQFormer(WIDTHS, config, out_dim=out_dim).eval()
 
 

@@ -8,7 +8,9 @@ from em3rec.modules.interest import TargetAttention
 def test_masked_positions_are_ignored(softmax):
     attention = TargetAttention(8, [16, 8], softmax=softmax)
     keys, query = torch.randn(4, 6, 8), torch.randn(4, 8)
-    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    mask = torch.tensor(
+        [[1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool
+    )
     before = attention(keys, query, mask)
     changed = torch.where(mask[..., None], keys, torch.randn_like(keys) * 100)
     changed.requires_grad_(True)

@@ -40,8 +40,20 @@ RUN_TIMEOUT = 300  # seconds for one training subprocess; far above the ~20-40 s
 def reliable_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Read-only tiny dataset (copy it before corrupting anything: :func:`copy_dataset`)."""
     out = tmp_path_factory.mktemp("reliability") / "syn"
-    generate(SyntheticConfig(out=out, rows=ROWS, items=300, users=100, history_mean=8.0, history_max=20,
-                             modalities=("title", "meta"), tokens=(4, 6), width=(16, 8), seed=3))
+    generate(
+        SyntheticConfig(
+            out=out,
+            rows=ROWS,
+            items=300,
+            users=100,
+            history_mean=8.0,
+            history_max=20,
+            modalities=("title", "meta"),
+            tokens=(4, 6),
+            width=(16, 8),
+            seed=3,
+        )
+    )
     for mask_file in (out / "items").glob("*.mask.npy"):  # all-padding content: every token masked
         modality = mask_file.name.split(".")[0]
         for kind in ("mask", "tokens", "pooled"):
@@ -83,8 +95,18 @@ def torchrun(nproc: int, args: list[str], max_restarts: int = 0, resume: bool = 
     """``python -m torch.distributed.run ... -m em3rec.train --config din_em3 [--resume] --set ...``."""
     import sys
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           f"--max-restarts={max_restarts}", "-m", "em3rec.train", "--config", "din_em3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        f"--max-restarts={max_restarts}",
+        "-m",
+        "em3rec.train",
+        "--config",
+        "din_em3",
+    ]
     cmd += ["--resume"] if resume else []
     for a in args:
         cmd += ["--set", a]
@@ -140,7 +162,11 @@ class Job:
             if not entry.name.isdigit():
                 continue
             try:
-                env = dict(v.split("=", 1) for v in (entry / "environ").read_bytes().decode(errors="replace").split("\0") if "=" in v)
+                env = dict(
+                    v.split("=", 1)
+                    for v in (entry / "environ").read_bytes().decode(errors="replace").split("\0")
+                    if "=" in v
+                )
                 state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
             except OSError:
                 continue
@@ -149,8 +175,9 @@ class Job:
         return found
 
 
-def launch(cmd: list[str], log: Path, env: dict[str, str] | None = None,
-           preexec: Callable[[], None] | None = None) -> Job:
+def launch(
+    cmd: list[str], log: Path, env: dict[str, str] | None = None, preexec: Callable[[], None] | None = None
+) -> Job:
     """Start ``cmd`` from the repo root in its own process group; its output goes to ``log``.
 
     Through a pipe that a thread drains into the file: a limit on the job's file sizes
@@ -159,8 +186,15 @@ def launch(cmd: list[str], log: Path, env: dict[str, str] | None = None,
     tag = uuid.uuid4().hex
     log.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "EM3REC_FAULT_TAG": tag, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env,
-                            start_new_session=True, preexec_fn=preexec)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=full_env,
+        start_new_session=True,
+        preexec_fn=preexec,
+    )
 
     def drain() -> None:
         with open(log, "wb") as out:

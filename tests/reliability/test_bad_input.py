@@ -26,7 +26,10 @@ from em3rec.data.loader import ImpressionLoader
 from em3rec.data.schema import DatasetError
 from tests.data.conftest import rewrite_split
 from tests.reliability.conftest import (
-    copy_dataset, in_process_recipe, items_without_content, split_table,
+    copy_dataset,
+    in_process_recipe,
+    items_without_content,
+    split_table,
 )
 
 
@@ -67,7 +70,9 @@ def _only_file(data: Path, split: str) -> Path:
 def test_truncated_parquet_in_the_test_split_fails_at_start_up(data: Path, tmp_path: Path) -> None:
     file = _only_file(data, "test")
     file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
-    with pytest.raises(DatasetError, match=rf"{data}/test: cannot open as Parquet \(.*Parquet magic bytes not found in footer"):
+    with pytest.raises(
+        DatasetError, match=rf"{data}/test: cannot open as Parquet \(.*Parquet magic bytes not found in footer"
+    ):
         _starts(data, tmp_path)
 
 
@@ -79,21 +84,32 @@ def test_empty_parquet_file(data: Path, tmp_path: Path) -> None:
 
 def test_missing_column(data: Path, tmp_path: Path) -> None:
     rewrite_split(data, "valid", lambda t: t.drop_columns(["item_category_idx"]))
-    with pytest.raises(DatasetError, match=r"valid/part-00000.parquet: missing column\(s\) \['item_category_idx'\]; have \["):
+    with pytest.raises(
+        DatasetError, match=r"valid/part-00000.parquet: missing column\(s\) \['item_category_idx'\]; have \["
+    ):
         _starts(data, tmp_path)
 
 
 @pytest.mark.parametrize(
     "column, dtype, message",
     [
-        ("item_id_idx", pa.int32(), r"column 'item_id_idx' \(feature 'item_id', kind item\) has type int32; expected int64"),
+        (
+            "item_id_idx",
+            pa.int32(),
+            r"column 'item_id_idx' \(feature 'item_id', kind item\) has type int32; expected int64",
+        ),
         ("label", pa.float64(), r"column 'label' has type double; expected float32"),
-        ("hist_item_ids_idx", pa.list_(pa.int32()),
-         r"column 'hist_item_ids_idx' \(feature 'hist_item_ids', kind history\) has type list<element: int32>; expected list<int64>"),
+        (
+            "hist_item_ids_idx",
+            pa.list_(pa.int32()),
+            r"column 'hist_item_ids_idx' \(feature 'hist_item_ids', kind history\) has type list<element: int32>; expected list<int64>",
+        ),
     ],
 )
 def test_wrong_dtype(data: Path, tmp_path: Path, column: str, dtype: pa.DataType, message: str) -> None:
-    rewrite_split(data, "train", lambda t: t.set_column(t.schema.get_field_index(column), column, t.column(column).cast(dtype)))
+    rewrite_split(
+        data, "train", lambda t: t.set_column(t.schema.get_field_index(column), column, t.column(column).cast(dtype))
+    )
     with pytest.raises(DatasetError, match=message):
         _starts(data, tmp_path)
 
@@ -116,9 +132,17 @@ def test_bad_label(data: Path, tmp_path: Path, value: float, message: str) -> No
 @pytest.mark.parametrize(
     "column, value, message",
     [
-        ("item_id_idx", 301, r"column 'item_id_idx' holds ids in \[\d+, 301\]; expected 0 <= id < vocab_size 301 \(meta.json feature 'item_id'\)"),
+        (
+            "item_id_idx",
+            301,
+            r"column 'item_id_idx' holds ids in \[\d+, 301\]; expected 0 <= id < vocab_size 301 \(meta.json feature 'item_id'\)",
+        ),
         ("user_id_idx", -3, r"column 'user_id_idx' holds ids in \[-3, \d+\]; expected 0 <= id < vocab_size 101"),
-        ("hist_item_ids_idx", [5, 999], r"column 'hist_item_ids_idx' holds ids in \[\d+, 999\]; expected 0 <= id < vocab_size 301"),
+        (
+            "hist_item_ids_idx",
+            [5, 999],
+            r"column 'hist_item_ids_idx' holds ids in \[\d+, 999\]; expected 0 <= id < vocab_size 301",
+        ),
     ],
 )
 def test_id_beyond_the_table(data: Path, tmp_path: Path, column: str, value: object, message: str) -> None:
@@ -135,8 +159,11 @@ def test_meta_json_row_count_disagrees_with_the_files(data: Path, tmp_path: Path
 
 def test_meta_json_modality_shape_disagrees_with_the_item_arrays(data: Path, tmp_path: Path) -> None:
     _edit_meta(data, lambda m: m["modalities"][0].update(tokens=5))
-    with pytest.raises(DatasetError, match=r"items/title.tokens.npy: shape \(301, 4, 16\) float16; expected \(301, 5, 16\) float16 "
-                                          r"from meta.json \(modality 'title': tokens=5, width=16; item vocab_size=301\)"):
+    with pytest.raises(
+        DatasetError,
+        match=r"items/title.tokens.npy: shape \(301, 4, 16\) float16; expected \(301, 5, 16\) float16 "
+        r"from meta.json \(modality 'title': tokens=5, width=16; item vocab_size=301\)",
+    ):
         _starts(data, tmp_path)
 
 
@@ -182,8 +209,11 @@ def test_unknown_key_in_a_config_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("types", ['["row_wise"]', '["table_wise", "table_row_wise"]'])
 def test_sharding_type_the_device_cannot_run(reliable_data: Path, tmp_path: Path, types: str) -> None:
-    with pytest.raises(ConfigError, match=r"sharding.types \[.*row_wise'\] cannot run on cpu; cpu supports "
-                                          r"\['data_parallel', 'table_wise', 'column_wise', 'table_column_wise'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"sharding.types \[.*row_wise'\] cannot run on cpu; cpu supports "
+        r"\['data_parallel', 'table_wise', 'column_wise', 'table_column_wise'\]",
+    ):
         _starts(reliable_data, tmp_path, f"sharding.types={types}")
 
 
@@ -202,16 +232,20 @@ def test_extra_columns_are_ignored(data: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("softmax", [False, True], ids=["din_raw_weights", "din_softmax"])
-def test_empty_histories_and_items_without_any_content_train(reliable_data: Path, tmp_path: Path, softmax: bool) -> None:
+def test_empty_histories_and_items_without_any_content_train(
+    reliable_data: Path, tmp_path: Path, softmax: bool
+) -> None:
     """Rows with no history, and items whose every modality is all padding (masked, never
     zero-filled into attention), give a finite loss and finite weights, in both DIN attention modes."""
     no_content = set(items_without_content(reliable_data).tolist())
     assert no_content, "the fixture must hold items with no token in any modality"
     recipe = _starts(reliable_data, tmp_path, f"model.attention_softmax={str(softmax).lower()}")
-    loader = ImpressionLoader.from_config(recipe.config.data, "train", modalities=recipe.config.data.modalities,
-                                          shuffle=False, prefetch=0)
-    batch = next(b for b in loader
-                 if (~b.history_mask.any(dim=1)).any() and no_content & set(b.content_item_ids.tolist()))
+    loader = ImpressionLoader.from_config(
+        recipe.config.data, "train", modalities=recipe.config.data.modalities, shuffle=False, prefetch=0
+    )
+    batch = next(
+        b for b in loader if (~b.history_mask.any(dim=1)).any() and no_content & set(b.content_item_ids.tolist())
+    )
     empty_rows = int((~batch.history_mask.any(dim=1)).sum())
     assert empty_rows > 0
     for _ in range(3):  # the same batch, repeatedly: gradients through the masked paths stay finite

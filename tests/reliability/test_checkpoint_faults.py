@@ -78,15 +78,23 @@ def test_crash_while_replacing_a_same_named_checkpoint_is_recovered(two_checkpoi
     # the old one. Killed between the two renames, only the hidden old copy is left.
     latest.rename(manager.folder / ".step_00000002.old")
     assert _latest(manager, solo).name == "step_00000001"
-    assert manager.remove_partial() == ["restored step_00000002 from .step_00000002.old (interrupted while being replaced)"]
+    assert manager.remove_partial() == [
+        "restored step_00000002 from .step_00000002.old (interrupted while being replaced)"
+    ]
     assert _latest(manager, solo) == latest and validate_checkpoint(latest)["step"] == 2
 
 
 @pytest.mark.parametrize(
     "damage, message",
     [
-        ("truncate_shard", r"step_00000002: shard file __0_0.distcp is truncated \(\d+ bytes; the metadata needs \d+\)"),
-        ("flip_shard_byte", r"step_00000002: file __0_0.distcp is corrupt \(CRC-32 [0-9a-f]{8}, recorded [0-9a-f]{8} when it was written\)"),
+        (
+            "truncate_shard",
+            r"step_00000002: shard file __0_0.distcp is truncated \(\d+ bytes; the metadata needs \d+\)",
+        ),
+        (
+            "flip_shard_byte",
+            r"step_00000002: file __0_0.distcp is corrupt \(CRC-32 [0-9a-f]{8}, recorded [0-9a-f]{8} when it was written\)",
+        ),
         ("delete_shard", r"step_00000002: shard file __0_0.distcp missing"),
         ("flip_rng_byte", r"step_00000002: file rng_rank0.pt is corrupt \(CRC-32"),
         ("truncate_metadata", r"step_00000002: unreadable DCP metadata"),
@@ -95,7 +103,9 @@ def test_crash_while_replacing_a_same_named_checkpoint_is_recovered(two_checkpoi
         ("grow_shard", r"step_00000002: file __0_0.distcp has \d+ bytes; checksums.json records \d+"),
     ],
 )
-def test_damaged_checkpoint_is_refused_and_the_previous_one_used(two_checkpoints, solo: Recipe, damage: str, message: str) -> None:  # noqa: ANN001
+def test_damaged_checkpoint_is_refused_and_the_previous_one_used(
+    two_checkpoints, solo: Recipe, damage: str, message: str
+) -> None:  # noqa: ANN001
     manager, older, latest = two_checkpoints
     shard = _shard(latest)
     if damage == "truncate_shard":
@@ -142,11 +152,17 @@ def test_recipe_resume_falls_back_and_refuses_to_start_over(solo: Recipe, tmp_pa
     assert recipe.progress.step == 1
     assert "checkpoint refused: " in caplog.text and "is corrupt (CRC-32" in caplog.text
     assert "falling back to step_00000001" in caplog.text
-    assert "resumed from step_00000001, an older checkpoint: the newer one(s) ['step_00000002'] were refused" in caplog.text
+    assert (
+        "resumed from step_00000001, an older checkpoint: the newer one(s) ['step_00000002'] were refused"
+        in caplog.text
+    )
 
     (recipe.checkpoints.folder / "step_00000001" / "progress.json").unlink()
-    with pytest.raises(CheckpointError, match=r"every checkpoint was refused \(\['step_00000002', 'step_00000001'\]; "
-                                              r"reasons above\); not starting from scratch over them"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"every checkpoint was refused \(\['step_00000002', 'step_00000001'\]; "
+        r"reasons above\); not starting from scratch over them",
+    ):
         recipe.resume_latest()
 
 
@@ -158,8 +174,11 @@ def test_full_disk_during_save_keeps_the_previous_checkpoint(two_checkpoints, so
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
     try:
-        with pytest.raises(CheckpointError, match=r"step_00000003: save failed \(.*File too large.*\); "
-                                                  r"earlier checkpoints are untouched \(newest: step_00000002\)"):
+        with pytest.raises(
+            CheckpointError,
+            match=r"step_00000003: save failed \(.*File too large.*\); "
+            r"earlier checkpoints are untouched \(newest: step_00000002\)",
+        ):
             manager.save("step_00000003", solo.model, solo.optimizer, {"step": 3})
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))

@@ -26,7 +26,14 @@ from em3rec.loss_guard import NonFiniteLossError
 from em3rec.train import write_results
 from tests.data.conftest import rewrite_split
 from tests.reliability.conftest import (
-    SHORT, copy_dataset, in_process_recipe, launch, metrics, overrides, poison_item, torchrun,
+    SHORT,
+    copy_dataset,
+    in_process_recipe,
+    launch,
+    metrics,
+    overrides,
+    poison_item,
+    torchrun,
 )
 
 EPOCHS, STEPS = 2, 12  # from SHORT
@@ -37,8 +44,9 @@ def _train_batches(data: Path, world_size: int) -> dict[tuple[int, int], list[se
     config = load_config("din_em3", [*SHORT, f"data.path={data}"])
     out = {}
     for rank in range(world_size):
-        loader = ImpressionLoader.from_config(config.data, "train", rank=rank, world_size=world_size, seed=0,
-                                              max_batches=STEPS, modalities=(), prefetch=0)
+        loader = ImpressionLoader.from_config(
+            config.data, "train", rank=rank, world_size=world_size, seed=0, max_batches=STEPS, modalities=(), prefetch=0
+        )
         for epoch in range(EPOCHS):
             loader.set_epoch(epoch)
             out[epoch, rank] = [set(b.content_item_ids.tolist()) for b in loader]
@@ -63,7 +71,9 @@ def _replace_item(table: pa.Table, item: int, other: int) -> pa.Table:
             values = [other if v == item else v for v in values]
         else:
             values = [[other if v == item else v for v in h] for h in values]
-        table = table.set_column(table.schema.get_field_index(column), column, pa.array(values, table.schema.field(column).type))
+        table = table.set_column(
+            table.schema.get_field_index(column), column, pa.array(values, table.schema.field(column).type)
+        )
     return table
 
 
@@ -89,8 +99,9 @@ def poisoned(reliable_data: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     poison_item(data, item)
     for split in ("valid", "test"):
         rewrite_split(data, split, lambda t: _replace_item(t, item, item + 1 if item < 300 else item - 1))
-    return Poisoned(data, item, [where(item, one[e, 0]) for e in range(EPOCHS)],
-                    {k: where(item, v) for k, v in two.items()})
+    return Poisoned(
+        data, item, [where(item, one[e, 0]) for e in range(EPOCHS)], {k: where(item, v) for k, v in two.items()}
+    )
 
 
 def _ids_in(message: str, name: str) -> list[int]:
@@ -109,8 +120,10 @@ def test_nonfinite_loss_stops_naming_the_step_and_the_batch(poisoned: Poisoned, 
     with pytest.raises(NonFiniteLossError) as caught:
         recipe.train()
     message = str(caught.value)
-    assert message.startswith(f"non-finite loss at step {first + 1} (epoch 0, batch {first + 1}) on rank(s) [0]: "
-                              f"loss nan on rank 0, batch user_ids=")
+    assert message.startswith(
+        f"non-finite loss at step {first + 1} (epoch 0, batch {first + 1}) on rank(s) [0]: "
+        f"loss nan on rank 0, batch user_ids="
+    )
     assert _ids_in(message, "user_ids") == batch.user_ids.tolist()
     assert _ids_in(message, "item_ids") == batch.item_ids.tolist()
     assert poisoned.item in _ids_in(message, "target+history item ids")
@@ -119,15 +132,26 @@ def test_nonfinite_loss_stops_naming_the_step_and_the_batch(poisoned: Poisoned, 
 
 def test_exploding_learning_rate_stops_the_run(reliable_data: Path, tmp_path: Path) -> None:
     recipe = in_process_recipe(reliable_data, tmp_path, "optim.dense_lr=1e30", "optim.embedding_lr=1e30")
-    with pytest.raises(NonFiniteLossError, match=r"^non-finite loss at step 2 \(epoch 0, batch 2\) on rank\(s\) \[0\]: loss nan"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"^non-finite loss at step 2 \(epoch 0, batch 2\) on rank\(s\) \[0\]: loss nan"
+    ):
         recipe.train()
 
 
 def test_skip_policy_stops_a_diverged_run_after_the_limit(reliable_data: Path, tmp_path: Path) -> None:
-    recipe = in_process_recipe(reliable_data, tmp_path, "optim.dense_lr=1e30", "optim.embedding_lr=1e30",
-                               "train.nan_policy=skip", "train.nan_skip_limit=3")
-    with pytest.raises(NonFiniteLossError, match=r"^3 batches in a row had a non-finite loss \(train.nan_skip_limit = 3\); "
-                                                 r"the model has probably diverged. Last at step 2 \(epoch 0, batch 4\)"):
+    recipe = in_process_recipe(
+        reliable_data,
+        tmp_path,
+        "optim.dense_lr=1e30",
+        "optim.embedding_lr=1e30",
+        "train.nan_policy=skip",
+        "train.nan_skip_limit=3",
+    )
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"^3 batches in a row had a non-finite loss \(train.nan_skip_limit = 3\); "
+        r"the model has probably diverged. Last at step 2 \(epoch 0, batch 4\)",
+    ):
         recipe.train()
 
 
@@ -137,8 +161,11 @@ def test_nan_scores_in_evaluation_are_refused(reliable_data: Path, poisoned: Poi
     data = copy_dataset(reliable_data, tmp_path / "data")
     poison_item(data, poisoned.item)  # not scrubbed from valid/test this time
     recipe = in_process_recipe(data, tmp_path, "train.nan_policy=skip")
-    with pytest.raises(NonFiniteLossError, match=r"^non-finite predictions on valid after epoch 0 \(logloss nan\): "
-                                                 r"an item's content tokens or a weight is NaN/inf"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"^non-finite predictions on valid after epoch 0 \(logloss nan\): "
+        r"an item's content tokens or a weight is NaN/inf",
+    ):
         recipe.train()
 
 
@@ -153,13 +180,18 @@ def test_skip_policy_counts_and_reports_skipped_batches(poisoned: Poisoned, tmp_
     assert "train.nan_policy = 'skip': training without TrainPipelineSparseDist" in caplog.text
     skips = [r.getMessage() for r in caplog.records if "batch skipped" in r.getMessage()]
     assert len(skips) == expected
-    assert skips[0].startswith(f"non-finite loss at step {poisoned.one_rank[0][0] + 1} (epoch 0, batch "
-                               f"{poisoned.one_rank[0][0] + 1}) on rank(s) [0]: batch skipped "
-                               f"(train.nan_policy = 'skip'; 1 skipped so far); loss nan on rank 0, batch user_ids=")
+    assert skips[0].startswith(
+        f"non-finite loss at step {poisoned.one_rank[0][0] + 1} (epoch 0, batch "
+        f"{poisoned.one_rank[0][0] + 1}) on rank(s) [0]: batch skipped "
+        f"(train.nan_policy = 'skip'; 1 skipped so far); loss nan on rank 0, batch user_ids="
+    )
     result = json.loads((recipe.run_dir / "metrics.json").read_text())
     assert result["skipped_batches"] == expected
     assert recipe.progress.step == EPOCHS * STEPS - expected  # optimiser steps: the skipped ones not taken
-    assert f"skipped batches (non-finite loss, train.nan_policy = 'skip'): {expected}" in (recipe.run_dir / "summary.txt").read_text()
+    assert (
+        f"skipped batches (non-finite loss, train.nan_policy = 'skip'): {expected}"
+        in (recipe.run_dir / "summary.txt").read_text()
+    )
     assert all(math.isfinite(result["test"][k]) for k in ("auc", "gauc", "logloss"))
 
 
@@ -179,9 +211,15 @@ def test_two_ranks_stop_together_on_a_nan_loss(poisoned: Poisoned, tmp_path: Pat
     out = job.output()
     where = f"non-finite loss at step {index + 1} (epoch 0, batch {index + 1}) on rank(s) [{bad}]: "
     assert f"[rank{bad}]: em3rec.loss_guard.NonFiniteLossError: {where}loss nan on rank {bad}, batch user_ids=[" in out
-    assert (f"[rank{good}]: em3rec.loss_guard.NonFiniteLossError: {where}this rank's loss was finite (" in out
-            and f"); the batch ids are in rank {bad}'s log" in out)
-    assert poisoned.item in json.loads(re.search(rf"\[rank{bad}\]: em3rec.loss_guard.NonFiniteLossError: .*target\+history item ids=(\[[^\]]*\])", out).group(1))
+    assert (
+        f"[rank{good}]: em3rec.loss_guard.NonFiniteLossError: {where}this rank's loss was finite (" in out
+        and f"); the batch ids are in rank {bad}'s log" in out
+    )
+    assert poisoned.item in json.loads(
+        re.search(
+            rf"\[rank{bad}\]: em3rec.loss_guard.NonFiniteLossError: .*target\+history item ids=(\[[^\]]*\])", out
+        ).group(1)
+    )
     assert not (tmp_path / "nan_stop" / "metrics.json").exists()
     assert elapsed < 150
 
@@ -193,7 +231,9 @@ def test_two_ranks_skip_together_and_finish(poisoned: Poisoned, tmp_path: Path) 
     gradients forever): the run finishes and counts each step where any rank's loss was NaN."""
     steps = {(e, i) for (e, _), batches in poisoned.two_ranks.items() for i in batches}
     start = time.monotonic()
-    job = launch(torchrun(2, overrides(poisoned.data, tmp_path, "nan_skip", "train.nan_policy=skip")), tmp_path / "nan_skip.log")
+    job = launch(
+        torchrun(2, overrides(poisoned.data, tmp_path, "nan_skip", "train.nan_policy=skip")), tmp_path / "nan_skip.log"
+    )
     assert job.wait() == 0, job.output()[-6000:]
     result = metrics(tmp_path / "nan_skip")
     assert result["skipped_batches"] == len(steps), (steps, result["skipped_batches"])

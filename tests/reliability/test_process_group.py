@@ -31,9 +31,15 @@ TIMEOUT = datetime.timedelta(seconds=5)
 def agent_store(monkeypatch: pytest.MonkeyPatch) -> dist.TCPStore:
     """A TCPStore standing in for torchrun's agent store, and the environment torchrun gives workers."""
     server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=TIMEOUT)
-    for key, value in {"TORCHELASTIC_USE_AGENT_STORE": "True", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(server.port), "GROUP_WORLD_SIZE": "1", "TORCHELASTIC_MAX_RESTARTS": "1",
-                       "RANK": "0", "TORCHELASTIC_RESTART_COUNT": "0"}.items():
+    for key, value in {
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(server.port),
+        "GROUP_WORLD_SIZE": "1",
+        "TORCHELASTIC_MAX_RESTARTS": "1",
+        "RANK": "0",
+        "TORCHELASTIC_RESTART_COUNT": "0",
+    }.items():
         monkeypatch.setenv(key, value)
     return server
 
@@ -72,8 +78,10 @@ def test_one_process_run_needs_no_tcp_port() -> None:
     """A plain `python -m em3rec.train` used to pick a free port, release it and bind it again in
     TCPStore: another process could take it in between (EADDRINUSE at start-up, seen in CI)."""
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
-    code = ("import torch.distributed as dist; from em3rec.distributed import init_distributed; init_distributed('cpu'); "
-            "print(type(dist.distributed_c10d._get_default_store().underlying_store).__name__)")
+    code = (
+        "import torch.distributed as dist; from em3rec.distributed import init_distributed; init_distributed('cpu'); "
+        "print(type(dist.distributed_c10d._get_default_store().underlying_store).__name__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "HashStore"

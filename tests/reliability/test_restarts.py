@@ -20,7 +20,15 @@ import pytest
 from em3rec.checkpoint import validate_checkpoint
 from tests.data.conftest import rewrite_split
 from tests.reliability.conftest import (
-    Reference, assert_close_metrics, copy_dataset, launch, metrics, overrides, run_ok, torchrun, wait_for,
+    Reference,
+    assert_close_metrics,
+    copy_dataset,
+    launch,
+    metrics,
+    overrides,
+    run_ok,
+    torchrun,
+    wait_for,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
@@ -28,7 +36,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 STABLE = ("valid", "valid_by_epoch", "test", "best_epoch", "skipped_batches", "world_size")
 
 
-def test_same_seed_and_world_size_give_bit_identical_metrics(reference: Reference, reliable_data: Path, tmp_path: Path) -> None:
+def test_same_seed_and_world_size_give_bit_identical_metrics(
+    reference: Reference, reliable_data: Path, tmp_path: Path
+) -> None:
     run_ok(torchrun(2, overrides(reliable_data, tmp_path, "again")), tmp_path / "again.log")
     again = metrics(tmp_path / "again")
     for key in STABLE:  # exact: JSON floats are shortest round-trip reprs, so equal text = equal bits
@@ -37,7 +47,9 @@ def test_same_seed_and_world_size_give_bit_identical_metrics(reference: Referenc
 
 def test_reference_run_drops_the_remainder_and_logs_it(reference: Reference) -> None:
     """4809 rows do not divide into 2 ranks x 64-row batches: equal batch counts, remainder logged."""
-    assert "syn/train: 2 ranks x 37 batches x 64 rows; 73 of 4809 rows dropped per epoch (remainder)" in reference.output
+    assert (
+        "syn/train: 2 ranks x 37 batches x 64 rows; 73 of 4809 rows dropped per epoch (remainder)" in reference.output
+    )
     assert reference.metrics["test"]["rows"] == 601 and reference.metrics["valid"]["rows"] == 601
 
 
@@ -50,7 +62,9 @@ def _kill_rank_after_first_checkpoint(job, checkpoints: Path, rank: int = 1) -> 
     return first
 
 
-def test_sigkill_one_rank_torchrun_restarts_and_resumes_exactly(reference: Reference, reliable_data: Path, tmp_path: Path) -> None:
+def test_sigkill_one_rank_torchrun_restarts_and_resumes_exactly(
+    reference: Reference, reliable_data: Path, tmp_path: Path
+) -> None:
     job = launch(torchrun(2, overrides(reliable_data, tmp_path, "killed"), max_restarts=1), tmp_path / "killed.log")
     first = _kill_rank_after_first_checkpoint(job, tmp_path / "killed" / "checkpoints")
     progress = validate_checkpoint(tmp_path / "killed" / "checkpoints" / first)
@@ -62,15 +76,33 @@ def test_sigkill_one_rank_torchrun_restarts_and_resumes_exactly(reference: Refer
     assert_close_metrics(metrics(tmp_path / "killed"), reference.metrics)
 
 
-def test_sigkill_one_rank_under_torchx_restarts_and_resumes(reference: Reference, reliable_data: Path, tmp_path: Path) -> None:
+def test_sigkill_one_rank_under_torchx_restarts_and_resumes(
+    reference: Reference, reliable_data: Path, tmp_path: Path
+) -> None:
     torchx = str(Path(sys.executable).parent / "torchx")
     env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    cmd = [torchx, "run", "-s", "local_cwd", "-cfg", f"log_dir={tmp_path / 'torchx'}", "torchx/em3rec.py:train",
-           "-j", "1x2", "--max_restarts", "1", "--config", "din_em3", *overrides(reliable_data, tmp_path, "tx")]
+    cmd = [
+        torchx,
+        "run",
+        "-s",
+        "local_cwd",
+        "-cfg",
+        f"log_dir={tmp_path / 'torchx'}",
+        "torchx/em3rec.py:train",
+        "-j",
+        "1x2",
+        "--max_restarts",
+        "1",
+        "--config",
+        "din_em3",
+        *overrides(reliable_data, tmp_path, "tx"),
+    ]
     job = launch(cmd, tmp_path / "tx.log", env=env)
     _kill_rank_after_first_checkpoint(job, tmp_path / "tx" / "checkpoints")
     assert job.wait() == 0, job.output()[-6000:]
-    logs = job.output() + "".join(p.read_text(errors="replace") for p in (tmp_path / "torchx").rglob("*") if p.is_file())
+    logs = job.output() + "".join(
+        p.read_text(errors="replace") for p in (tmp_path / "torchx").rglob("*") if p.is_file()
+    )
     assert "torchrun restart 1 of the worker group" in logs
     assert_close_metrics(metrics(tmp_path / "tx"), reference.metrics)
 
@@ -79,7 +111,9 @@ def _shard(checkpoint: Path) -> Path:
     return sorted(checkpoint.glob("*.distcp"))[0]
 
 
-def test_corrupt_latest_checkpoint_then_full_disk_then_recovery(reference: Reference, reliable_data: Path, tmp_path: Path) -> None:
+def test_corrupt_latest_checkpoint_then_full_disk_then_recovery(
+    reference: Reference, reliable_data: Path, tmp_path: Path
+) -> None:
     """The finished reference run, with its newest checkpoint bit-flipped and a leftover partial
     save: --resume refuses the corrupt checkpoint and falls back to the previous one; its first save
     hits a full disk (RLIMIT_FSIZE: write(2) fails like ENOSPC) and the job stops with that message,
@@ -97,16 +131,20 @@ def test_corrupt_latest_checkpoint_then_full_disk_then_recovery(reference: Refer
 
     # Half the largest shard: the model's shard write hits the limit, not a small file (RNG, metadata).
     limit = max(p.stat().st_size for p in (checkpoints / "step_00000020").glob("*.distcp")) // 2
-    full_disk = launch(torchrun(2, args, resume=True), tmp_path / "full.log",
-                       preexec=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    full_disk = launch(
+        torchrun(2, args, resume=True),
+        tmp_path / "full.log",
+        preexec=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+    )
     start = time.monotonic()
     assert full_disk.wait() != 0
     out = full_disk.output()
     assert f"checkpoint refused: {latest}: file {shard.name} is corrupt (CRC-32" in out
     assert "falling back to step_00000020" in out
     assert "resumed from step_00000020, an older checkpoint: the newer one(s) ['step_00000024'] were refused" in out
-    assert (f"CheckpointError: {checkpoints}/step_00000024: save failed (OSError: [Errno 27] File too large"
-            in out), out[-4000:]
+    assert f"CheckpointError: {checkpoints}/step_00000024: save failed (OSError: [Errno 27] File too large" in out, out[
+        -4000:
+    ]
     assert "earlier checkpoints are untouched (newest: step_00000024)" in out  # the corrupt one, left as found
     assert time.monotonic() - start < 200
     assert not (checkpoints / ".step_00000024.tmp").exists()
@@ -138,8 +176,10 @@ def test_bad_row_on_one_rank_stops_every_rank_promptly(reliable_data: Path, tmp_
         return table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels, pa.float32()))
 
     rewrite_split(data, "train", nan_label)
-    job = launch(torchrun(2, overrides(data, tmp_path, "bad", "data.scan_rows=0", "train.collective_timeout_s=600")),
-                 tmp_path / "bad.log")
+    job = launch(
+        torchrun(2, overrides(data, tmp_path, "bad", "data.scan_rows=0", "train.collective_timeout_s=600")),
+        tmp_path / "bad.log",
+    )
     assert job.wait(timeout=200) != 0
     elapsed = time.monotonic() - job.started
     out = job.output()

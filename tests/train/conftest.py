@@ -22,25 +22,55 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # A small EM3-DIN: every part of the model runs, each step takes milliseconds.
 TINY = [
-    "data.batch_size=64", "data.eval_batch_size=256", "data.max_history=20",
-    "model.embedding_dim=16", "model.qformer.dim=16", "model.qformer.num_heads=2", "model.cic.dim=16",
-    "model.dense_layers=[32]", "model.over_layers=[32,16]", "model.attention_hidden=[16]",
-    "train.epochs=2", "train.log_every=10",
+    "data.batch_size=64",
+    "data.eval_batch_size=256",
+    "data.max_history=20",
+    "model.embedding_dim=16",
+    "model.qformer.dim=16",
+    "model.qformer.num_heads=2",
+    "model.cic.dim=16",
+    "model.dense_layers=[32]",
+    "model.over_layers=[32,16]",
+    "model.attention_hidden=[16]",
+    "train.epochs=2",
+    "train.log_every=10",
 ]
 
 
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("train") / "syn"
-    generate(SyntheticConfig(out=out, rows=6000, items=300, users=100, history_mean=8.0, history_max=20,
-                             modalities=("title", "meta"), tokens=(4, 6), width=(16, 8), seed=3))
+    generate(
+        SyntheticConfig(
+            out=out,
+            rows=6000,
+            items=300,
+            users=100,
+            history_mean=8.0,
+            history_max=20,
+            modalities=("title", "meta"),
+            tokens=(4, 6),
+            width=(16, 8),
+            seed=3,
+        )
+    )
     return out
 
 
-def train_command(nproc: int, config: str, overrides: list[str], resume: bool = False, module: str = "em3rec.train") -> list[str]:
+def train_command(
+    nproc: int, config: str, overrides: list[str], resume: bool = False, module: str = "em3rec.train"
+) -> list[str]:
     launcher = [sys.executable, "-m", "em3rec.train"] if module == "em3rec.train" else [sys.executable, "-m", module]
     if nproc > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", module]
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            module,
+        ]
     args = ["--config", config, *(["--resume"] if resume else [])]
     for o in overrides:
         args += ["--set", o]
@@ -62,7 +92,9 @@ def run_and_kill_after(cmd: list[str], marker: Path, timeout: float = 300) -> No
     deadline = time.monotonic() + timeout
     while not marker.exists():
         if proc.poll() is not None:
-            raise AssertionError(f"run ended (rc={proc.returncode}) before {marker} appeared:\n{log.read_text()[-4000:]}")
+            raise AssertionError(
+                f"run ended (rc={proc.returncode}) before {marker} appeared:\n{log.read_text()[-4000:]}"
+            )
         if time.monotonic() > deadline:
             os.killpg(proc.pid, signal.SIGKILL)
             raise AssertionError(f"{marker} did not appear in {timeout}s")
@@ -79,8 +111,16 @@ def metrics(run_dir: Path) -> dict:
 def recipe(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Recipe:
     """A 1-process EM3-DIN recipe (no train pipeline) after 3 training steps."""
     run_dir = tmp_path_factory.mktemp("ckpt")
-    config = load_config("din_em3", [*TINY, f"data.path={tiny_prepared}", f"train.run_dir={run_dir}",
-                                     "train.run_name=r", "sharding.pipeline=false"])
+    config = load_config(
+        "din_em3",
+        [
+            *TINY,
+            f"data.path={tiny_prepared}",
+            f"train.run_dir={run_dir}",
+            "train.run_name=r",
+            "sharding.pipeline=false",
+        ],
+    )
     recipe = Recipe(config, init_distributed("cpu"))
     recipe.setup()
     batches = iter(recipe.loader("train"))

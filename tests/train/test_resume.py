@@ -22,7 +22,7 @@ def test_killed_run_resumes_exactly_and_reshards_to_one_rank(tiny_prepared: Path
     ckpt_dir = tmp_path / "killed" / "checkpoints"
     run_and_kill_after(train_command(2, "din_em3", interrupted), ckpt_dir / "latest")
     assert not (tmp_path / "killed" / "metrics.json").exists()
-    first = (ckpt_dir / (ckpt_dir / "latest").read_text().strip())
+    first = ckpt_dir / (ckpt_dir / "latest").read_text().strip()
     assert validate_checkpoint(first)["step"] >= 5
     run(train_command(2, "din_em3", interrupted, resume=True))
     resumed = metrics(tmp_path / "killed")
@@ -33,7 +33,10 @@ def test_killed_run_resumes_exactly_and_reshards_to_one_rank(tiny_prepared: Path
     assert resumed["best_epoch"] == straight["best_epoch"]
 
     # The 2-rank best checkpoint, evaluated by 1 rank (resharded on load), gives the same test AUC.
-    out = run(train_command(1, "din_em3", [*common, "train.run_name=straight"], module="em3rec.evaluate") + ["--split", "test"])
+    out = run(
+        train_command(1, "din_em3", [*common, "train.run_name=straight"], module="em3rec.evaluate")
+        + ["--split", "test"]
+    )
     line = [x for x in out.stdout.splitlines() if x.startswith("test auc=")][-1]
     one_rank_auc = float(line.split()[1].split("=")[1])
     assert math.isclose(one_rank_auc, straight["test"]["auc"], abs_tol=1e-4), line
