@@ -19,9 +19,12 @@ def test_earlier_runs_keep_only_other_seeds(tmp_path: Path) -> None:
 
     path = tmp_path / "runs.json"
     path.write_text(json.dumps({"din_em3": [run(0), run(1)], "din_id": [run(1)]}))
-    kept = _earlier_runs(path, exclude_seeds={1, 2})
+    # an invocation redoing seeds 1 and 2 of din_em3 and din_id keeps seed 0 of din_em3 only
+    kept = _earlier_runs(path, {"din_em3", "din_id"}, {1, 2})
     assert kept == {"din_em3": [run(0)]}
-    assert _earlier_runs(tmp_path / "missing.json", {0}) == {}
+    # ... and one redoing din_em3 alone keeps every run of the other configs
+    assert _earlier_runs(path, {"din_em3"}, {1}) == {"din_em3": [run(0)], "din_id": [run(1)]}
+    assert _earlier_runs(tmp_path / "missing.json", {"din_em3"}, {0}) == {}
 
 
 def test_bucket_aucs_split_rows_by_train_count(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ import torch
 
 from em3rec.config import ConfigError, load_config
 from em3rec.data.loader import ImpressionLoader
+from em3rec.factory import catalogue_samples
 from em3rec.data.schema import DatasetError
 from tests.data.conftest import rewrite_split
 from tests.reliability.conftest import (
@@ -241,7 +242,12 @@ def test_empty_histories_and_items_without_any_content_train(
     assert no_content, "the fixture must hold items with no token in any modality"
     recipe = _starts(reliable_data, tmp_path, f"model.attention_softmax={str(softmax).lower()}")
     loader = ImpressionLoader.from_config(
-        recipe.config.data, "train", modalities=recipe.config.data.modalities, shuffle=False, prefetch=0
+        recipe.config.data,
+        "train",
+        modalities=recipe.config.data.modalities,
+        shuffle=False,
+        prefetch=0,
+        catalogue_samples=catalogue_samples(recipe.config.model, "train"),
     )
     batch = next(
         b for b in loader if (~b.history_mask.any(dim=1)).any() and no_content & set(b.content_item_ids.tolist())

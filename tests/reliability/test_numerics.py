@@ -22,6 +22,7 @@ import pytest
 
 from em3rec.config import load_config
 from em3rec.data.loader import ImpressionLoader
+from em3rec.factory import catalogue_samples
 from em3rec.loss_guard import NonFiniteLossError
 from em3rec.train import write_results
 from tests.data.conftest import rewrite_split
@@ -45,7 +46,15 @@ def _train_batches(data: Path, world_size: int) -> dict[tuple[int, int], list[se
     out = {}
     for rank in range(world_size):
         loader = ImpressionLoader.from_config(
-            config.data, "train", rank=rank, world_size=world_size, seed=0, max_batches=STEPS, modalities=(), prefetch=0
+            config.data,
+            "train",
+            rank=rank,
+            world_size=world_size,
+            seed=0,
+            max_batches=STEPS,
+            modalities=(),
+            prefetch=0,
+            catalogue_samples=catalogue_samples(config.model, "train"),
         )
         for epoch in range(EPOCHS):
             loader.set_epoch(epoch)
