@@ -1,4 +1,5 @@
-"""The model: ID side (``sparse``), content side (``fusion_qformer``, ``content_tower``), user
+"""The model: ID side (``sparse``), content side (``fusion_qformer``, ``content_tower`` with its
+``history_encoders``, the baseline's ``frozen_content``, their inputs/outputs in ``content_io``), user
 interest (``interest``), CIC loss (``cic``), ranking backbones (``backbones``), and their assembly
 (``model``: ``build_model``, ``EM3Model``, ``EM3Train``). FLOPs per component: ``benchmarks/flops.py``;
 test fixtures: ``em3rec.testing``."""
