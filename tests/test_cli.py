@@ -61,11 +61,9 @@ def test_missing_dataset(tmp_path: Path) -> None:
     _one_line_error(out, f"error: {tmp_path / 'nowhere' / 'meta.json'}: missing; prepare the dataset first")
 
 
-def test_bad_parquet(dataset: Path, tmp_path: Path) -> None:
-    data = Path(shutil.copytree(dataset, tmp_path / "bad"))
-    victim = sorted((data / "valid").glob("*.parquet"))[0]
-    victim.write_bytes(b"PAR1 not really")
-    out = _run(
+def _train_small(data: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """``em3rec.train`` on ``data`` with a small batch and history, runs under ``tmp_path``."""
+    return _run(
         "em3rec.train",
         "--config",
         "din_em3",
@@ -78,6 +76,13 @@ def test_bad_parquet(dataset: Path, tmp_path: Path) -> None:
         "--set",
         f"train.run_dir={tmp_path / 'runs'}",
     )
+
+
+def test_bad_parquet(dataset: Path, tmp_path: Path) -> None:
+    data = Path(shutil.copytree(dataset, tmp_path / "bad"))
+    victim = sorted((data / "valid").glob("*.parquet"))[0]
+    victim.write_bytes(b"PAR1 not really")
+    out = _train_small(data, tmp_path)
     _one_line_error(out, f"error: {victim.parent}: cannot open as Parquet (")
     assert f"Could not open Parquet input source '{victim}'" in out.stderr
 
@@ -92,19 +97,7 @@ def test_bad_column_type(dataset: Path, tmp_path: Path) -> None:
         pq.write_table(
             table.set_column(table.schema.get_field_index("label"), "label", table["label"].cast(pa.float64())), file
         )
-    out = _run(
-        "em3rec.train",
-        "--config",
-        "din_em3",
-        "--set",
-        f"data.path={data}",
-        "--set",
-        "data.max_history=8",
-        "--set",
-        "data.batch_size=32",
-        "--set",
-        f"train.run_dir={tmp_path / 'runs'}",
-    )
+    out = _train_small(data, tmp_path)
     _one_line_error(out, "column 'label' has type double; expected float32")
 
 
