@@ -71,10 +71,7 @@ class ContentTower(nn.Module):
         content = self.qformer(tokens, token_mask, index).pooled  # (U, D)
         if self.pooled_base is None:
             return content
-        if index is not None:  # pool only the rows asked for (e.g. the catalogue sample), not all N
-            tokens = {m: t[index] for m, t in tokens.items()}
-            token_mask = {m: t[index] for m, t in token_mask.items()}
-        return content + self.pooled_base(tokens, token_mask)  # (U, D)
+        return content + self.pooled_base(tokens, token_mask, index)  # (U, D): only the rows asked for
 
     def forward(self, batch: Batch, targets: DistinctTargets) -> ContentOutput:
         """

@@ -35,12 +35,16 @@ class PooledContentProjection(nn.Module):
         self._modalities = list(modality_widths)
         self.proj = nn.Linear(sum(modality_widths.values()), out_dim)
 
-    def forward(self, tokens: dict[str, torch.Tensor], token_mask: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Args: modality -> ``(U, T_m, W_m)`` tokens and ``(U, T_m)`` masks. Returns ``(U, D)``."""
+    def forward(
+        self, tokens: dict[str, torch.Tensor], token_mask: dict[str, torch.Tensor], index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Args: modality -> ``(N, T_m, W_m)`` tokens and ``(N, T_m)`` masks; ``index (U,)`` the rows to
+        pool (None: all, ``U = N``). Returns ``(U, D)``."""
         pooled = []
-        for m in self._modalities:
-            w = token_mask[m].to(self.proj.weight.dtype).unsqueeze(-1)  # (U, T_m, 1)
-            x = tokens[m].to(self.proj.weight.dtype)  # (U, T_m, W_m)
+        for m in self._modalities:  # the module's own list: traceable by torch.fx (the train pipeline)
+            mask, x = (token_mask[m], tokens[m]) if index is None else (token_mask[m][index], tokens[m][index])
+            w = mask.to(self.proj.weight.dtype).unsqueeze(-1)  # (U, T_m, 1)
+            x = x.to(self.proj.weight.dtype)  # (U, T_m, W_m)
             pooled.append((x * w).sum(1) / w.sum(1).clamp_min(1.0))  # (U, W_m)
         return self.proj(torch.cat(pooled, dim=-1))  # (U, D)
 

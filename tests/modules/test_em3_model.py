@@ -110,15 +110,24 @@ def test_bad_configs_are_rejected(meta, data_config, overrides, match, model_con
 
 
 @pytest.mark.parametrize(
-    "content,mode",
-    [("none", "none"), ("frozen", "none"), ("frozen", "full"), ("em3", "none"), ("em3", "lora"), ("em3", "cached")],
+    "content,mode,catalogue",
+    [
+        ("none", "none", 0),
+        ("frozen", "none", 0),
+        ("frozen", "full", 0),
+        ("em3", "none", 0),
+        ("em3", "lora", 0),
+        ("em3", "lora", 8),
+        ("em3", "cached", 8),
+    ],
 )
-def test_fx_traceable_for_the_train_pipeline(meta, data_config, content, mode, model_config):
+def test_fx_traceable_for_the_train_pipeline(meta, data_config, content, mode, catalogue, model_config):
     """TorchRec's TrainPipelineSparseDist fx-traces the model with every sharding-free child as a
     leaf; the EBC and EC must then take the batch's KJTs unchanged (so they can be pipelined)."""
     from torchrec.distributed.train_pipeline.tracing import Tracer
 
-    train = EM3Train(build_model(model_config(content=content, seq_content_mode=mode), meta, data_config))
+    cic = CICConfig(weight=0.5, dim=8, catalogue_samples=catalogue)
+    train = EM3Train(build_model(model_config(content=content, seq_content_mode=mode, cic=cic), meta, data_config))
     collections = ["model.id_arch.embedding_bag_collection", "model.id_arch.embedding_collection"]
     leaves = [f"model.{n}" for n, _ in train.model.named_children() if n != "id_arch"] + collections
     graph = Tracer(leaf_modules=leaves).trace(train)
