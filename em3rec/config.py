@@ -29,6 +29,7 @@ QFormerAttention = Literal["self", "cross"]
 EmbeddingOptimizer = Literal["rowwise_adagrad", "adagrad", "adam", "sgd"]
 Device = Literal["auto", "cpu", "cuda"]
 NanPolicy = Literal["stop", "skip"]
+PrecisionSetting = Literal["auto", "fp32", "bf16"]  # of the dense forward (em3rec.precision)
 ShardingType = Literal["data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise"]
 
 
@@ -165,6 +166,9 @@ class TrainConfig:
     patience: int = 0  # stop after this many epochs without a better valid AUC; 0 = run every epoch
     seed: int = 0
     device: Device = "auto"
+    # The dense forward's compute dtype (torch.autocast; embeddings and parameters stay fp32):
+    # "auto" = bf16 on CUDA with bf16 or a CPU with AMX / AVX512-BF16, else fp32 (see em3rec.precision).
+    precision: PrecisionSetting = "auto"
     log_every: int = 50  # steps between log lines
     checkpoint_every: int = 0  # steps between checkpoints; 0 = end of each epoch only
     keep_checkpoints: int = 2

@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     trained = load_trained(cli.load(args), args.checkpoint)
     env = trained.env
-    metrics = evaluate(trained.model, trained.loader(args.split), env.device, trained.cold_items)
+    with trained.precision.autocast():
+        metrics = evaluate(trained.model, trained.loader(args.split), env.device, trained.cold_items)
     metrics["checkpoint"] = str(trained.checkpoint)
     if env.is_main:
         out = trained.run_dir / f"eval_{args.split}.json"

@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> Path:
     if env.is_main:
         store = trained.item_store
         assert store is not None  # a content model has its item store
-        embeddings = item_embeddings(trained.em3_model, store, config.data.pooled_content, env.device)
+        with trained.precision.autocast():
+            embeddings = item_embeddings(trained.em3_model, store, config.data.pooled_content, env.device)
         write_embeddings(out, embeddings, raw_item_ids(Path(config.data.path), store.num_rows))
         print(f"wrote {embeddings.shape[0]} item embeddings of width {embeddings.shape[1]} to {out}", flush=True)
     dist.barrier()

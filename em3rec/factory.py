@@ -23,7 +23,8 @@ from em3rec.data.schema import DatasetMeta
 from em3rec.distributed import DistEnv, allowed_sharding_types, build_optimizer, init_distributed, shard_model
 from em3rec.errors import UsageError
 from em3rec.evaluation import cold_item_mask
-from em3rec.modules.model import EM3Model, EM3Train, build_model, uses_catalogue
+from em3rec.modules.model import EM3Model, EM3Train, build_model, uses_catalogue, uses_pooled_vectors
+from em3rec.precision import Precision
 from em3rec.run_log import setup_logging
 
 
@@ -59,6 +60,7 @@ def open_loader(config: Config, split: str, env: DistEnv, item_store: ItemStore 
         item_store=item_store,
         scan_rows=data.scan_rows,
         catalogue_samples=catalogue_samples(config.model, split),
+        pooled_vectors=uses_pooled_vectors(config.model),
     )
 
 
@@ -110,6 +112,7 @@ class TrainedModel:
         checkpoint: the checkpoint folder the weights came from.
         cold_items: ``(num_items,)`` bool, items never seen in training (cold-start metrics).
         item_store: the item content arrays (None for an ID-only model).
+        precision: the dense forward's compute precision (``train.precision`` on this device).
     """
 
     config: Config
@@ -119,6 +122,7 @@ class TrainedModel:
     checkpoint: Path
     cold_items: torch.Tensor
     item_store: ItemStore | None
+    precision: Precision
     _loaders: dict[str, ImpressionLoader] = field(default_factory=dict, repr=False)
 
     @property
@@ -158,4 +162,5 @@ def load_trained(config: Config, checkpoint: str | Path = "") -> TrainedModel:
     if not path.is_dir():
         raise UsageError(f"--checkpoint {path}: no such checkpoint folder")
     load_checkpoint(path, model, optimizer=None, restore_rng=False)
-    return TrainedModel(config, env, meta, model, path, cold_items, item_store)
+    precision = Precision.resolve(config.train.precision, env.device)
+    return TrainedModel(config, env, meta, model, path, cold_items, item_store, precision)

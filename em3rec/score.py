@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     trained = load_trained(cli.load(args), args.checkpoint)
     env = trained.env
-    pred = gather_predictions(predict(trained.model, trained.loader(args.split), env.device))
+    with trained.precision.autocast():
+        pred = gather_predictions(predict(trained.model, trained.loader(args.split), env.device))
     out = Path(args.out) if args.out else trained.run_dir / f"scores_{args.split}.parquet"
     if env.is_main:
         write_scores(out, pred)

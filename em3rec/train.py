@@ -43,6 +43,7 @@ from em3rec.data.schema import SPLITS, DatasetMeta
 from em3rec.distributed import DistEnv, allowed_sharding_types, describe_plan, init_distributed
 from em3rec.evaluation import cold_item_mask, evaluate
 from em3rec.loss_guard import BatchIds, NonFiniteLossError, NonFiniteLossGuard, TrackedBatches, check_predictions
+from em3rec.precision import Precision
 from em3rec.run_log import MetricWriter, format_metrics, memory_mb, setup_logging
 
 __all__ = ["NonFiniteLossError", "Progress", "Recipe", "main", "write_results"]
@@ -96,6 +97,7 @@ class Recipe:
         self._loaders = {split: factory.open_loader(config, split, env, item_store) for split in SPLITS}
         self.cold_items = cold_item_mask(config.data.path, self.meta)
         self.model, self.optimizer = factory.build_training(config, self.meta, env)
+        self.precision = Precision.resolve(config.train.precision, env.device)
         torch.manual_seed(config.train.seed * 1000 + env.rank)  # dropout differs across ranks
         self.writer = MetricWriter(self.run_dir, enabled=env.is_main)
         self.pipeline = self._make_pipeline()
@@ -105,6 +107,7 @@ class Recipe:
         )
         if env.is_main:
             log.info(describe_plan(self.model.plan))
+            log.info(self.precision.describe())
 
     def _make_pipeline(self) -> TrainPipelineSparseDist | None:
         if not self.config.sharding.pipeline:
@@ -117,7 +120,13 @@ class Recipe:
                     "checked before backward"
                 )
             return None
-        return TrainPipelineSparseDist(self.model, self.optimizer, self.env.device, execute_all_batches=True)
+        return TrainPipelineSparseDist(
+            self.model,
+            self.optimizer,
+            self.env.device,
+            execute_all_batches=True,
+            custom_model_fwd=self.precision.forward(self.model),  # the forward under autocast, backward outside
+        )
 
     def loader(self, split: str, epoch: int = 0, start_batch: int = 0) -> ImpressionLoader:
         """This rank's loader for ``split`` (opened and validated once, at set-up), at ``epoch``,
@@ -160,7 +169,8 @@ class Recipe:
                 break
             epoch = self.progress.epoch
             self._train_epoch(epoch)
-            valid = evaluate(self._eval_model(), self.loader("valid"), self.env.device, self.cold_items)
+            with self.precision.autocast():
+                valid = evaluate(self._eval_model(), self.loader("valid"), self.env.device, self.cold_items)
             check_predictions(valid, "valid", epoch)
             valid["epoch"] = epoch
             self.progress.valid.append(valid)
@@ -269,7 +279,8 @@ class Recipe:
         else:
             batch = next(batches)
             ids = batches.trained() if isinstance(batches, TrackedBatches) else BatchIds.of(batch)
-            loss, (_, _, _, aux) = self.model(batch.to(self.env.device))
+            with self.precision.autocast():
+                loss, (_, _, _, aux) = self.model(batch.to(self.env.device))
             if not self._check_loss(float(loss.detach()), ids):
                 return None
             self.optimizer.zero_grad()
@@ -315,7 +326,8 @@ class Recipe:
             raise RuntimeError(f"no best checkpoint under {self.checkpoints.folder}")
         model = self._eval_model()
         load_checkpoint(best, model, optimizer=None, restore_rng=False)
-        test = evaluate(model, self.loader("test"), self.env.device, self.cold_items)
+        with self.precision.autocast():
+            test = evaluate(model, self.loader("test"), self.env.device, self.cold_items)
         check_predictions(test, "test", self.progress.best_epoch)
         test["epoch"] = self.progress.best_epoch
         return test
@@ -335,6 +347,7 @@ def write_results(recipe: Recipe, test: dict[str, Any], seconds: float) -> Path:
         "best_epoch": recipe.progress.best_epoch,
         "skipped_batches": recipe.progress.skipped_batches,
         "world_size": recipe.env.world_size,
+        "precision": recipe.precision.name,
         "train_seconds": seconds,
         "config": recipe.config.to_dict(),
     }
@@ -342,7 +355,8 @@ def write_results(recipe: Recipe, test: dict[str, Any], seconds: float) -> Path:
     path.write_text(json.dumps(result, indent=2))
     lines = [
         f"run {recipe.config.train.run_name}: {recipe.config.model.backbone} content={recipe.config.model.content} "
-        f"history={recipe.config.model.seq_content_mode}, {recipe.env.world_size} rank(s), {seconds:.0f}s"
+        f"history={recipe.config.model.seq_content_mode}, {recipe.env.world_size} rank(s), "
+        f"{recipe.precision.name}, {seconds:.0f}s"
     ]
     for v in recipe.progress.valid:
         lines.append(f"  epoch {v['epoch']}: valid {format_metrics(v)}")

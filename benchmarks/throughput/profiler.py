@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from benchmarks.throughput.report import machine
 from benchmarks.throughput.runner import build_runner, load_batches, quiet, sync
-from benchmarks.throughput.variants import VARIANTS, variant_config
+from benchmarks.throughput.variants import VARIANTS, resolve, variant_config
 from em3rec.data.schema import DatasetMeta
 from em3rec.distributed import init_distributed
 
@@ -45,9 +45,10 @@ def profile_variants(args: argparse.Namespace, argv: list[str] | None = None) ->
     ]
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if env.device.type == "cuda" else [])
     for name in args.variants:
-        v = VARIANTS[name]
-        batches = load_batches(base, L, v.level, args.warmup + args.steps, env, store)
-        runner = build_runner(v, variant_config(args, v), meta, env)
+        v = resolve(args, VARIANTS[name])
+        config = variant_config(args, v)
+        batches = load_batches(config, L, v.level, args.warmup + args.steps, env, store)
+        runner = build_runner(v, config, meta, env)
         for b in batches[: args.warmup]:
             runner.step(b)
         hooks = []

@@ -48,12 +48,15 @@ def summarise(world: dict[str, Any], batch_size: int) -> dict[tuple[str, int], S
     return out
 
 
-def matmul_peak(world: dict[str, Any], clock: str = "wall") -> tuple[float, dict[str, float]]:
-    """Per-rank fp32 matmul GFLOP/s per shape (median over rounds, slowest rank) and their max;
-    ``clock = "cpu"``: FLOPs per process-CPU second instead of per wall second."""
+def matmul_peak(world: dict[str, Any], clock: str = "wall", dtype: str = "") -> tuple[float, dict[str, float]]:
+    """Per-rank matmul GFLOP/s per shape (median over rounds, slowest rank) and their max, of the
+    matmuls in ``dtype`` (``fp32``/``bf16``; "" = all); ``clock = "cpu"``: FLOPs per process-CPU
+    second instead of per wall second."""
     key = "seconds_by_rank" if clock == "wall" else "cpu_seconds_by_rank"
     each = {}
     for k, m in world["matmul"].items():
+        if dtype and f" {dtype} " not in k:
+            continue
         each[k] = min(m["flops"] / statistics.median(s) / 1e9 for s in m[key])
     return (max(each.values()) if each else float("nan")), each
 
@@ -109,8 +112,14 @@ def _world_tables(args: argparse.Namespace, world: dict[str, Any]) -> list[str]:
     names = sorted(set(names), key=names.index)
     model_names = [n for n in names if not n.startswith("tower:")]
     by = {(b["name"], b["L"]): b for b in world["blocks"]}
-    peak, each_peak = matmul_peak(world)
-    cpu_peak, each_cpu_peak = matmul_peak(world, "cpu")
+    _, each_peak = matmul_peak(world)
+    _, each_cpu_peak = matmul_peak(world, "cpu")
+    precision = world.get("precision", {})
+
+    def peaks_of(name: str) -> tuple[float, float]:
+        """The wall and CPU matmul peaks in the precision variant ``name`` ran in."""
+        dtype = precision.get(name, "")
+        return matmul_peak(world, "wall", dtype)[0], matmul_peak(world, "cpu", dtype)[0]
 
     def ratio(n: str, L: int, attr: str, invert: bool = False) -> str:
         s, base = summary.get((n, L)), summary.get((BASELINE, L))
@@ -121,6 +130,10 @@ def _world_tables(args: argparse.Namespace, world: dict[str, Any]) -> list[str]:
 
     lines = [
         f"## World size {ws} ({world['device']}, {world['threads']} torch thread(s) per rank)",
+        "",
+        "Precision of the dense forward per variant (`train.precision` of its config; bf16 = torch.autocast, "
+        f"embeddings and parameters fp32): {', '.join(f'`{k}` {v}' for k, v in precision.items()) or 'fp32'}. "
+        f"What torch reports of this device: {world.get('bf16_report', 'n/a')}.",
         "",
         "Batch statistics (per rank, mean over the run's batches): "
         + "; ".join(
@@ -220,18 +233,23 @@ def _world_tables(args: argparse.Namespace, world: dict[str, Any]) -> list[str]:
     towers = [n for n in names if n.startswith("tower:")]
     lines += [
         "",
-        "### Content tower alone (forward + backward) vs the fp32 matmul peak, per rank",
+        "### Content tower alone (forward + backward) vs the matmul peak in its precision, per rank",
         "",
         "Matmul GFLOP/s measured in the same rounds (per wall s / per CPU s): "
         + ", ".join(f"{k}: {v:.1f} / {each_cpu_peak[k]:.1f}" for k, v in each_peak.items())
-        + f"; peak = {peak:.1f} / {cpu_peak:.1f}.",
+        + "; peak = "
+        + ", ".join(
+            f"{d} {matmul_peak(world, 'wall', d)[0]:.1f} / {matmul_peak(world, 'cpu', d)[0]:.1f}"
+            for d in sorted(set(precision.values()) or {"fp32"}, reverse=True)
+        )
+        + ".",
         "",
     ]
     if towers:
         lines += [
-            "| tower | L | MFLOP/sample | wall ms/step | GFLOP/s (wall) | % of peak (wall) | CPU ms/step | "
+            "| tower | precision | L | MFLOP/sample | wall ms/step | GFLOP/s (wall) | % of peak (wall) | CPU ms/step | "
             "GFLOP per CPU s | % of peak (CPU) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
     for n in towers:
         for L in histories:
@@ -240,8 +258,9 @@ def _world_tables(args: argparse.Namespace, world: dict[str, Any]) -> list[str]:
                 continue
             flops = b["flops"]["tower_flops"] * args.batch_size
             wall, cpu = flops / s.seconds / 1e9, flops / s.cpu_seconds / 1e9
+            peak, cpu_peak = peaks_of(n)
             lines.append(
-                f"| {n[6:]} | {L} | {b['flops']['tower_flops'] / 1e6:.2f} | {1e3 * s.seconds:,.0f} | {wall:.1f} | "
+                f"| {n[6:]} | {precision.get(n, 'fp32')} | {L} | {b['flops']['tower_flops'] / 1e6:.2f} | {1e3 * s.seconds:,.0f} | {wall:.1f} | "
                 f"{100 * wall / peak:.0f}% | {1e3 * s.cpu_seconds:,.0f} | {cpu:.1f} | {100 * cpu / cpu_peak:.0f}% |"
             )
     refs = [n for n in model_names if VARIANTS.get(n) and VARIANTS[n].reference]
@@ -265,14 +284,12 @@ def _world_tables(args: argparse.Namespace, world: dict[str, Any]) -> list[str]:
                     else ["n/a", "n/a"]
                 )
             lines.append(f"| {L} | " + " | ".join(cells) + " |")
-    lines += [""] + _targets(args, world, summary, by, peak, cpu_peak) + [""]
+    lines += [""] + _targets(args, world, summary, by, peaks_of) + [""]
     return lines
 
 
-def _targets(
-    args: argparse.Namespace, world: dict[str, Any], summary: dict, by: dict, peak: float, cpu_peak: float
-) -> list[str]:
-    """The issue's targets that this run's cells can check (verdict on wall clock; CPU alongside)."""
+def _targets(args: argparse.Namespace, world: dict[str, Any], summary: dict, by: dict, peaks_of: Any) -> list[str]:
+    """The cost targets that this run's cells can check (verdict on wall clock; CPU alongside)."""
     ws = world["world_size"]
     rows = []
 
@@ -282,30 +299,39 @@ def _targets(
     def verdict(ok: bool) -> str:
         return "holds" if ok else "does not hold"
 
-    em3, base = get("em3-lora", 50), get(BASELINE, 50)
+    at = 50 if 50 in world["histories"] else max(world["histories"])  # the issue's L, or the run's longest
+    em3, base, ids = get("em3", at), get(BASELINE, at), get("id", at)
     if em3 and base:
         r, c = em3.seconds / base.seconds, em3.cpu_seconds / base.cpu_seconds
-        rows.append(f"| 1. EM3 (lora) step time <= 1.3x frozen at L=50 | {r:.2f}x | {c:.2f}x | {verdict(r <= 1.3)} |")
+        rows.append(f"| 1. `em3` step time <= 1.3x `frozen` at L={at} | {r:.2f}x | {c:.2f}x | {verdict(r <= 1.3)} |")
+    if em3 and ids:
+        r, c = em3.samples_per_s / ids.samples_per_s, ids.cpu_seconds / em3.cpu_seconds
+        rows.append(f"| 2. `em3` samples/s >= 0.5x `id` at L={at} | {r:.2f}x | {c:.2f}x | {verdict(r >= 0.5)} |")
+    tower, b = get("tower:em3", at), by.get(("tower:em3", at))
+    if tower and b and b["flops"]:
+        peak, cpu_peak = peaks_of("tower:em3")
+        flops = b["flops"]["tower_flops"] * args.batch_size / 1e9
+        share, cpu_share = flops / tower.seconds / peak, flops / tower.cpu_seconds / cpu_peak
+        rows.append(
+            f"| 3. `em3` content tower (L={at}) >= 25% of the matmul peak in its precision | {100 * share:.0f}% | "
+            f"{100 * cpu_share:.0f}% | {verdict(share >= 0.25)} |"
+        )
+    em3_mem, base_mem = by.get(("em3", at)), by.get((BASELINE, at))
+    if em3 and base and em3_mem and base_mem and base_mem["peak_mb"]:
+        r = em3_mem["peak_mb"] / base_mem["peak_mb"]
+        rows.append(f"| 4. `em3` peak memory <= 1.5x `frozen` at L={at} | {r:.2f}x | | {verdict(r <= 1.5)} |")
     naive = get("em3-full-nodedup", 200)
     fast = [x for x in (get("em3-lora", 200), get("em3-cached", 200)) if x]
     if naive and fast:
         r = max(x.samples_per_s for x in fast) / naive.samples_per_s
         c = naive.cpu_seconds / min(x.cpu_seconds for x in fast)
         rows.append(
-            f"| 2. dedup + lora/cached >= 5x naive samples/s at L=200 | {r:.1f}x | {c:.1f}x | {verdict(r >= 5)} |"
+            f"| 5. dedup + lora/cached >= 5x naive samples/s at L=200 | {r:.1f}x | {c:.1f}x | {verdict(r >= 5)} |"
         )
     c50, c1000 = get("em3-cached", 50), get("em3-cached", 1000)
     if c50 and c1000:
         r, c = c1000.seconds / c50.seconds, c1000.cpu_seconds / c50.cpu_seconds
-        rows.append(f"| 3. cached time(L=1000) / time(L=50) <= 4 | {r:.1f} | {c:.1f} | {verdict(r <= 4)} |")
-    tower, b = get("tower:em3-lora", 50), by.get(("tower:em3-lora", 50))
-    if tower and b and b["flops"]:
-        flops = b["flops"]["tower_flops"] * args.batch_size / 1e9
-        share, cpu_share = flops / tower.seconds / peak, flops / tower.cpu_seconds / cpu_peak
-        rows.append(
-            f"| 4. content tower (lora, L=50) >= 25% of the matmul peak | {100 * share:.0f}% | {100 * cpu_share:.0f}% | "
-            f"{verdict(share >= 0.25)} |"
-        )
+        rows.append(f"| 6. cached time(L=1000) / time(L=50) <= 4 | {r:.1f} | {c:.1f} | {verdict(r <= 4)} |")
     for name in TORCHREC_IDS:
         for ref in ("ref-sparse", "ref-dense"):
             for L in world["histories"]:
@@ -314,13 +340,13 @@ def _targets(
                     x, c = i.samples_per_s / r.samples_per_s, r.cpu_seconds / i.cpu_seconds
                     need = "> 1" if ws > 1 else ">= 1"
                     rows.append(
-                        f"| 5. TorchRec {name} vs {ref} ({ws} rank(s), L={L}): {need} | {x:.2f}x | {c:.2f}x | "
+                        f"| 7. TorchRec {name} vs {ref} ({ws} rank(s), L={L}): {need} | {x:.2f}x | {c:.2f}x | "
                         f"{verdict(x > 1 if ws > 1 else x >= 1)} |"
                     )
     if not rows:
         return []
     return [
-        "### Targets (issue 6) this run can check",
+        "### Targets this run can check (1-4: the cost issue; 5-7: the scaling issue)",
         "",
         "| target | measured (wall) | measured (CPU) | verdict (wall) |",
         "|---|---:|---:|---|",
@@ -332,7 +358,9 @@ def _legend() -> list[str]:
     return [
         "## Variants",
         "",
-        "- `id`: ID features only (`din_id`); `frozen`: ID + frozen content (`din_frozen`, the baseline).",
+        "- `id`: ID features only (the bundled `din_id`); `frozen`: ID + frozen content (`din_frozen`, the "
+        "baseline); `em3`: the bundled `din_em3` exactly (its history mode, CIC and catalogue sample, precision): "
+        "what a user pays (with `--bundled-prefix bx_`: `bx_din_id`, ...).",
         "- `id-pipeline`: `id` stepped by TorchRec's `TrainPipelineSparseDist`, as the recipe trains (the next "
         "batch's input all-to-all is started before this step's forward and waited on after it).",
         "- `em3-<mode>`: EM3 (Fusion-Q-Former + CIC) with `seq_content_mode = <mode>` on token-level item "

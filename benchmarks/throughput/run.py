@@ -76,13 +76,16 @@ from benchmarks.throughput.variants import (
     DEFAULT_VARIANTS,
     VARIANTS,
     Variant,
+    resolve,
     variant_config,
 )
-from em3rec import cli
+from em3rec import cli, factory
 from em3rec.config import Device, choices
 from em3rec.data.batch import Batch
 from em3rec.data.schema import DatasetMeta
 from em3rec.distributed import DistEnv, init_distributed
+from em3rec.modules.model import uses_pooled_vectors
+from em3rec.precision import DTYPES, Precision, fast_bf16
 from em3rec.testing.multiprocess import run_ranks
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
@@ -113,23 +116,36 @@ def run_world(args: argparse.Namespace, env: DistEnv) -> dict[str, Any] | None:
     meta = DatasetMeta.load(base.data.path)
     histories = [min(h, meta.max_history) for h in args.history]
     histories = sorted(set(histories), key=histories.index)
-    variants = [VARIANTS[v] for v in args.variants]
-    tower_variants = [VARIANTS[v] for v in args.tower_variants]
+    variants = [resolve(args, VARIANTS[v]) for v in args.variants]
+    tower_variants = [resolve(args, VARIANTS[v]) for v in args.tower_variants]
+    configs = {v.name: variant_config(args, v) for v in variants + tower_variants}
+    precisions = {  # by block name: a variant's, and its tower's (`tower:<name>`)
+        prefix + v.name: Precision.resolve(configs[v.name].train.precision, env.device)
+        for prefix, vs in (("", variants), ("tower:", tower_variants))
+        for v in vs
+    }
     count = args.warmup + args.rounds * args.steps
     probe = MemoryProbe(env.device)
     log = _Log(env.rank == 0)
 
-    # Real loader batches for every (L, level), all in memory before any timing.
+    # Real loader batches for every (L, feed), all in memory before any timing; a feed is what a
+    # variant's batches carry: item features (level) and the catalogue sample for CIC.
     from em3rec.data.item_store import ItemStore
 
     store = ItemStore(base.data.path, base.data.modalities, meta) if meta.modalities else None
-    levels = sorted({v.level for v in variants + tower_variants})
-    batches: dict[tuple[int, str], list[Batch]] = {}
+
+    def feed(v: Variant) -> tuple[str, int | None, bool]:
+        model = configs[v.name].model
+        return v.level, factory.catalogue_samples(model, "train"), uses_pooled_vectors(model)
+
+    feeds = {feed(v): configs[v.name] for v in variants + tower_variants}
+    batches: dict[tuple[int, tuple[str, int | None, bool]], list[Batch]] = {}
     started = time.perf_counter()
     for L in histories:
-        for level in levels:
-            batches[(L, level)] = load_batches(base, L, level, count, env, store)
-    stats = {L: batch_stats(batches[(L, levels[-1])]) for L in histories}
+        for key, config in feeds.items():
+            batches[(L, key)] = load_batches(config, L, key[0], count, env, store)
+    widest = max(feeds, key=lambda k: (k[0] == "tokens", k[1] or 0))
+    stats = {L: batch_stats(batches[(L, widest)]) for L in histories}
     log(f"loaded {len(batches)} x {count} batches in {time.perf_counter() - started:.1f}s; stats {stats}")
 
     # One model per variant (shared by every L), except `cached`, whose bank is per-L state.
@@ -139,22 +155,22 @@ def run_world(args: argparse.Namespace, env: DistEnv) -> dict[str, Any] | None:
         per_L = v.seq_content_mode == "cached" or v.pipeline  # bank / in-flight batches are per-L state
         key = (("tower:" if tower else "") + v.name, L if per_L else 0)
         if key not in runners:
-            cfg = variant_config(args, v)
+            cfg = configs[v.name]
             runners[key] = (
                 build_tower_runner(v, cfg, meta, env.device)
                 if tower
-                else build_runner(v, cfg, meta, env, batches[(L, v.level)])
+                else build_runner(v, cfg, meta, env, batches[(L, feed(v))])
             )
         return runners[key]
 
-    blocks: list[tuple[str, int, Callable[[], Runner], str]] = []  # (name, L, runner factory, level)
+    blocks: list[tuple[str, int, Callable[[], Runner], tuple[str, int | None, bool]]] = []  # (name, L, runner, feed)
     for L in histories:
         for v in variants:
             if args.skip_naive_above and not v.dedup and L > args.skip_naive_above:
                 continue
-            blocks.append((v.name, L, (lambda v=v, L=L: runner_for(v, L)), v.level))
+            blocks.append((v.name, L, (lambda v=v, L=L: runner_for(v, L)), feed(v)))
         for v in tower_variants:
-            blocks.append((f"tower:{v.name}", L, (lambda v=v, L=L: runner_for(v, L, tower=True)), v.level))
+            blocks.append((f"tower:{v.name}", L, (lambda v=v, L=L: runner_for(v, L, tower=True)), feed(v)))
     results: dict[tuple[str, int], BlockResult] = {(name, L): BlockResult() for name, L, _, _ in blocks}
     for v in variants:
         for L in histories:
@@ -162,16 +178,16 @@ def run_world(args: argparse.Namespace, env: DistEnv) -> dict[str, Any] | None:
                 results[(v.name, L)] = BlockResult(skipped=f"not run: no-dedup above L={args.skip_naive_above}")
     cursor: dict[tuple[str, int], int] = {}
 
-    def next_batch(name: str, L: int, level: str) -> Batch:
+    def next_batch(name: str, L: int, key: tuple[str, int | None, bool]) -> Batch:
         i = cursor.get((name, L), 0)
         cursor[(name, L)] = i + 1
-        return batches[(L, level)][i]
+        return batches[(L, key)][i]
 
     # Warm-up (the first step of each block is the FLOP-counted one).
-    for name, L, factory, level in blocks:
-        runner = factory()
+    for name, L, make, key in blocks:
+        runner = make()
         for i in range(args.warmup):
-            batch = next_batch(name, L, level)
+            batch = next_batch(name, L, key)
             if i == 0 and args.count_flops:
                 results[(name, L)].flops = runner.count(batch)
             else:
@@ -179,7 +195,12 @@ def run_world(args: argparse.Namespace, env: DistEnv) -> dict[str, Any] | None:
         sync(env.device)
         log(f"warm {name} L={L}")
 
-    matmuls = {f"matmul {m}x{k}x{n}": matmul_runner((m, k, n), env.device) for m, k, n in args.matmul}
+    dtypes = sorted({p.name for p in precisions.values()}, reverse=True)  # the peak in every precision run
+    matmuls = {
+        f"matmul {d} {m}x{k}x{n}": matmul_runner((m, k, n), env.device, DTYPES[d])
+        for d in dtypes
+        for m, k, n in args.matmul
+    }
     matmul_seconds: dict[str, list[float]] = {k: [] for k in matmuls}
     matmul_cpu: dict[str, list[float]] = {k: [] for k in matmuls}
     for fn in matmuls.values():
@@ -188,15 +209,15 @@ def run_world(args: argparse.Namespace, env: DistEnv) -> dict[str, Any] | None:
     for r in range(args.rounds):
         gc.collect()
         order = blocks[r % len(blocks) :] + blocks[: r % len(blocks)]  # rotate: no block always first
-        for name, L, factory, level in order:
-            runner = factory()
+        for name, L, make, key in order:
+            runner = make()
             result = results[(name, L)]
             extras: dict[str, float] = {}
             probe.reset()
             _barrier(env)
             start, cpu_start = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
-                batch = next_batch(name, L, level)
+                batch = next_batch(name, L, key)
                 runner.step(batch)
                 for k, x in runner.after_step(batch).items():
                     extras[k] = extras.get(k, 0.0) + x
@@ -231,6 +252,8 @@ def run_world(args: argparse.Namespace, env: DistEnv) -> dict[str, Any] | None:
         "histories": histories,
         "batch_stats": {str(L): s for L, s in stats.items()},
         "memory_reset_ok": probe.reset_ok,
+        "precision": {name: p.name for name, p in precisions.items()},
+        "bf16_report": fast_bf16(env.device)[1],
         "blocks": [{"name": name, "L": L, **asdict(res)} for (name, L), res in results.items()],
         "matmul": {
             k: {
@@ -289,6 +312,11 @@ def run_in_process(args: argparse.Namespace) -> dict[str, Any] | None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.config_parser(__doc__.split("\n\n")[0])  # --config: the base the variants override; --set: for all
     p.add_argument("--data", default="data/ml100k", help="prepared dataset folder")
+    p.add_argument(
+        "--bundled-prefix",
+        default="",
+        help="prefix of the bundled configs of the id / frozen / em3 variants for --data (e.g. bx_ for data/bx)",
+    )
     p.add_argument("--batch-size", type=int, default=512, help="rows per rank")
     p.add_argument("--history", default="10,50", help="comma-separated history lengths L (capped at the dataset's)")
     p.add_argument(
@@ -303,7 +331,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip-naive-above", type=int, default=0, help="skip no-dedup variants for L above this (0 = never)"
     )
     p.add_argument("--no-flops", dest="count_flops", action="store_false", help="skip the FLOP counts")
-    p.add_argument("--matmul", default="2048x2048x2048,32768x384x64", help="fp32 matmul shapes MxKxN for the peak")
+    p.add_argument(
+        "--matmul",
+        default="2048x2048x2048,32768x384x64",
+        help="matmul shapes MxKxN for the peak (in every precision a variant runs in)",
+    )
     p.add_argument("--matmul-reps", type=int, default=3)
     p.add_argument("--device", default="auto", choices=choices(Device))
     p.add_argument(

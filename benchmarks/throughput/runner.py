@@ -26,7 +26,8 @@ from em3rec.data.loader import ImpressionLoader
 from em3rec.data.schema import DatasetMeta
 from em3rec.distributed import DistEnv, init_distributed
 from em3rec.modules.content_io import DistinctTargets
-from em3rec.modules.model import build_model
+from em3rec.modules.model import build_model, uses_pooled_vectors
+from em3rec.precision import Precision
 
 
 def quiet() -> None:
@@ -100,9 +101,11 @@ def build_runner(
 
     dmp, optimizer = factory.build_training(config, meta, env)  # as the recipe builds it
     inner = factory.local_model(dmp)
+    precision = Precision.resolve(config.train.precision, env.device)
+    forward = precision.forward(dmp)  # as the recipe steps it: the forward under autocast
 
     def step(batch: Batch) -> None:
-        loss, _ = dmp(batch)
+        loss, _ = forward(batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -111,7 +114,9 @@ def build_runner(
     if variant.pipeline:
         if not batches:
             raise ValueError(f"{variant.name}: a pipelined variant needs its batches")
-        pipeline = TrainPipelineSparseDist(dmp, optimizer, env.device, execute_all_batches=True)
+        pipeline = TrainPipelineSparseDist(
+            dmp, optimizer, env.device, execute_all_batches=True, custom_model_fwd=forward
+        )
         feed = itertools.cycle(batches)
 
         def pipelined_step(batch: Batch) -> None:
@@ -144,10 +149,12 @@ def build_tower_runner(variant: Variant, config: Config, meta: DatasetMeta, devi
         config.model, meta, config.data, sparse_device=torch.device("meta"), dense_device=device
     ).content_tower
     tower.train()
+    precision = Precision.resolve(config.train.precision, device)
 
     def step(batch: Batch) -> None:
         targets = DistinctTargets.of(batch.target_content_index, batch.weights)
-        out = tower(batch, targets)
+        with precision.autocast():
+            out = tower(batch, targets)
         loss = out.target.sum() + out.item_content.sum()
         if out.history is not None and out.history.requires_grad:
             loss = loss + out.history.sum()
@@ -157,11 +164,13 @@ def build_tower_runner(variant: Variant, config: Config, meta: DatasetMeta, devi
     return Runner(step, flops_per_sample(step, "tower_flops"))
 
 
-def matmul_runner(size: tuple[int, int, int], device: torch.device) -> Callable[[], float]:
-    """``fn()`` -> FLOPs of one fp32 ``(m, k) @ (k, n)`` matmul, run on ``device``."""
+def matmul_runner(
+    size: tuple[int, int, int], device: torch.device, dtype: torch.dtype = torch.float32
+) -> Callable[[], float]:
+    """``fn()`` -> FLOPs of one ``(m, k) @ (k, n)`` matmul in ``dtype``, run on ``device``."""
     m, k, n = size
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(m, k, generator=g).to(device), torch.randn(k, n, generator=g).to(device)
+    a, b = (torch.randn(r, c, generator=g).to(device, dtype) for r, c in ((m, k), (k, n)))
 
     def run() -> float:
         torch.mm(a, b)
@@ -182,6 +191,7 @@ def load_batches(
         seed=config.train.seed, rank=env.rank, world_size=env.world_size, max_batches=count, prefetch=0,
         item_store=item_store if level != "none" else None,
         catalogue_samples=factory.catalogue_samples(config.model, "train"),
+        pooled_vectors=uses_pooled_vectors(config.model),
     )  # fmt: skip
     batches = [b.to(env.device) for b in loader]
     if len(batches) < count:

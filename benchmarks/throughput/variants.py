@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from em3rec.config import SEQ_CONTENT_MODES, Config, load_config
 
@@ -24,6 +24,10 @@ class Variant:
         reference: ``""`` (TorchRec, DMP) or the plain-PyTorch DIN: ``sparse`` | ``dense`` gradients.
         pipeline: TorchRec variant stepped by ``TrainPipelineSparseDist`` (as the recipe trains):
             the next batch's input all-to-all overlaps this step's compute.
+        bundled: a bundled config stem (``din_em3``): the variant is that config exactly (its
+            history mode, CIC, precision, ...), prefixed with ``--bundled-prefix`` (``bx_``), and the
+            fields above are read from it (:func:`resolve`). ``""``: the ``--config`` base with the
+            fields above as overrides.
     """
 
     name: str
@@ -33,6 +37,7 @@ class Variant:
     level: str = "tokens"
     reference: str = ""
     pipeline: bool = False
+    bundled: str = ""
 
     def overrides(self) -> list[str]:
         return [
@@ -44,10 +49,11 @@ class Variant:
 
 
 def _variants() -> dict[str, Variant]:
-    out = [
-        Variant("id", "none", "none", level="none"),
-        Variant("id-pipeline", "none", "none", level="none", pipeline=True),
-        Variant(BASELINE, "frozen", "frozen", level="pooled"),  # the two-stage baseline (din_frozen)
+    out = [  # what a user runs: the bundled ID-only, two-stage baseline and EM3 DIN configs
+        Variant("id", "none", "none", level="none", bundled="din_id"),
+        Variant("id-pipeline", "none", "none", level="none", pipeline=True, bundled="din_id"),
+        Variant(BASELINE, "frozen", "frozen", level="pooled", bundled="din_frozen"),
+        Variant("em3", "em3", "lora", bundled="din_em3"),
     ]
     for level, suffix in (("tokens", ""), ("pooled", "/pooled")):
         for mode in SEQ_CONTENT_MODES:
@@ -64,16 +70,40 @@ def _variants() -> dict[str, Variant]:
 VARIANTS = _variants()
 TORCHREC_IDS = ("id", "id-pipeline")  # the TorchRec ID-only DIN, plain and pipelined steps
 DEFAULT_VARIANTS = (
-    "id,frozen,em3-none,em3-frozen,em3-lora,em3-full,em3-cached,em3-lora-nodedup,em3-full-nodedup,"
+    "id,frozen,em3,em3-none,em3-frozen,em3-lora,em3-full,em3-cached,em3-lora-nodedup,em3-full-nodedup,"
     "em3-lora/pooled,em3-cached/pooled,em3-full-nodedup/pooled,ref-sparse,ref-dense"
 )
 # The content tower alone (forward + backward) is timed for these, next to the matmul peak.
-DEFAULT_TOWER_VARIANTS = "em3-lora,em3-full"
+DEFAULT_TOWER_VARIANTS = "em3,em3-full"
 
 
 def variant_config(args: argparse.Namespace, variant: Variant | None) -> Config:
-    """The base config (``--config``, ``--set``, ``--data``, ``--batch-size``) with ``variant``'s overrides."""
+    """``variant``'s config: its bundled config, or the base (``--config``) with its overrides; either
+    with ``--set``, ``--data`` and ``--batch-size`` (``variant=None``: the base)."""
     overrides = list(args.set) + [f"data.path={args.data}", f"data.batch_size={args.batch_size}"]
+    if variant is not None and variant.bundled:
+        return load_config(args.bundled_prefix + variant.bundled, overrides)
     if variant is not None:
         overrides += variant.overrides()
     return load_config(args.config, overrides)
+
+
+def level_of(config: Config) -> str:
+    """The item features a config's batches carry: ``none``, ``pooled`` or ``tokens``."""
+    if config.model.content == "none":
+        return "none"
+    return "pooled" if config.data.pooled_content else "tokens"
+
+
+def resolve(args: argparse.Namespace, variant: Variant) -> Variant:
+    """``variant`` with content, history mode, dedup and level read from its bundled config."""
+    if not variant.bundled:
+        return variant
+    model = (config := variant_config(args, variant)).model
+    return replace(
+        variant,
+        content=model.content,
+        seq_content_mode=model.seq_content_mode,
+        dedup=model.dedup,
+        level=level_of(config),
+    )

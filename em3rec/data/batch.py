@@ -46,6 +46,9 @@ class Batch(Pipelineable):
         catalogue_content_index: ``(K,)`` int64 index into ``content_item_ids`` of the items
             sampled from the catalogue for CIC (``K = 0`` when none are; their ids are the
             ``CATALOGUE_FEATURE`` of ``sequence_features``).
+        content_pooled: modality name -> ``(U, W_m)`` float16 stored pooled vector of each distinct
+            item (the masked mean of its tokens), sent with token-level content for EM3's pooled
+            base; empty when not loaded.
     """
 
     sparse_features: KeyedJaggedTensor
@@ -61,6 +64,7 @@ class Batch(Pipelineable):
     content_tokens: dict[str, torch.Tensor]
     content_token_mask: dict[str, torch.Tensor]
     catalogue_content_index: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    content_pooled: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:

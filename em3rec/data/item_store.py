@@ -88,6 +88,12 @@ class ItemStore:
                 mask[name] = torch.from_numpy(token_mask)
         return tokens, mask
 
+    def gather_pooled(self, item_ids: np.ndarray, modalities: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """modality -> ``(U, W)`` float16 stored pooled vector (the masked mean of the tokens) of
+        ``item_ids`` (checked as in :meth:`gather`)."""
+        tokens, _ = self.gather(item_ids, modalities, pooled=True)
+        return {name: t[:, 0] for name, t in tokens.items()}  # (U, W)
+
     def _check_modality(self, name: str) -> str:
         if name not in self._arrays:
             raise KeyError(f"modality {name!r} is not open; opened: {list(self._arrays)}")

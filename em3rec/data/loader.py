@@ -224,6 +224,8 @@ class ImpressionLoader(IterableDataset):
         max_history: history positions ``L`` (default: the dataset's); the most recent are kept.
         modalities: item modalities to attach (empty: no content tensors).
         pooled_content: one pooled vector per modality (``T = 1``) instead of its tokens.
+        pooled_vectors: with the tokens, also each item's stored pooled vector per modality
+            (``Batch.content_pooled``; EM3's pooled base reads it instead of pooling every step).
         training: shuffle and drop the remainder (default: ``split == "train"``); else read in
             order and pad the last batches with weight-0 rows.
         shuffle: override the shuffle of ``training`` (e.g. an unshuffled training pass).
@@ -256,6 +258,7 @@ class ImpressionLoader(IterableDataset):
         max_history: int | None = None,
         modalities: Sequence[str] = (),
         pooled_content: bool = False,
+        pooled_vectors: bool = False,
         training: bool | None = None,
         shuffle: bool | None = None,
         shuffle_buffer: int = 65536,
@@ -308,6 +311,7 @@ class ImpressionLoader(IterableDataset):
         self._checked: set[int] = set()  # row groups whose values were checked (lazy validation)
         self.modalities = tuple(modalities)
         self.pooled_content = pooled_content
+        self._pooled_vectors = pooled_vectors and not pooled_content  # pooled batches carry them as tokens
         self._items = None
         if self.modalities:
             self._items = item_store if item_store is not None else ItemStore(path, self.modalities, self.meta)
@@ -556,9 +560,11 @@ class ImpressionLoader(IterableDataset):
         content_ids, inverse = np.unique(target_and_history, return_inverse=True)  # (U,), (B + sum,)
         history_index = np.zeros((B, L), dtype=np.int64)
         history_index[history_mask] = inverse[B : len(inverse) - len(catalogue)]  # row-major = the values' order
-        tokens, token_mask = ({}, {})
+        tokens, token_mask, pooled = ({}, {}, {})
         if self._items is not None:
             tokens, token_mask = self._items.gather(content_ids, self.modalities, self.pooled_content)
+            if self._pooled_vectors:
+                pooled = self._items.gather_pooled(content_ids, self.modalities)
 
         weights = np.zeros(B, dtype=np.float32)
         weights[:real] = 1.0
@@ -575,6 +581,7 @@ class ImpressionLoader(IterableDataset):
             history_content_index=torch.from_numpy(history_index),
             content_tokens=tokens,
             content_token_mask=token_mask,
+            content_pooled=pooled,
             catalogue_content_index=torch.from_numpy(
                 inverse[len(inverse) - len(catalogue) :].astype(np.int64, copy=True)
             ),

@@ -46,11 +46,14 @@ class ContentOutput:
             positions; None when ``seq_content_mode = "none"``.
         item_content: ``(V, D)`` target-branch content embeddings of the distinct target items
             (``DistinctTargets.index`` order): the CIC input and what an export writes.
+        catalogue: ``(K, D)`` target-branch content embeddings of the items sampled from the
+            catalogue for CIC (``Batch.catalogue_content_index`` order; ``K = 0`` when none are).
     """
 
     target: torch.Tensor
     history: torch.Tensor | None
     item_content: torch.Tensor
+    catalogue: torch.Tensor
 
 
 def place_history(values: torch.Tensor, history_mask: torch.Tensor) -> torch.Tensor:

@@ -88,9 +88,15 @@ class ContentTower(nn.Module):
             return self._forward_per_position(batch, targets)
         tokens, token_mask = batch.content_tokens, batch.content_token_mask
         mask = batch.history_mask  # (B, L)
-        base = None if self.pooled_base is None else self.pooled_base(tokens, token_mask)  # (U, D)
-        target_content = self.qformer(tokens, token_mask, targets.index).pooled  # (V, D)
-        item_content = target_content if base is None else target_content + base[targets.index]  # (V, D)
+        base = self._pooled_base(batch)  # (U, D) or None
+        # The distinct targets and the catalogue sample through the target branch in one call.
+        V = targets.index.shape[0]
+        rows = torch.cat([targets.index, batch.catalogue_content_index])  # (V + K,)
+        encoded = self.qformer(tokens, token_mask, rows).pooled  # (V + K, D)
+        target_content = encoded[:V]  # (V, D): the Q-Former part, which the history branch may reuse
+        if base is not None:
+            encoded = encoded + base[rows]
+        item_content, catalogue = encoded[:V], encoded[V:]  # (V, D), (K, D)
         history = None
         if self.history is not None:
             # Only the items at real history positions: (H,) distinct, (P,) one per real position.
@@ -102,7 +108,20 @@ class ContentTower(nn.Module):
             if base is not None:
                 history_items = history_items + base[history_index]
             history = place_history(history_items[position_item], mask)  # (B, L, D)
-        return ContentOutput(target=item_content[targets.inverse], history=history, item_content=item_content)
+        return ContentOutput(
+            target=item_content[targets.inverse], history=history, item_content=item_content, catalogue=catalogue
+        )
+
+    def _pooled_base(self, batch: Batch) -> torch.Tensor | None:
+        """``(U, D)`` the pooled base of the batch's distinct items: from the stored pooled vectors
+        (``Batch.content_pooled``: the baseline's own input, no pooling per step) when the loader
+        sent them, else pooled from the tokens (the same values up to fp16 rounding)."""
+        if self.pooled_base is None:
+            return None
+        if not batch.content_pooled:
+            return self.pooled_base(batch.content_tokens, batch.content_token_mask)
+        present = {m: t.any(1, keepdim=True) for m, t in batch.content_token_mask.items()}  # (U, 1)
+        return self.pooled_base({m: v[:, None] for m, v in batch.content_pooled.items()}, present)  # (U, D)
 
     def _forward_per_position(self, batch: Batch, targets: DistinctTargets) -> ContentOutput:
         """The reference: every target row and every history position encoded on its own."""
@@ -117,4 +136,7 @@ class ContentTower(nn.Module):
                 history = history + self.pooled_base(tokens, token_mask)[flat]
             history = history.view(B, L, -1)  # (B, L, D)
             history = torch.where(batch.history_mask[..., None], history, torch.zeros_like(history))
-        return ContentOutput(target=target, history=history, item_content=target[targets.first_row])
+        catalogue = self.encode_items(tokens, token_mask, batch.catalogue_content_index)  # (K, D)
+        return ContentOutput(
+            target=target, history=history, item_content=target[targets.first_row], catalogue=catalogue
+        )

@@ -75,4 +75,9 @@ class FrozenContentTower(nn.Module):
             mask = batch.history_mask  # (B, L)
             history = place_history(items[batch.history_content_index[mask]], mask)  # (B, L, D)
         item_content = items[targets.index]  # (V, D)
-        return ContentOutput(target=item_content[targets.inverse], history=history, item_content=item_content)
+        return ContentOutput(
+            target=item_content[targets.inverse],
+            history=history,
+            item_content=item_content,
+            catalogue=items[batch.catalogue_content_index],  # (K, D)
+        )

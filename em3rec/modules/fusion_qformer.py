@@ -247,6 +247,12 @@ class FusionQFormer(nn.Module):
     def modalities(self) -> list[str]:
         return list(self._modalities)
 
+    def _cast_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Stored (fp16) tokens as the token projections take them: under autocast as they are
+        (the projection casts them once, to the autocast dtype), else in the parameters' dtype.
+        (A Python-level check: torch.fx traces this, and a tensor's device would be a Proxy.)"""
+        return x if torch._C._is_any_autocast_enabled() else x.to(self.queries.dtype)
+
     def embed_tokens(
         self, tokens: dict[str, torch.Tensor], token_mask: dict[str, torch.Tensor], index: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,7 +269,6 @@ class FusionQFormer(nn.Module):
         Returns:
             ``x_tokens (U, T, d)`` (T = all modalities' tokens) and ``token_mask (U, T)`` bool.
         """
-        dtype = self.queries.dtype
         masks = [token_mask[m] if index is None else token_mask[m][index] for m in self._modalities]  # (U, T_m)
         token_mask_all = torch.cat(masks, dim=1)  # (U, T)
         U, T = token_mask_all.shape
@@ -277,7 +282,7 @@ class FusionQFormer(nn.Module):
             T_m = x.shape[1]
             slots = torch.arange(T_m, device=device)  # (T_m,)
             real = x.reshape(-1, x.shape[-1])[(source_rows * T_m + slots)[mask]]  # (R_m, W_m): real tokens only
-            values.append(self.token_proj[m](real.to(dtype)) + self.modality_embedding[i])  # (R_m, d)
+            values.append(self.token_proj[m](self._cast_tokens(real)) + self.modality_embedding[i])  # (R_m, d)
             positions.append((rows * T + offset + slots)[mask])  # (R_m,) flat positions in (U, T)
             offset += T_m
         packed = dropout(torch.cat(values), self._token_dropout.p, self.training)  # (R, d)
@@ -293,9 +298,8 @@ class FusionQFormer(nn.Module):
         if index is not None:
             tokens = {m: tokens[m][index] for m in self._modalities}
             token_mask = {m: token_mask[m][index] for m in self._modalities}
-        dtype = self.queries.dtype
         projected = [
-            self.token_proj[m](tokens[m].to(dtype).masked_fill(~token_mask[m][..., None], 0.0))
+            self.token_proj[m](self._cast_tokens(tokens[m]).masked_fill(~token_mask[m][..., None], 0.0))
             + self.modality_embedding[i]  # (U, T_m, d)
             for i, m in enumerate(self._modalities)
         ]

@@ -122,11 +122,8 @@ class EM3Model(nn.Module):
                 if ids.catalogue is not None:
                     # Catalogue items join CIC with their content (target branch) and ID rows; no label.
                     index = batch.catalogue_content_index  # (K,)
-                    catalogue_content = self.content_tower.encode_items(
-                        batch.content_tokens, batch.content_token_mask, index
-                    )  # (K, D)
                     cic_ids = torch.cat([cic_ids, ids.catalogue])  # (V + K, D)
-                    cic_content = torch.cat([cic_content, catalogue_content])  # (V + K, D)
+                    cic_content = torch.cat([cic_content, content.catalogue])  # (V + K, D)
                     cic_items = torch.cat([cic_items, batch.content_item_ids[index]])  # (V + K,)
                     cic_weights = torch.cat([cic_weights, cic_weights.new_ones(index.shape[0])])  # (V + K,)
                 cic = self.cic(cic_ids, cic_content, cic_items, cic_weights)
@@ -200,6 +197,12 @@ def _check(model_config: ModelConfig) -> None:
 def uses_catalogue(model_config: ModelConfig) -> bool:
     """Whether batches must carry the catalogue items sampled for CIC (``Batch.catalogue_content_index``)."""
     return model_config.content == "em3" and model_config.cic.weight > 0 and model_config.cic.catalogue_samples > 0
+
+
+def uses_pooled_vectors(model_config: ModelConfig) -> bool:
+    """Whether the model reads the stored pooled vectors beside the tokens (``Batch.content_pooled``):
+    EM3 with the pooled base."""
+    return model_config.content == "em3" and model_config.pooled_base
 
 
 def build_history_encoder(model_config: ModelConfig, qformer: FusionQFormer, num_items: int) -> HistoryEncoder | None:

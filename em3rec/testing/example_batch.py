@@ -108,6 +108,7 @@ def example_batch(
     padding_rows: int = 0,
     num_item_choices: int | None = None,
     catalogue_samples: int | None = None,
+    pooled_vectors: bool = False,
 ) -> Batch:
     """A random :class:`Batch` that follows the batch contract.
 
@@ -123,6 +124,8 @@ def example_batch(
         num_item_choices (int | None): draw items from only this many (forces duplicates).
         catalogue_samples (int | None): K items drawn uniformly from the whole catalogue for CIC
             (the ``CATALOGUE_FEATURE``, all in the first row); None = no such feature.
+        pooled_vectors (bool): also ``content_pooled``: each item's masked token mean in float16,
+            as the item store keeps it.
     """
     g = torch.Generator().manual_seed(seed)
     items = items or ExampleItems.random(meta)
@@ -149,6 +152,12 @@ def example_batch(
     names = modalities or [m.name for m in meta.modalities]
     content_tokens = {m: items.tokens[m][content_item_ids] for m in names}
     content_token_mask = {m: items.mask[m][content_item_ids] for m in names}
+    content_pooled = {}
+    if pooled_vectors:
+        for m in names:
+            w = content_token_mask[m][..., None].float()  # (U, T, 1)
+            mean = (content_tokens[m].float() * w).sum(1) / w.sum(1).clamp_min(1.0)  # (U, W)
+            content_pooled[m] = mean.to(torch.float16)
 
     keys, values, feature_lengths = [], [], []
     for f in meta.features_of("user", "single", "multi"):
@@ -188,4 +197,5 @@ def example_batch(
         content_tokens=content_tokens,
         catalogue_content_index=torch.searchsorted(content_item_ids, catalogue),
         content_token_mask=content_token_mask,
+        content_pooled=content_pooled,
     )

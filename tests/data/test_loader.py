@@ -97,6 +97,18 @@ def test_pooled_content(tiny_dataset: Path) -> None:
     )
 
 
+def test_pooled_vectors_beside_the_tokens(tiny_dataset: Path) -> None:
+    store = ItemStore(tiny_dataset)
+    batch = next(iter(_loader(tiny_dataset, "valid", modalities=["title"], pooled_vectors=True)))
+    ids = batch.content_item_ids.numpy()
+    assert batch.content_tokens["title"].shape[:2] == store.array("title", "tokens")[ids].shape[:2]  # tokens too
+    np.testing.assert_array_equal(batch.content_pooled["title"].numpy(), store.array("title", "pooled")[ids])
+    tokens, mask = batch.content_tokens["title"].float(), batch.content_token_mask["title"]
+    mean = (tokens * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)  # (U, W)
+    torch.testing.assert_close(batch.content_pooled["title"].float(), mean, rtol=1e-2, atol=1e-2)
+    assert not next(iter(_loader(tiny_dataset, "valid", modalities=["title"]))).content_pooled  # off by default
+
+
 @pytest.mark.parametrize("batch_size, read_rows", [(64, 8192), (128, 37), (1000, 8192)])
 def test_equal_batch_counts_and_exact_eval_coverage(tiny_dataset: Path, batch_size: int, read_rows: int) -> None:
     meta = DatasetMeta.load(tiny_dataset)

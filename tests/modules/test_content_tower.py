@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -230,3 +232,22 @@ def test_em3_with_pooled_base_starts_at_the_frozen_baseline(batch, mode):
     # ... and the gate is trainable from the first step, which opens the Q-Former path.
     (out_em3.target**2).sum().backward()
     assert qformer.gate.grad is not None and qformer.gate.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dedup", [True, False])
+def test_catalogue_rows_and_stored_pooled_vectors(meta, items, dedup):
+    from em3rec.testing.example_batch import example_batch
+
+    # The catalogue sample goes through the target branch (one Q-Former call with the targets);
+    # the pooled base reads the stored pooled vectors instead of pooling the tokens each step.
+    batch = example_batch(meta, 12, items, catalogue_samples=5, pooled_vectors=True, seed=2)
+    plain = dataclasses.replace(batch, content_pooled={})
+    targets = DistinctTargets.of(batch.target_content_index, batch.weights)
+    tower = _tower("lora", dedup=dedup, pooled_base=True).eval().double()
+    with torch.no_grad():
+        out, pooled_here = tower(batch, targets), tower(plain, targets)
+        expected = tower.encode_items(plain.content_tokens, plain.content_token_mask, batch.catalogue_content_index)
+    assert out.catalogue.shape == (5, 16)
+    torch.testing.assert_close(pooled_here.catalogue, expected, rtol=1e-12, atol=1e-12)
+    for field in ("target", "item_content", "history", "catalogue"):  # fp16 rounding of the stored means
+        torch.testing.assert_close(getattr(out, field), getattr(pooled_here, field), rtol=2e-3, atol=2e-3, msg=field)
