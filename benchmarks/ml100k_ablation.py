@@ -3,7 +3,7 @@
     python benchmarks/ml100k_ablation.py --backbone din --seeds 0 1 2 [--ablations cic0 pooled]
 
 Each ablation is ``<backbone>_em3`` with a few ``--set`` overrides (``ABLATIONS``), run exactly as
-the quality table runs it (``ml100k_quality.run_one``: epoch chosen on valid, test once). The
+the quality table runs it (``quality.run_one``: epoch chosen on valid, test once). The
 table also carries the quality table's ID-only, frozen-content and default-EM3 rows of the same
 backbone (from ``ml100k_ctr_v1.json``), so every row is read against the same baselines. Writes
 ``benchmarks/results/ml100k_ablation_<backbone>.md`` and a JSON of every run; earlier runs of other
@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(1, str(ROOT))
-from benchmarks.ml100k_quality import METRICS, VARIANTS, _cell, run_one  # noqa: E402
+from benchmarks.quality import METRICS, VARIANTS, _cell, run_one  # noqa: E402
 
 ABLATIONS: dict[str, tuple[str, list[str]]] = {
     # Leave-one-out of the changes that made EM3 start at the two-stage baseline:

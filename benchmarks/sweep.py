@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(1, str(ROOT))
-from benchmarks.ml100k_quality import run_one  # noqa: E402
+from benchmarks.quality import run_one  # noqa: E402
 
 
 def draw_trials(grid: dict[str, list], trials: int, draw_seed: int) -> list[list[str]]:

@@ -1,12 +1,14 @@
-"""A log-log line plot written as PNG with the standard library only (zlib + struct).
+"""Line plots written as PNG with the standard library only (zlib + struct).
 
-matplotlib is not part of the project's pinned stack; this draws what ``benchmarks.throughput``
-needs (samples/s against history length, one line per variant, axes, ticks and a legend) with a
-built-in 5x7 pixel font.
+matplotlib is not part of the project's pinned stack; this draws what the benchmarks need (axes,
+ticks, one line per series, a legend) with a built-in 5x7 pixel font: samples/s against history
+length, log-log (``benchmarks.throughput``), and a metric per category, e.g. test AUC per item
+train-frequency bucket (``benchmarks.buckets``).
 
 Example::
 
     plot_samples_per_s({"id": [(10, 900.0), (50, 700.0)]}, Path("out.png"), title="demo")
+    plot_by_category({"EM3": [("0", 0.61), ("1-9", 0.64)]}, Path("auc.png"), y_label="test AUC")
 """
 
 from __future__ import annotations
@@ -201,6 +203,59 @@ def plot_samples_per_s(
         for x, y in pts:
             canvas.dot(round(px(x)), round(py(y)), color, size=6)
         ly = top + 14 * i
+        canvas.rect(right + 20, ly, right + 32, ly + 6, color)
+        canvas.text(right + 38, ly, name)
+    canvas.save(path)
+    return Path(path)
+
+
+def plot_by_category(
+    series: dict[str, list[tuple[str, float]]],
+    path: Path,
+    title: str = "",
+    y_label: str = "",
+    width: int = 1000,
+    height: int = 620,
+) -> Path:
+    """Lines of ``series`` (name -> ``[(category, value), ...]``, categories in order along x, a
+    linear y axis; NaN values are left out) to ``path``."""
+    canvas = Canvas(width, height)
+    left, right, top, bottom = 80, width - 330, 40, height - 60
+    canvas.text(left, 12, title, scale=2 if Canvas.text_width(title, 2) < width - left - 10 else 1)
+    categories = list(dict.fromkeys(c for pts in series.values() for c, _ in pts))
+    values = [v for pts in series.values() for _, v in pts if v == v]
+    if not values or not categories:
+        canvas.save(path)
+        return Path(path)
+    pad = max((max(values) - min(values)) * 0.1, 1e-3)
+    y_lo, y_hi = min(values) - pad, max(values) + pad
+
+    def px(i: int) -> float:
+        return left + (i + 0.5) / len(categories) * (right - left)
+
+    def py(y: float) -> float:
+        return bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top)
+
+    grid = (225, 225, 225)
+    for k in range(6):
+        y = y_lo + (y_hi - y_lo) * k / 5
+        canvas.line(left, py(y), right, py(y), grid)
+        label = f"{y:.3f}"
+        canvas.text(left - 8 - Canvas.text_width(label), round(py(y)) - 3, label)
+    for i, c in enumerate(categories):
+        canvas.line(px(i), top, px(i), bottom, grid)
+        canvas.text(round(px(i)) - Canvas.text_width(c) // 2, bottom + 8, c)
+    canvas.line(left, bottom, right, bottom, (0, 0, 0))
+    canvas.line(left, top, left, bottom, (0, 0, 0))
+    canvas.text(8, top - 14, y_label)
+    for n, (name, pts) in enumerate(series.items()):
+        color = _PALETTE[n % len(_PALETTE)]
+        xy = [(px(categories.index(c)), py(v)) for c, v in pts if v == v]
+        for (x0, y0), (x1, y1) in zip(xy, xy[1:]):
+            canvas.line(x0, y0, x1, y1, color, width=2)
+        for x, y in xy:
+            canvas.dot(round(x), round(y), color, size=6)
+        ly = top + 14 * n
         canvas.rect(right + 20, ly, right + 32, ly + 6, color)
         canvas.text(right + 38, ly, name)
     canvas.save(path)

@@ -24,7 +24,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 # list of allowed values in the package is derived from these (``choices``).
 Backbone = Literal["dlrm", "dcn", "din"]
 ContentVariant = Literal["none", "frozen", "em3"]  # ID only | pooled pre-extracted vectors | EM3
-SeqContentMode = Literal["none", "frozen", "lora", "full", "cached"]
+SeqContentMode = Literal["none", "frozen", "lora", "full", "cached", "pooled"]
 QFormerAttention = Literal["self", "cross"]
 EmbeddingOptimizer = Literal["rowwise_adagrad", "adagrad", "adam", "sgd"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -116,6 +116,10 @@ class ModelConfig:
     backbone: Backbone = "din"
     content: ContentVariant = "em3"  # none (ID only) | frozen (pre-extracted pooled vectors) | em3
     embedding_dim: int = 64  # D: ID embeddings and every feature vector the backbone sees
+    # History content (EM3): none | frozen (Q-Former, no gradient) | lora (Q-Former + LoRA adapters) |
+    # full | cached (a bank) | pooled (the pooled base alone: the two-stage baseline's history
+    # content, the Q-Former reads targets only; needs pooled_base, and the loader then sends tokens
+    # of the targets and the catalogue sample only).
     seq_content_mode: SeqContentMode = "lora"
     # EM3 only. True: an item's content embedding is the frozen baseline's (pooled pre-extracted
     # vectors through a Linear) plus the Q-Former's output scaled by a per-dimension gate that starts

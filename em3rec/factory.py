@@ -23,7 +23,14 @@ from em3rec.data.schema import DatasetMeta
 from em3rec.distributed import DistEnv, allowed_sharding_types, build_optimizer, init_distributed, shard_model
 from em3rec.errors import UsageError
 from em3rec.evaluation import cold_item_mask
-from em3rec.modules.model import EM3Model, EM3Train, build_model, uses_catalogue, uses_pooled_vectors
+from em3rec.modules.model import (
+    EM3Model,
+    EM3Train,
+    build_model,
+    reads_history_tokens,
+    uses_catalogue,
+    uses_pooled_vectors,
+)
 from em3rec.precision import Precision
 from em3rec.run_log import setup_logging
 
@@ -61,6 +68,7 @@ def open_loader(config: Config, split: str, env: DistEnv, item_store: ItemStore 
         scan_rows=data.scan_rows,
         catalogue_samples=catalogue_samples(config.model, split),
         pooled_vectors=uses_pooled_vectors(config.model),
+        history_tokens=reads_history_tokens(config.model),
     )
 
 

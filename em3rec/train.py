@@ -83,6 +83,8 @@ class Recipe:
         self.run_dir = factory.run_dir(config)
         self.checkpoints = factory.checkpoint_manager(config)
         self.progress = Progress()
+        # This process's training epochs (not evaluation): seconds in them and samples trained, all ranks.
+        self.epoch_seconds, self.epoch_samples = 0.0, 0
 
     def setup(self) -> None:
         """Validate the data, build the sharded model and optimiser, the metric writer and the
@@ -242,7 +244,8 @@ class Recipe:
             file=sys.stderr,
         )
         window: dict[str, float] = {"loss": 0.0, "bce": 0.0, "cic": 0.0, "n": 0}
-        window_start = time.perf_counter()
+        window_start = epoch_start = time.perf_counter()
+        steps_before = self.progress.step
         while True:
             try:
                 result = self._step(batches)
@@ -266,6 +269,8 @@ class Recipe:
             if cfg.checkpoint_every and self.progress.step % cfg.checkpoint_every == 0:
                 self._save(best=False)
         bar.close()
+        self.epoch_seconds += time.perf_counter() - epoch_start
+        self.epoch_samples += (self.progress.step - steps_before) * self.config.data.batch_size * self.env.world_size
 
     def _step(self, batches: Iterator[Batch]) -> tuple[float, dict[str, float]] | None:
         """Train one batch; None if it was skipped for a non-finite loss (``nan_policy = "skip"``).
@@ -349,6 +354,8 @@ def write_results(recipe: Recipe, test: dict[str, Any], seconds: float) -> Path:
         "world_size": recipe.env.world_size,
         "precision": recipe.precision.name,
         "train_seconds": seconds,
+        # samples per second of the training epochs (all ranks; steps, loading and checkpoints, no evaluation)
+        "train_samples_per_s": recipe.epoch_samples / recipe.epoch_seconds if recipe.epoch_seconds else None,
         "config": recipe.config.to_dict(),
     }
     path = recipe.run_dir / "metrics.json"

@@ -39,9 +39,11 @@ class Batch(Pipelineable):
         target_content_index: ``(B,)`` int64 index of each target item into ``content_item_ids``.
         history_content_index: ``(B, L)`` int64 index of each history item into
             ``content_item_ids`` (0 at padded positions; use ``history_mask``).
-        content_tokens: modality name -> ``(U, T_m, W_m)`` float16 frozen token features of the
-            distinct items (``T_m = 1`` for pooled features).
-        content_token_mask: modality name -> ``(U, T_m)`` bool, True for a real token. A row with
+        content_tokens: modality name -> ``(U_t, T_m, W_m)`` float16 frozen token features of the
+            first ``U_t`` distinct items (``T_m = 1`` for pooled features). ``U_t = U``, unless the
+            loader sent tokens of the targets and the catalogue sample only (a model that reads no
+            history tokens): those come first in ``content_item_ids``.
+        content_token_mask: modality name -> ``(U_t, T_m)`` bool, True for a real token. A row with
             no True is a missing modality for that item.
         catalogue_content_index: ``(K,)`` int64 index into ``content_item_ids`` of the items
             sampled from the catalogue for CIC (``K = 0`` when none are; their ids are the

@@ -129,6 +129,26 @@ class Rows:
         return Rows(scalars, lists)
 
 
+def _targets_first(
+    content_ids: np.ndarray, inverse: np.ndarray, batch_size: int, catalogue: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Reorder the distinct items so that the targets and the catalogue sample come first.
+
+    Args: ``content_ids (U,)`` sorted distinct ids; ``inverse`` the position of every value
+    (``B`` targets, then history values, then ``K`` catalogue items) in ``content_ids``.
+
+    Returns: the reordered ids (each part still sorted: the memory map is read in order), the
+    inverse into them, and ``U_t``, how many come first.
+    """
+    first = np.zeros(len(content_ids), dtype=bool)
+    first[inverse[:batch_size]] = True
+    first[inverse[len(inverse) - catalogue :]] = True
+    order = np.concatenate([np.flatnonzero(first), np.flatnonzero(~first)])  # (U,)
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    return content_ids[order], position[inverse], int(first.sum())
+
+
 # -------------------------------------------------------------------------------------- prefetch
 
 _END = object()
@@ -226,6 +246,9 @@ class ImpressionLoader(IterableDataset):
         pooled_content: one pooled vector per modality (``T = 1``) instead of its tokens.
         pooled_vectors: with the tokens, also each item's stored pooled vector per modality
             (``Batch.content_pooled``; EM3's pooled base reads it instead of pooling every step).
+        history_tokens: False = tokens only of the targets and the catalogue sample, which then
+            come first among the distinct items (``Batch.content_tokens`` has ``U_t <= U`` rows);
+            with ``pooled_vectors``, every item's pooled vector is still sent.
         training: shuffle and drop the remainder (default: ``split == "train"``); else read in
             order and pad the last batches with weight-0 rows.
         shuffle: override the shuffle of ``training`` (e.g. an unshuffled training pass).
@@ -259,6 +282,7 @@ class ImpressionLoader(IterableDataset):
         modalities: Sequence[str] = (),
         pooled_content: bool = False,
         pooled_vectors: bool = False,
+        history_tokens: bool = True,
         training: bool | None = None,
         shuffle: bool | None = None,
         shuffle_buffer: int = 65536,
@@ -312,6 +336,7 @@ class ImpressionLoader(IterableDataset):
         self.modalities = tuple(modalities)
         self.pooled_content = pooled_content
         self._pooled_vectors = pooled_vectors and not pooled_content  # pooled batches carry them as tokens
+        self._history_tokens = history_tokens or pooled_content
         self._items = None
         if self.modalities:
             self._items = item_store if item_store is not None else ItemStore(path, self.modalities, self.meta)
@@ -558,11 +583,14 @@ class ImpressionLoader(IterableDataset):
 
         history_mask = np.arange(L)[None, :] < hist_lengths[:, None]  # (B, L), oldest first, left-aligned
         content_ids, inverse = np.unique(target_and_history, return_inverse=True)  # (U,), (B + sum,)
+        with_tokens = len(content_ids)  # U_t: the first U_t distinct items get tokens
+        if not self._history_tokens:
+            content_ids, inverse, with_tokens = _targets_first(content_ids, inverse, B, len(catalogue))
         history_index = np.zeros((B, L), dtype=np.int64)
         history_index[history_mask] = inverse[B : len(inverse) - len(catalogue)]  # row-major = the values' order
         tokens, token_mask, pooled = ({}, {}, {})
         if self._items is not None:
-            tokens, token_mask = self._items.gather(content_ids, self.modalities, self.pooled_content)
+            tokens, token_mask = self._items.gather(content_ids[:with_tokens], self.modalities, self.pooled_content)
             if self._pooled_vectors:
                 pooled = self._items.gather_pooled(content_ids, self.modalities)
 

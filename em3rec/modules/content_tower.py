@@ -120,8 +120,7 @@ class ContentTower(nn.Module):
             return None
         if not batch.content_pooled:
             return self.pooled_base(batch.content_tokens, batch.content_token_mask)
-        present = {m: t.any(1, keepdim=True) for m, t in batch.content_token_mask.items()}  # (U, 1)
-        return self.pooled_base({m: v[:, None] for m, v in batch.content_pooled.items()}, present)  # (U, D)
+        return self.pooled_base.project(batch.content_pooled)  # (U, D)
 
     def _forward_per_position(self, batch: Batch, targets: DistinctTargets) -> ContentOutput:
         """The reference: every target row and every history position encoded on its own."""

@@ -48,6 +48,11 @@ class PooledContentProjection(nn.Module):
             pooled.append((x * w).sum(1) / w.sum(1).clamp_min(1.0))  # (U, W_m)
         return self.proj(torch.cat(pooled, dim=-1))  # (U, D)
 
+    def project(self, pooled: dict[str, torch.Tensor]) -> torch.Tensor:
+        """modality -> ``(U, W_m)`` stored pooled vectors (0 for a missing modality, as the item
+        store keeps them) -> ``(U, D)``: :meth:`forward` on pre-pooled tokens, without their masks."""
+        return self.proj(torch.cat([pooled[m].to(self.proj.weight.dtype) for m in self._modalities], dim=-1))
+
 
 class FrozenContentTower(nn.Module):
     """Content side of the ID + frozen-content baseline: every distinct item through

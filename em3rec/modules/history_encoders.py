@@ -8,6 +8,9 @@ and differs only in how gradients (and compute) reach the shared Q-Former:
   adapters, so the long side trains only low-rank matrices.
 - :class:`FullHistory` (``full``): full gradient, as the target branch.
 - :class:`CachedHistory` (``cached``, beyond the paper): a memory bank refreshed every N steps.
+- :class:`PooledHistory` (``pooled``, beyond the paper): no Q-Former part at all; with the tower's
+  pooled base, history content is the two-stage baseline's (pooled vectors through the shared,
+  trained projection), and the Q-Former reads only the targets.
 
 The Q-Former is owned by :class:`~em3rec.modules.content_tower.ContentTower` and passed to every
 call (an encoder holding it as a submodule would register its parameters twice). ``encode`` is
@@ -236,4 +239,21 @@ class CachedHistory(nn.Module):
         return self.bank[history_ids].to(items.target_content.dtype)  # (H, D), no gradient
 
 
-HistoryEncoder = NoGradHistory | FullHistory | LoraHistory | CachedHistory
+class PooledHistory(nn.Module):
+    """``pooled``: the Q-Former part of history content is 0; the content tower's pooled base (which
+    this mode requires) is the whole of it. The history side then costs one Linear over the stored
+    pooled vectors, and the loader need not send history items' tokens (see
+    ``em3rec.modules.model.reads_history_tokens``). Measured on ml-100k, the gated Q-Former part of
+    a trained tower is 3-4 % of the pooled base's norm (``benchmarks/content_share.py``)."""
+
+    mode = "pooled"
+
+    def encode(self, qformer: FusionQFormer, tokens, token_mask, index: torch.Tensor | None) -> torch.Tensor:
+        rows = index.shape[0] if index is not None else next(iter(token_mask.values())).shape[0]
+        return qformer.queries.new_zeros(rows, qformer.head.out_features)  # (H, D)
+
+    def forward(self, qformer: FusionQFormer, items: HistoryItems) -> torch.Tensor:
+        return items.target_content.new_zeros(items.index.shape[0], items.target_content.shape[-1])  # (H, D)
+
+
+HistoryEncoder = NoGradHistory | FullHistory | LoraHistory | CachedHistory | PooledHistory

@@ -29,6 +29,7 @@ from em3rec.modules.history_encoders import (
     HistoryEncoder,
     LoraHistory,
     NoGradHistory,
+    PooledHistory,
 )
 from em3rec.modules.interest import TargetAttention
 from em3rec.modules.sparse import IdArch, build_embedding_collections
@@ -190,6 +191,8 @@ def _check(model_config: ModelConfig) -> None:
         )
     if model_config.content == "em3" and model_config.seq_content_mode == "cached" and not model_config.dedup:
         raise ValueError("model.seq_content_mode = 'cached' needs model.dedup = true")
+    if model_config.content == "em3" and model_config.seq_content_mode == "pooled" and not model_config.pooled_base:
+        raise ValueError("model.seq_content_mode = 'pooled' reads the pooled base; it needs model.pooled_base = true")
     if not model_config.over_layers:
         raise ValueError("model.over_layers needs at least one hidden layer")
 
@@ -205,6 +208,14 @@ def uses_pooled_vectors(model_config: ModelConfig) -> bool:
     return model_config.content == "em3" and model_config.pooled_base
 
 
+def reads_history_tokens(model_config: ModelConfig) -> bool:
+    """Whether the model reads the tokens of history items (False: EM3 with ``seq_content_mode``
+    ``none`` or ``pooled``, whose Q-Former reads targets and the catalogue sample only)."""
+    return not (
+        model_config.content == "em3" and model_config.dedup and model_config.seq_content_mode in ("none", "pooled")
+    )
+
+
 def build_history_encoder(model_config: ModelConfig, qformer: FusionQFormer, num_items: int) -> HistoryEncoder | None:
     """The history branch ``model.seq_content_mode`` names (None for ``none``)."""
     mode = model_config.seq_content_mode
@@ -216,6 +227,8 @@ def build_history_encoder(model_config: ModelConfig, qformer: FusionQFormer, num
         return FullHistory()
     if mode == "lora":
         return LoraHistory(qformer, model_config.lora)
+    if mode == "pooled":
+        return PooledHistory()
     return CachedHistory(num_items, qformer.head.out_features, model_config.cache_refresh_steps)
 
 

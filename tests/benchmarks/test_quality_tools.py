@@ -9,8 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.ml100k_buckets import BUCKETS, bucket_aucs
-from benchmarks.ml100k_quality import _earlier_runs
+from benchmarks.buckets import BUCKETS, bucket_aucs
+from benchmarks.quality import _earlier_runs, paired_table, table
+from benchmarks.throughput_plot import plot_by_category
 
 
 def test_earlier_runs_keep_only_other_seeds(tmp_path: Path) -> None:
@@ -39,3 +40,35 @@ def test_bucket_aucs_split_rows_by_train_count(tmp_path: Path) -> None:
     assert set(result) == {"all", "0", "1-9", "10-49", "50-199", "200+"} and len(result) == len(BUCKETS) + 1
     assert result["0"] == 1.0 and result["1-9"] == 1.0 and result["200+"] == 0.0
     assert np.isnan(result["10-49"])  # no rows
+
+
+def test_quality_table_reads_the_dataset_prefix() -> None:
+    def run(seed: int, auc: float) -> dict:
+        test = {"auc": auc, "gauc": auc, "logloss": 0.5, "cold_auc": auc - 0.1, "warm_auc": auc}
+        return {
+            "config": {"train": {"seed": seed}},
+            "test": test,
+            "valid": {"auc": auc},
+            "best_epoch": 0,
+            "wall_seconds": 1.0,
+            "train_samples_per_s": 1000.0,
+        }
+
+    results = {"bx_din_em3": [run(0, 0.70), run(1, 0.72)], "bx_din_frozen": [run(0, 0.69), run(1, 0.70)]}
+    text = table(results, prefix="bx_")
+    assert "| din | EM3 | 2 | 0.7100 ± 0.0141 |" in text and "| 1,000 |" in text
+    assert "| din | ID + frozen content | 2 |" in text
+    assert table(results).count("| din |") == 0  # ml100k configs carry no prefix
+    paired = paired_table(results, prefix="bx_")
+    assert "| din | EM3 − ID + frozen content | 2 | +0.0150 ± 0.0071 |" in paired
+
+
+def test_plot_by_category_writes_a_png(tmp_path: Path) -> None:
+    path = plot_by_category(
+        {"em3": [("0", 0.61), ("1-9", 0.64), ("10+", float("nan"))], "frozen": [("0", 0.6), ("1-9", 0.62)]},
+        tmp_path / "auc.png",
+        title="t",
+        y_label="test AUC",
+    )
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000

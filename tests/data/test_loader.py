@@ -263,3 +263,24 @@ def test_catalogue_sample_for_cic(tiny_dataset: Path) -> None:
     assert evaluation.catalogue_content_index.numel() == 0
     plain = next(iter(_loader(tiny_dataset, "valid")))
     assert plain.sequence_features.keys() == ["item_id", "hist_item_ids"]
+
+
+def test_tokens_of_targets_and_catalogue_only(tiny_dataset: Path) -> None:
+    # A model that reads no history tokens (EM3 with seq_content_mode = pooled) gets tokens of the
+    # targets and the catalogue sample only, first among the distinct items; every item keeps its
+    # pooled vector, and every index still points at the right item.
+    store = ItemStore(tiny_dataset)
+    options = dict(batch_size=64, seed=3, modalities=["title"], catalogue_samples=5, pooled_vectors=True)
+    full = next(iter(_loader(tiny_dataset, "train", **options)))
+    lean = next(iter(_loader(tiny_dataset, "train", history_tokens=False, **options)))
+    ids = lean.content_item_ids
+    assert sorted(ids.tolist()) == full.content_item_ids.tolist()  # the same items, reordered
+    assert torch.equal(ids[lean.target_content_index], full.item_ids)
+    assert torch.equal(ids[lean.catalogue_content_index], full.content_item_ids[full.catalogue_content_index])
+    history = lean.history_content_index[lean.history_mask]
+    assert torch.equal(ids[history], full.content_item_ids[full.history_content_index[full.history_mask]])
+    first = torch.cat([lean.target_content_index, lean.catalogue_content_index]).unique()
+    U_t = lean.content_tokens["title"].shape[0]
+    assert torch.equal(first, torch.arange(U_t)) and U_t < len(ids)  # exactly those, first
+    np.testing.assert_array_equal(lean.content_tokens["title"].numpy(), store.array("title", "tokens")[ids[:U_t]])
+    np.testing.assert_array_equal(lean.content_pooled["title"].numpy(), store.array("title", "pooled")[ids])

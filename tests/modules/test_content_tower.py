@@ -251,3 +251,33 @@ def test_catalogue_rows_and_stored_pooled_vectors(meta, items, dedup):
     torch.testing.assert_close(pooled_here.catalogue, expected, rtol=1e-12, atol=1e-12)
     for field in ("target", "item_content", "history", "catalogue"):  # fp16 rounding of the stored means
         torch.testing.assert_close(getattr(out, field), getattr(pooled_here, field), rtol=2e-3, atol=2e-3, msg=field)
+
+
+def test_pooled_history_reads_no_history_tokens(meta, items):
+    from em3rec.modules.history_encoders import PooledHistory
+    from em3rec.testing.example_batch import example_batch
+
+    # seq_content_mode = "pooled": history content is the pooled base alone (the two-stage
+    # baseline's), and the Q-Former reads the targets and the catalogue sample only: poisoning the
+    # tokens of every other item changes nothing.
+    batch = example_batch(meta, 12, items, catalogue_samples=4, pooled_vectors=True, seed=5)
+    targets = DistinctTargets.of(batch.target_content_index, batch.weights)
+    torch.manual_seed(0)
+    qformer = FusionQFormer(WIDTHS, QFormerConfig(dim=16, num_heads=2), out_dim=16, gated=True)
+    with torch.no_grad():
+        qformer.gate.normal_(0, 0.3)
+    tower = ContentTower(qformer, PooledHistory(), PooledContentProjection(WIDTHS, 16)).eval()
+    read = torch.zeros(batch.content_item_ids.shape[0], dtype=torch.bool)
+    read[batch.target_content_index] = read[batch.catalogue_content_index] = True
+    assert (~read).any()
+    poisoned = dataclasses.replace(
+        batch,
+        content_tokens={m: t.masked_fill(~read[:, None, None], float("nan")) for m, t in batch.content_tokens.items()},
+    )
+    with torch.no_grad():
+        out, out_poisoned = tower(batch, targets), tower(poisoned, targets)
+        base = tower.pooled_base.project(batch.content_pooled)  # (U, D)
+    for field in ("target", "item_content", "history", "catalogue"):
+        torch.testing.assert_close(getattr(out_poisoned, field), getattr(out, field), rtol=0, atol=0, msg=field)
+    mask = batch.history_mask
+    torch.testing.assert_close(out.history[mask], base[batch.history_content_index[mask]], rtol=0, atol=0)

@@ -102,6 +102,7 @@ def test_sparse_on_meta_device(meta, data_config, model_config):
         (dict(content="clip"), "content"),
         (dict(seq_content_mode="sometimes"), "seq_content_mode"),
         (dict(seq_content_mode="cached", dedup=False), "dedup"),
+        (dict(seq_content_mode="pooled", pooled_base=False), "pooled_base"),
     ],
 )
 def test_bad_configs_are_rejected(meta, data_config, overrides, match, model_config):
@@ -119,6 +120,7 @@ def test_bad_configs_are_rejected(meta, data_config, overrides, match, model_con
         ("em3", "lora", 0),
         ("em3", "lora", 8),
         ("em3", "cached", 8),
+        ("em3", "pooled", 8),
     ],
 )
 def test_fx_traceable_for_the_train_pipeline(meta, data_config, content, mode, catalogue, model_config):

@@ -1,14 +1,15 @@
-"""Test AUC by how often the item occurs in train, for every run of the quality table (and ablations).
+"""Test AUC by how often the item occurs in train, for every run of a quality table (and ablations).
 
-    python benchmarks/ml100k_buckets.py [--runs benchmarks/results/ml100k_ctr_v1.json ...]
+    python benchmarks/buckets.py [--dataset bx] [--runs benchmarks/results/bx_ctr_v1.json ...] [--plot]
 
-ml100k-ctr-v1 has only 149 cold test rows (48 items), too few to rank variants on. This splits the
-test rows by the item's number of train rows (0, 1-9, 10-49, 50-199, 200+), scores each run's
-best-valid checkpoint on test with ``em3rec.score`` (the config rebuilt from the run's
+This splits the test rows by the item's number of train rows (0, 1-9, 10-49, 50-199, 200+), scores
+each run's best-valid checkpoint on test with ``em3rec.score`` (the config rebuilt from the run's
 ``metrics.json``), and reports the AUC inside each bucket (mean ± std over seeds) and the paired
-per-seed difference of EM3 against ID + frozen content. Within a bucket, item popularity can no
-longer separate clicks, so the AUC measures what the model knows about items of that rarity.
-Writes ``benchmarks/results/ml100k_buckets.md`` and ``.json``.
+per-seed difference against ID + frozen content of the same backbone. Within a bucket, item
+popularity can no longer separate clicks, so the AUC measures what the model knows about items of
+that rarity (ml100k-ctr-v1 has only 149 cold test rows; bx-ctr-v1 has a third of test cold).
+Writes ``benchmarks/results/<dataset>_buckets.md``, ``.json`` and with ``--plot`` a PNG of the mean
+AUC per bucket, one line per run.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(1, str(ROOT))
+from benchmarks.quality import DATASETS  # noqa: E402
+from benchmarks.throughput_plot import plot_by_category  # noqa: E402
 from em3rec.config import as_overrides  # noqa: E402
 from em3rec.metrics import auc  # noqa: E402
 
@@ -86,15 +89,22 @@ def _cell(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=list(DATASETS), default="ml100k")
     parser.add_argument(
         "--runs",
         nargs="+",
-        default=[str(ROOT / "benchmarks/results/ml100k_ctr_v1.json")],
-        help="JSON files of runs written by ml100k_quality.py / ml100k_ablation.py",
+        default=[],
+        help="JSON files of runs written by quality.py / ml100k_ablation.py (default: the dataset's quality table)",
     )
-    parser.add_argument("--data", default="data/ml100k")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/ml100k_buckets.md"))
+    parser.add_argument("--data", default="", help="default: data/<dataset>")
+    parser.add_argument("--out", default="", help="default: benchmarks/results/<dataset>_buckets.md")
+    parser.add_argument("--plot", action="store_true", help="also a PNG of the mean AUC per bucket, one line per run")
     args = parser.parse_args()
+    prefix, protocol = DATASETS[args.dataset]
+    table_stem = protocol.replace("-", "_")
+    args.runs = args.runs or [str(ROOT / "benchmarks/results" / f"{table_stem}.json")]
+    args.data = args.data or f"data/{args.dataset}"
+    args.out = args.out or str(ROOT / "benchmarks/results" / f"{args.dataset}_buckets.md")
     train_items = pq.read_table(ROOT / args.data / "train", columns=["item_idx"]).column("item_idx").to_numpy()
     test = pq.read_table(ROOT / args.data / "test", columns=["item_idx"]).column("item_idx").to_numpy()
     train_count = np.bincount(train_items, minlength=max(int(test.max()), int(train_items.max())) + 1)
@@ -104,7 +114,7 @@ def main() -> None:
     for runs_file in args.runs:
         source = Path(runs_file).stem
         for name, runs in json.loads(Path(runs_file).read_text()).items():
-            key = name if source == "ml100k_ctr_v1" else f"{source}:{name}"
+            key = name if source == table_stem else f"{source}:{name}"
             for run in runs:
                 seed = run["config"]["train"]["seed"]
                 results.setdefault(key, {})[seed] = bucket_aucs(scores_on_test(run), train_count)
@@ -119,8 +129,9 @@ def main() -> None:
         )
     deltas = [f"| run minus `<backbone>_frozen` | seeds | {header} |", "|---|---|" + "---|" * len(columns)]
     for key, by_seed in results.items():
-        frozen = results.get(f"{backbone_of[key]}_frozen", {})
-        if key == f"{backbone_of[key]}_frozen" or not (seeds := sorted(set(by_seed) & set(frozen))):
+        baseline = f"{prefix}{backbone_of[key]}_frozen"
+        frozen = results.get(baseline, {})
+        if key == baseline or not (seeds := sorted(set(by_seed) & set(frozen))):
             continue
         deltas.append(
             f"| {key} | {len(seeds)} | "
@@ -129,8 +140,8 @@ def main() -> None:
         )
     out = Path(args.out)
     out.write_text(
-        "# ml100k-ctr-v1: test AUC by the item's number of train rows (best-valid checkpoints)\n\n"
-        f"Command: `python benchmarks/ml100k_buckets.py {' '.join(sys.argv[1:])}`\n\n"
+        f"# {protocol}: test AUC by the item's number of train rows (best-valid checkpoints)\n\n"
+        f"Command: `python benchmarks/buckets.py {' '.join(sys.argv[1:])}`\n\n"
         "Bucket = how many train rows the test row's item has (0 = cold); `all` = every test row. "
         "Mean ± std over seeds.\n\n"
         + "\n".join(lines)
@@ -139,6 +150,18 @@ def main() -> None:
         + "\n"
     )
     out.with_suffix(".json").write_text(json.dumps({"rows": rows, "auc": results}, indent=2))
+    if args.plot:
+        series = {
+            key: [(c, statistics.mean(r[c] for r in by_seed.values())) for c in columns if c != "all"]
+            for key, by_seed in results.items()
+        }
+        png = plot_by_category(
+            series,
+            out.with_suffix(".png"),
+            title=f"{protocol}: test AUC by item train rows (mean over seeds)",
+            y_label="test AUC",
+        )
+        print(f"wrote {png}", file=sys.stderr)
     print(out.read_text())
 
 

@@ -1,10 +1,12 @@
-"""The ml100k-ctr-v1 quality table: every backbone x {ID only, ID + frozen content, EM3} x seeds.
+"""The quality table of a dataset: every backbone x {ID only, ID + frozen content, EM3} x seeds.
 
-    python benchmarks/ml100k_quality.py --seeds 0 1 2 [--nproc 1] [--set train.epochs=4]
+    python benchmarks/quality.py --seeds 0 1 2 [--dataset bx] [--backbones din dcn] [--set train.epochs=4]
 
-Each run is ``python -m em3rec.train`` (under torchrun when ``--nproc > 1``); the epoch is chosen on
-valid AUC inside each run and test is evaluated once, on that epoch. Writes
-``benchmarks/results/ml100k_ctr_v1.md`` (mean +- std over seeds) and a JSON of every run.
+Each run is ``python -m em3rec.train`` with the bundled config ``<prefix><backbone>_<variant>``
+(under torchrun when ``--nproc > 1``); the epoch is chosen on valid AUC inside each run and test
+is evaluated once, on that epoch. Writes ``benchmarks/results/<protocol>.md`` (mean +- std over
+seeds, paired differences) and a JSON of every run, after every run (an interrupted sweep keeps
+what finished).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONES = ("dlrm", "dcn", "din")
+# dataset -> (bundled config prefix, protocol): configs `<prefix><backbone>_<variant>`
+DATASETS = {"ml100k": ("", "ml100k-ctr-v1"), "bx": ("bx_", "bx-ctr-v1"), "ml1m": ("ml1m_", "ml1m-ctr-v1")}
 VARIANTS = {"id": "ID only", "frozen": "ID + frozen content", "em3": "EM3"}
 METRICS = ("auc", "gauc", "logloss", "cold_auc", "warm_auc")
 
@@ -69,17 +73,23 @@ def _cell(values: list[float], signed: bool = False) -> str:
     return f"{statistics.mean(values):{sign}.4f} ± {statistics.stdev(values):.4f}"
 
 
-def table(results: dict[str, list[dict]]) -> str:
+def _samples_per_s(runs: list[dict]) -> str:
+    """Mean training samples/s (steps only, all ranks); runs from before it was recorded give n/a."""
+    values = [r["train_samples_per_s"] for r in runs if r.get("train_samples_per_s")]
+    return f"{statistics.mean(values):,.0f}" if values else "n/a"
+
+
+def table(results: dict[str, list[dict]], prefix: str = "") -> str:
     """One row per backbone x variant: mean ± std over the seeds that finished (n says how many)."""
     lines = [
         "| backbone | variant | n | valid auc | "
         + " | ".join(f"test {m}" for m in METRICS)
-        + " | best epochs | s/run |",
-        "|---|---|---|---|" + "---|" * (len(METRICS) + 2),
+        + " | best epochs | train samples/s | s/run |",
+        "|---|---|---|---|" + "---|" * (len(METRICS) + 3),
     ]
     for backbone in BACKBONES:
         for variant, label in VARIANTS.items():
-            runs = results.get(f"{backbone}_{variant}", [])
+            runs = results.get(f"{prefix}{backbone}_{variant}", [])
             if not runs:
                 continue
             cells = [_cell([r["test"][m] for r in runs]) for m in METRICS]
@@ -87,21 +97,25 @@ def table(results: dict[str, list[dict]]) -> str:
             epochs = ",".join(str(r["best_epoch"]) for r in runs)
             secs = statistics.mean(r["wall_seconds"] for r in runs)
             lines.append(
-                f"| {backbone} | {label} | {len(runs)} | {valid} | " + " | ".join(cells) + f" | {epochs} | {secs:.0f} |"
+                f"| {backbone} | {label} | {len(runs)} | {valid} | "
+                + " | ".join(cells)
+                + f" | {epochs} | {_samples_per_s(runs)} | {secs:.0f} |"
             )
     return "\n".join(lines)
 
 
-def paired_table(results: dict[str, list[dict]], metrics: tuple[str, ...] = ("auc", "gauc", "cold_auc")) -> str:
+def paired_table(
+    results: dict[str, list[dict]], metrics: tuple[str, ...] = ("auc", "gauc", "cold_auc", "warm_auc"), prefix: str = ""
+) -> str:
     """EM3 minus each baseline, paired by seed (mean ± std of the per-seed differences, n pairs)."""
     lines = [
         "| backbone | difference | n | " + " | ".join(f"Δ test {m}" for m in metrics) + " |",
         "|---|---|---|" + "---|" * len(metrics),
     ]
     for backbone in BACKBONES:
-        em3 = {r["config"]["train"]["seed"]: r for r in results.get(f"{backbone}_em3", [])}
+        em3 = {r["config"]["train"]["seed"]: r for r in results.get(f"{prefix}{backbone}_em3", [])}
         for baseline in ("frozen", "id"):
-            other = {r["config"]["train"]["seed"]: r for r in results.get(f"{backbone}_{baseline}", [])}
+            other = {r["config"]["train"]["seed"]: r for r in results.get(f"{prefix}{backbone}_{baseline}", [])}
             seeds = sorted(em3.keys() & other.keys())
             if not seeds:
                 continue
@@ -112,13 +126,14 @@ def paired_table(results: dict[str, list[dict]], metrics: tuple[str, ...] = ("au
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=list(DATASETS), default="ml100k", help="which bundled configs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--nproc", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--run-dir", default="runs/quality")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/ml100k_ctr_v1.md"))
+    parser.add_argument("--out", default="", help="default: benchmarks/results/<protocol>.md")
     parser.add_argument(
         "--table-only",
         metavar="RUNS_COMMAND",
@@ -126,15 +141,17 @@ def main() -> None:
         help="rewrite the table from the JSON of earlier runs made by RUNS_COMMAND",
     )
     args = parser.parse_args()
+    args.prefix, args.protocol = DATASETS[args.dataset]
+    args.out = args.out or str(ROOT / "benchmarks/results" / f"{args.protocol.replace('-', '_')}.md")
     if args.table_only:
         write(args, json.loads(Path(args.out).with_suffix(".json").read_text()))
         return
-    configs = {f"{b}_{v}" for b in args.backbones for v in args.variants}
+    configs = {f"{args.prefix}{b}_{v}" for b in args.backbones for v in args.variants}
     results = _earlier_runs(Path(args.out).with_suffix(".json"), configs, set(args.seeds))
     for seed in args.seeds:  # seeds outermost: a partial run still covers every variant
         for backbone in args.backbones:
             for variant in args.variants:
-                config = f"{backbone}_{variant}"
+                config = f"{args.prefix}{backbone}_{variant}"
                 r = run_one(config, seed, args.nproc, args.set, args.run_dir)
                 results.setdefault(config, []).append(r)
                 print(
@@ -160,19 +177,19 @@ def _earlier_runs(path: Path, configs: set[str], seeds: set[int]) -> dict[str, l
 
 
 def write(args: argparse.Namespace, results: dict[str, list[dict]]) -> None:
-    command = args.table_only or "python benchmarks/ml100k_quality.py " + " ".join(sys.argv[1:])
+    command = args.table_only or "python benchmarks/quality.py " + " ".join(sys.argv[1:])
     seeds = sorted({r["config"]["train"]["seed"] for runs in results.values() for r in runs})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
-        "# ml100k-ctr-v1: test metrics at the best-valid epoch (mean ± std over n seeds)\n\n"
+        f"# {args.protocol}: test metrics at the best-valid epoch (mean ± std over n seeds)\n\n"
         f"Command: `{command}` (seeds in the table: {seeds}; runs of other seeds are kept from earlier "
         f"invocations' JSON)  \nMachine: {platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}; {args.nproc} process(es) per run. s/run is wall time on a "
         "machine shared with other jobs (not a benchmark: see throughput_*.md).\n\n"
-        + table(results)
+        + table(results, args.prefix)
         + "\n\nPaired by seed (per-seed test differences, mean ± std):\n\n"
-        + paired_table(results)
+        + paired_table(results, prefix=args.prefix)
         + "\n"
     )
     out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str))
