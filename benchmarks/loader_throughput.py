@@ -40,13 +40,15 @@ from em3rec.data.loader import ImpressionLoader
 from em3rec.data.schema import DatasetMeta
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTENT_MODES = ("none", "pooled", "tokens")
+# none: ID only; pooled: one vector per modality; tokens: every distinct item's tokens; targets:
+# tokens of the targets and a catalogue sample, pooled vectors of all (EM3, seq_content_mode = pooled)
+CONTENT_MODES = ("none", "pooled", "tokens", "targets")
 
 
 @dataclass(frozen=True)
 class Scenario:
     ranks: int
-    content: str  # none | pooled | tokens
+    content: str  # one of CONTENT_MODES
     prefetch: int
     step_ms: float
 
@@ -60,6 +62,8 @@ class RankResult:
     open_seconds: float
     distinct_items: int
     history_positions: int
+    token_items: int = 0  # distinct items whose tokens the batches carried
+    peak_rss_mb: float = 0.0  # the process's peak resident set (VmHWM), memory-mapped item pages included
 
 
 def _model_step(ms: float, kind: str) -> Callable[[Batch], None]:
@@ -91,6 +95,17 @@ def _model_step(ms: float, kind: str) -> Callable[[Batch], None]:
     return step
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident set size (``VmHWM``), MB; 0 where /proc is not there."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def _load_step(spec: str) -> Callable[[Batch], None]:
     module, _, name = spec.partition(":")
     return getattr(importlib.import_module(module), name)
@@ -114,10 +129,13 @@ def _rank_main(rank: int, scenario: Scenario, args: dict[str, Any], barrier: Any
         step = _load_step(args["step"]) if args["step"] else _model_step(scenario.step_ms, args["step_kind"])
         modalities = [] if scenario.content == "none" else args["modalities"]
         started = time.perf_counter()
+        targets = scenario.content == "targets"
         loader = ImpressionLoader(
             args["data"], args["split"], batch_size=args["batch_size"], max_history=args["max_history"],
             modalities=modalities, pooled_content=scenario.content == "pooled", rank=rank,
             world_size=scenario.ranks, prefetch=scenario.prefetch, seed=args["seed"],
+            pooled_vectors=targets, history_tokens=not targets,
+            catalogue_samples=args["catalogue"] if targets else None,
         )  # fmt: skip
         open_seconds = time.perf_counter() - started
         batches = _epochs(loader, args["warmup"] + args["batches"])
@@ -137,7 +155,9 @@ def _rank_main(rank: int, scenario: Scenario, args: dict[str, Any], barrier: Any
             result.rows += int(batch.weights.sum())
             result.distinct_items += len(batch.content_item_ids)
             result.history_positions += int(batch.history_mask.sum())
+            result.token_items += next((t.shape[0] for t in batch.content_tokens.values()), 0)
         result.seconds = time.perf_counter() - started
+        result.peak_rss_mb = _peak_rss_mb()
         batches.close()
         results.put((rank, asdict(result)))
     except BaseException as e:  # report instead of hanging the parent at the barrier
@@ -202,8 +222,8 @@ def _markdown(
         f"smaller); content modalities: {mods or 'none'}.",
         "",
         "| ranks | content | prefetch | step ms | batches/s per rank | rows/s total | rows/s range | wait ms/batch "
-        "| open s | distinct items/batch | history items/row |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| open s | distinct items/batch | items with tokens/batch | history items/row | peak RSS MB/rank |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s, results, (lo, hi) in rows:
         per_rank = np.mean([r.batches / r.seconds for r in results])
@@ -211,17 +231,22 @@ def _markdown(
         wait = 1e3 * sum(r.wait_seconds for r in results) / sum(r.batches for r in results)
         distinct = sum(r.distinct_items for r in results) / sum(r.batches for r in results)
         hist = sum(r.history_positions for r in results) / sum(r.rows for r in results)
+        with_tokens = sum(r.token_items for r in results) / sum(r.batches for r in results)
+        rss = max(r.peak_rss_mb for r in results)
         open_s = max(r.open_seconds for r in results)
         step = "custom" if args["step"] else f"{s.step_ms:g}" + (f" ({args['step_kind']})" if s.step_ms else "")
         lines.append(
             f"| {s.ranks} | {s.content} | {s.prefetch} | {step} | {per_rank:,.1f} | {total_rows:,.0f} | "
             f"{lo / 1e3:,.0f}k-{hi / 1e3:,.0f}k | {wait:.2f} | "
-            f"{open_s:.2f} | {distinct:,.0f} | {hist:.1f} |"
+            f"{open_s:.2f} | {distinct:,.0f} | {with_tokens:,.0f} | {hist:.1f} | {rss:,.0f} |"
         )
     lines += [
         "",
         "Columns: *content* `none` = ID features only, `pooled` = one pooled vector per modality, `tokens` = "
-        "all modality tokens of the batch's distinct items; *prefetch* = batches built ahead in a background "
+        "all modality tokens of the batch's distinct items, `targets` = tokens of the targets and a "
+        f"{args['catalogue']}-item catalogue sample, pooled vectors of every item (what EM3 with "
+        "`seq_content_mode = pooled` reads); *peak RSS* = the rank process's VmHWM (memory-mapped item pages "
+        "it touched included); *prefetch* = batches built ahead in a background "
         "thread (0 = in the consumer's thread); *step ms* = simulated model step per batch (`cpu`: fixed torch "
         "matmul work; `sleep`: idle wait, like a GPU step); "
         "*wait ms/batch* = time the consumer waited for each batch (the data stall a training step would see); "
@@ -248,6 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batches", type=int, default=400, help="timed batches per rank")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--catalogue", type=int, default=256, help="catalogue sample per batch of the `targets` content")
     p.add_argument("--repeats", type=int, default=1, help="runs per scenario; the median (by rows/s) is reported")
     p.add_argument("--out", default="", help="Markdown file (default benchmarks/results/loader_<dataset>.md)")
     a = p.parse_args(argv)
@@ -262,6 +288,7 @@ def main(argv: list[str] | None = None) -> None:
         batches=a.batches,
         warmup=a.warmup,
         seed=a.seed,
+        catalogue=a.catalogue,
         step=a.step,
         step_kind=a.step_kind,
         repeats=a.repeats,

@@ -42,6 +42,10 @@ ABLATIONS: dict[str, tuple[str, list[str]]] = {
     "no_catalogue": ("CIC over the batch's targets only (no catalogue sample)", ["model.cic.catalogue_samples=0"]),
     "cic0": ("EM3 without the CIC loss", ["model.cic.weight=0.0"]),
     "hist_none": ("EM3, no history content", ["model.seq_content_mode=none"]),
+    "hist_pooled": (
+        "EM3, history content from the pooled base alone (the Q-Former reads targets only)",
+        ["model.seq_content_mode=pooled"],
+    ),
     "pooled": ("EM3 over the pooled vectors (one token per modality)", ["data.pooled_content=true"]),
 }
 

@@ -34,7 +34,9 @@ def test_loader_benchmark_writes_a_table_with_its_command(tmp_path: Path) -> Non
             "--max-history",
             "8",
             "--content",
-            "none,tokens",
+            "none,tokens,targets",
+            "--catalogue",
+            "4",
             "--ranks",
             "1",
             "--prefetch",
@@ -48,7 +50,11 @@ def test_loader_benchmark_writes_a_table_with_its_command(tmp_path: Path) -> Non
         ]
     )
     text = out.read_text()
-    assert "benchmarks.loader_throughput" in text and "--content none,tokens" in text
+    assert "benchmarks.loader_throughput" in text and "--content none,tokens,targets" in text
     assert "commit" in text.lower() and "torch" in text
-    table = [line for line in text.splitlines() if line.startswith("| ") and ("none" in line or "tokens" in line)]
-    assert len(table) >= 2, text
+    table = [line for line in text.splitlines() if line.startswith("| 1 | ")]
+    assert len(table) >= 3, text
+    cells = {row.split("|")[2].strip(): row.split("|") for row in table}
+    # the `targets` batches carry tokens of fewer items than `tokens` (targets + catalogue only); RSS is measured
+    assert int(cells["targets"][-4].replace(",", "")) < int(cells["tokens"][-4].replace(",", ""))
+    assert float(cells["tokens"][-2].replace(",", "")) > 0
