@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchrec.distributed.model_parallel import DistributedModelParallel
@@ -66,19 +67,27 @@ def open_loader(config: Config, split: str, env: DistEnv, item_store: ItemStore 
         max_batches=(config.train.max_steps_per_epoch or None) if split == "train" else None,
         item_store=item_store,
         scan_rows=data.scan_rows,
-        catalogue_samples=catalogue_samples(config.model, split),
-        pooled_vectors=uses_pooled_vectors(config.model),
-        history_tokens=reads_history_tokens(config.model),
+        **batch_options(config.model, split),
     )
 
 
-def catalogue_samples(model: ModelConfig, split: str) -> int | None:
-    """The loader's ``catalogue_samples`` for ``split``: None when the model samples no catalogue
-    items for CIC, else ``model.cic.catalogue_samples`` in training and 0 in evaluation (the
-    batches keep the feature the model's item table expects)."""
-    if not uses_catalogue(model):
-        return None
-    return model.cic.catalogue_samples if split == "train" else 0
+def batch_options(model: ModelConfig, split: str) -> dict[str, Any]:
+    """What ``model`` needs in its batches of ``split``, as :class:`ImpressionLoader` options:
+
+    - ``catalogue_samples``: None when the model samples no catalogue items for CIC, else
+      ``model.cic.catalogue_samples`` in training and 0 in evaluation (the batches keep the feature
+      the model's item table expects);
+    - ``pooled_vectors``: the stored pooled vectors beside the tokens (EM3's pooled base);
+    - ``history_tokens``: tokens of history items too (not for EM3 with ``none``/``pooled`` history).
+    """
+    catalogue = None
+    if uses_catalogue(model):
+        catalogue = model.cic.catalogue_samples if split == "train" else 0
+    return {
+        "catalogue_samples": catalogue,
+        "pooled_vectors": uses_pooled_vectors(model),
+        "history_tokens": reads_history_tokens(model),
+    }
 
 
 def build_sharded_model(config: Config, meta: DatasetMeta, env: DistEnv) -> DistributedModelParallel:

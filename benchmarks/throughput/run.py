@@ -84,7 +84,6 @@ from em3rec.config import Device, choices
 from em3rec.data.batch import Batch
 from em3rec.data.schema import DatasetMeta
 from em3rec.distributed import DistEnv, init_distributed
-from em3rec.modules.model import reads_history_tokens, uses_pooled_vectors
 from em3rec.precision import DTYPES, Precision, fast_bf16
 from em3rec.testing.multiprocess import run_ranks
 
@@ -134,22 +133,16 @@ def run_world(args: argparse.Namespace, env: DistEnv) -> dict[str, Any] | None:
 
     store = ItemStore(base.data.path, base.data.modalities, meta) if meta.modalities else None
 
-    def feed(v: Variant) -> tuple[str, int | None, bool, bool]:
-        model = configs[v.name].model
-        return (
-            v.level,
-            factory.catalogue_samples(model, "train"),
-            uses_pooled_vectors(model),
-            reads_history_tokens(model),
-        )
+    def feed(v: Variant) -> tuple[str, tuple[tuple[str, Any], ...]]:
+        return v.level, tuple(sorted(factory.batch_options(configs[v.name].model, "train").items()))
 
     feeds = {feed(v): configs[v.name] for v in variants + tower_variants}
-    batches: dict[tuple[int, tuple[str, int | None, bool, bool]], list[Batch]] = {}
+    batches: dict[tuple[int, tuple[str, tuple[tuple[str, Any], ...]]], list[Batch]] = {}
     started = time.perf_counter()
     for L in histories:
         for key, config in feeds.items():
             batches[(L, key)] = load_batches(config, L, key[0], count, env, store)
-    widest = max(feeds, key=lambda k: (k[0] == "tokens", k[1] or 0))
+    widest = max(feeds, key=lambda k: (k[0] == "tokens", dict(k[1]).get("history_tokens", True)))
     stats = {L: batch_stats(batches[(L, widest)]) for L in histories}
     log(f"loaded {len(batches)} x {count} batches in {time.perf_counter() - started:.1f}s; stats {stats}")
 
@@ -169,7 +162,7 @@ def run_world(args: argparse.Namespace, env: DistEnv) -> dict[str, Any] | None:
         return runners[key]
 
     blocks: list[
-        tuple[str, int, Callable[[], Runner], tuple[str, int | None, bool, bool]]
+        tuple[str, int, Callable[[], Runner], tuple[str, tuple[tuple[str, Any], ...]]]
     ] = []  # (name, L, runner, feed)
     for L in histories:
         for v in variants:
@@ -185,7 +178,7 @@ def run_world(args: argparse.Namespace, env: DistEnv) -> dict[str, Any] | None:
                 results[(v.name, L)] = BlockResult(skipped=f"not run: no-dedup above L={args.skip_naive_above}")
     cursor: dict[tuple[str, int], int] = {}
 
-    def next_batch(name: str, L: int, key: tuple[str, int | None, bool, bool]) -> Batch:
+    def next_batch(name: str, L: int, key: tuple[str, tuple[tuple[str, Any], ...]]) -> Batch:
         i = cursor.get((name, L), 0)
         cursor[(name, L)] = i + 1
         return batches[(L, key)][i]

@@ -26,7 +26,7 @@ from em3rec.data.loader import ImpressionLoader
 from em3rec.data.schema import DatasetMeta
 from em3rec.distributed import DistEnv, init_distributed
 from em3rec.modules.content_io import DistinctTargets
-from em3rec.modules.model import build_model, reads_history_tokens, uses_pooled_vectors
+from em3rec.modules.model import build_model
 from em3rec.precision import Precision
 
 
@@ -190,9 +190,7 @@ def load_batches(
         shuffle_buffer=min(data.shuffle_buffer, max(8 * data.batch_size * count, 4096)),
         seed=config.train.seed, rank=env.rank, world_size=env.world_size, max_batches=count, prefetch=0,
         item_store=item_store if level != "none" else None,
-        catalogue_samples=factory.catalogue_samples(config.model, "train"),
-        pooled_vectors=uses_pooled_vectors(config.model),
-        history_tokens=reads_history_tokens(config.model),
+        **factory.batch_options(config.model, "train"),
     )  # fmt: skip
     batches = [b.to(env.device) for b in loader]
     if len(batches) < count:

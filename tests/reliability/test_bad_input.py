@@ -23,7 +23,7 @@ import torch
 
 from em3rec.config import ConfigError, load_config
 from em3rec.data.loader import ImpressionLoader
-from em3rec.factory import catalogue_samples
+from em3rec.factory import batch_options
 from em3rec.data.schema import DatasetError
 from tests.data.conftest import rewrite_split
 from tests.reliability.conftest import (
@@ -247,7 +247,7 @@ def test_empty_histories_and_items_without_any_content_train(
         modalities=recipe.config.data.modalities,
         shuffle=False,
         prefetch=0,
-        catalogue_samples=catalogue_samples(recipe.config.model, "train"),
+        **batch_options(recipe.config.model, "train"),
     )
     batch = next(
         b for b in loader if (~b.history_mask.any(dim=1)).any() and no_content & set(b.content_item_ids.tolist())

@@ -22,7 +22,7 @@ import pytest
 
 from em3rec.config import load_config
 from em3rec.data.loader import ImpressionLoader
-from em3rec.factory import catalogue_samples
+from em3rec.factory import batch_options
 from em3rec.loss_guard import NonFiniteLossError
 from em3rec.train import write_results
 from tests.data.conftest import rewrite_split
@@ -54,7 +54,7 @@ def _train_batches(data: Path, world_size: int) -> dict[tuple[int, int], list[se
             max_batches=STEPS,
             modalities=(),
             prefetch=0,
-            catalogue_samples=catalogue_samples(config.model, "train"),
+            **batch_options(config.model, "train"),
         )
         for epoch in range(EPOCHS):
             loader.set_epoch(epoch)
