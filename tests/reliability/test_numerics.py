@@ -196,6 +196,7 @@ def test_skip_policy_counts_and_reports_skipped_batches(poisoned: Poisoned, tmp_
     )
     result = json.loads((recipe.run_dir / "metrics.json").read_text())
     assert result["skipped_batches"] == expected
+    assert result["precision"] == recipe.precision.name and result["train_samples_per_s"] > 0
     assert recipe.progress.step == EPOCHS * STEPS - expected  # optimiser steps: the skipped ones not taken
     assert (
         f"skipped batches (non-finite loss, train.nan_policy = 'skip'): {expected}"
