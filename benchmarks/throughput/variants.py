@@ -24,6 +24,8 @@ class Variant:
         reference: ``""`` (TorchRec, DMP) or the plain-PyTorch DIN: ``sparse`` | ``dense`` gradients.
         pipeline: TorchRec variant stepped by ``TrainPipelineSparseDist`` (as the recipe trains):
             the next batch's input all-to-all overlaps this step's compute.
+        precision: ``train.precision`` for this variant (``""``: the config's); ``<name>@fp32`` /
+            ``<name>@bf16`` variants of the bundled ones compare precisions in one run.
         bundled: a bundled config stem (``din_em3``): the variant is that config exactly (its
             history mode, CIC, precision, ...), prefixed with ``--bundled-prefix`` (``bx_``), and the
             fields above are read from it (:func:`resolve`). ``""``: the ``--config`` base with the
@@ -38,6 +40,7 @@ class Variant:
     reference: str = ""
     pipeline: bool = False
     bundled: str = ""
+    precision: str = ""
 
     def overrides(self) -> list[str]:
         return [
@@ -55,6 +58,7 @@ def _variants() -> dict[str, Variant]:
         Variant(BASELINE, "frozen", "frozen", level="pooled", bundled="din_frozen"),
         Variant("em3", "em3", "lora", bundled="din_em3"),
     ]
+    out += [replace(v, name=f"{v.name}@{p}", precision=p) for v in list(out) for p in ("fp32", "bf16")]
     for level, suffix in (("tokens", ""), ("pooled", "/pooled")):
         for mode in SEQ_CONTENT_MODES:
             out.append(Variant(f"em3-{mode}{suffix}", "em3", mode, level=level))
@@ -81,6 +85,8 @@ def variant_config(args: argparse.Namespace, variant: Variant | None) -> Config:
     """``variant``'s config: its bundled config, or the base (``--config``) with its overrides; either
     with ``--set``, ``--data`` and ``--batch-size`` (``variant=None``: the base)."""
     overrides = list(args.set) + [f"data.path={args.data}", f"data.batch_size={args.batch_size}"]
+    if variant is not None and variant.precision:
+        overrides.append(f"train.precision={variant.precision}")
     if variant is not None and variant.bundled:
         return load_config(args.bundled_prefix + variant.bundled, overrides)
     if variant is not None:

@@ -88,7 +88,7 @@ def test_harness_runs_every_kind_of_block(tiny_dataset: Path, tmp_path: Path):
             "--history",
             "5,20",
             "--variants",
-            "id,id-pipeline,frozen,em3,em3-lora,em3-cached/pooled,em3-full-nodedup,ref-sparse",
+            "id,id-pipeline,frozen,em3,em3@fp32,em3-lora,em3-cached/pooled,em3-full-nodedup,ref-sparse",
             "--tower-variants",
             "em3",
             "--rounds",
@@ -108,12 +108,13 @@ def test_harness_runs_every_kind_of_block(tiny_dataset: Path, tmp_path: Path):
     )
     (world,) = worlds
     blocks = {(b["name"], b["L"]): b for b in world["blocks"]}
-    assert len(blocks) == 9 * 2
+    assert len(blocks) == 10 * 2
     assert all(len(b["seconds"]) == 1 and b["seconds"][0] > 0 for b in blocks.values())
     assert blocks[("em3-lora", 20)]["flops"]["tower_flops"] > 0
     assert blocks[("tower:em3", 20)]["flops"]["tower_flops"] > 0
     # `em3` is the bundled din_em3 (a catalogue sample for CIC; the others' batches carry none)
     assert world["precision"]["em3"] in ("fp32", "bf16") and world["bf16_report"]
+    assert world["precision"]["em3@fp32"] == "fp32"  # a precision compared in the same run
     text = (tmp_path / "throughput_tiny.md").read_text()
     assert "| frozen | " in text and "Targets" in text and "x frozen" in text
     assert "`em3` step time <= 1.3x `frozen`" in text and "`em3` samples/s >= 0.5x `id`" in text
