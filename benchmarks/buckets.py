@@ -94,7 +94,7 @@ def main() -> None:
         "--runs",
         nargs="+",
         default=[],
-        help="JSON files of runs written by quality.py / ml100k_ablation.py (default: the dataset's quality table)",
+        help="JSON files of runs written by quality.py / ablation.py (default: the dataset's quality table)",
     )
     parser.add_argument("--data", default="", help="default: data/<dataset>")
     parser.add_argument("--out", default="", help="default: benchmarks/results/<dataset>_buckets.md")

@@ -1,13 +1,13 @@
-"""Ablations of one backbone's EM3 on ml100k-ctr-v1: which part of EM3 helps or hurts, over seeds.
+"""Ablations of one backbone's EM3 on a dataset: which part of EM3 helps or hurts, over seeds.
 
-    python benchmarks/ml100k_ablation.py --backbone din --seeds 0 1 2 [--ablations cic0 pooled]
+    python benchmarks/ablation.py --backbone din --seeds 0 1 2 [--dataset bx] [--ablations cic0 pooled]
 
-Each ablation is ``<backbone>_em3`` with a few ``--set`` overrides (``ABLATIONS``), run exactly as
-the quality table runs it (``quality.run_one``: epoch chosen on valid, test once). The
-table also carries the quality table's ID-only, frozen-content and default-EM3 rows of the same
-backbone (from ``ml100k_ctr_v1.json``), so every row is read against the same baselines. Writes
-``benchmarks/results/ml100k_ablation_<backbone>.md`` and a JSON of every run; earlier runs of other
-ablations or seeds than those asked for this time are kept from the JSON.
+Each ablation is the bundled ``<prefix><backbone>_em3`` with a few ``--set`` overrides
+(``ABLATIONS``), run exactly as the quality table runs it (``quality.run_one``: epoch chosen on
+valid, test once). The table also carries the quality table's ID-only, frozen-content and
+default-EM3 rows of the same backbone (from ``<protocol>.json``), so every row is read against the
+same baselines. Writes ``benchmarks/results/<dataset>_ablation_<backbone>.md`` and a JSON of every
+run; earlier runs of other ablations or seeds than those asked for this time are kept from the JSON.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(1, str(ROOT))
-from benchmarks.quality import METRICS, VARIANTS, _cell, run_one  # noqa: E402
+from benchmarks.quality import DATASETS, METRICS, VARIANTS, _cell, run_one  # noqa: E402
 
 ABLATIONS: dict[str, tuple[str, list[str]]] = {
     # Leave-one-out of the changes that made EM3 start at the two-stage baseline:
@@ -59,10 +59,10 @@ def _rows(label: str, runs: list[dict], em3: dict[int, dict]) -> str:
     return f"| {label} | {len(runs)} | {valid} | " + " | ".join(cells) + f" | {paired} | {epochs} |"
 
 
-def table(backbone: str, reference: dict[str, list[dict]], results: dict[str, list[dict]]) -> str:
+def table(backbone: str, reference: dict[str, list[dict]], results: dict[str, list[dict]], prefix: str = "") -> str:
     """The quality table's rows of ``backbone``, then every ablation; the paired column is each
     row's test AUC minus the default EM3's at the same seed."""
-    em3 = {r["config"]["train"]["seed"]: r for r in reference.get(f"{backbone}_em3", [])}
+    em3 = {r["config"]["train"]["seed"]: r for r in reference.get(f"{prefix}{backbone}_em3", [])}
     lines = [
         "| variant | n | valid auc | "
         + " | ".join(f"test {m}" for m in METRICS)
@@ -70,7 +70,7 @@ def table(backbone: str, reference: dict[str, list[dict]], results: dict[str, li
         "|---|---|---|" + "---|" * (len(METRICS) + 2),
     ]
     for variant, label in VARIANTS.items():
-        if runs := reference.get(f"{backbone}_{variant}"):
+        if runs := reference.get(f"{prefix}{backbone}_{variant}"):
             lines.append(_rows(f"{label} (quality table)", runs, em3))
     for name, (label, overrides) in ABLATIONS.items():
         if runs := results.get(name):
@@ -80,6 +80,7 @@ def table(backbone: str, reference: dict[str, list[dict]], results: dict[str, li
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=list(DATASETS), default="ml100k", help="which bundled configs")
     parser.add_argument("--backbone", default="din", choices=["dlrm", "dcn", "din"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ablations", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
@@ -91,14 +92,16 @@ def main() -> None:
         help="extra override for every run (e.g. data.path=data/ml100k_cold20)",
     )
     parser.add_argument("--run-dir", default="runs/ablation")
-    parser.add_argument("--out", default="", help="default: benchmarks/results/ml100k_ablation_<backbone>.md")
+    parser.add_argument("--out", default="", help="default: benchmarks/results/<dataset>_ablation_<backbone>.md")
     parser.add_argument(
         "--reference",
-        default=str(ROOT / "benchmarks/results/ml100k_ctr_v1.json"),
-        help="the quality-table JSON whose rows of the same backbone head the table",
+        default="",
+        help="the quality-table JSON whose rows of the same backbone head the table (default: the dataset's)",
     )
     args = parser.parse_args()
-    out = Path(args.out or ROOT / f"benchmarks/results/ml100k_ablation_{args.backbone}.md")
+    prefix, protocol = DATASETS[args.dataset]
+    args.reference = args.reference or str(ROOT / "benchmarks/results" / f"{protocol.replace('-', '_')}.json")
+    out = Path(args.out or ROOT / f"benchmarks/results/{args.dataset}_ablation_{args.backbone}.md")
     reference_json = Path(args.reference)
     reference = json.loads(reference_json.read_text()) if reference_json.exists() else {}
     results: dict[str, list[dict]] = {}
@@ -113,11 +116,11 @@ def main() -> None:
                 ]
             )
         }
-    command = "python benchmarks/ml100k_ablation.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
     for seed in args.seeds:
         for name in args.ablations:
             _, overrides = ABLATIONS[name]
-            r = run_one(f"{args.backbone}_em3", seed, 1, overrides + args.set, f"{args.run_dir}/{name}")
+            r = run_one(f"{prefix}{args.backbone}_em3", seed, 1, overrides + args.set, f"{args.run_dir}/{name}")
             results.setdefault(name, []).append(r)
             print(
                 f"{name} seed {seed}: "
@@ -129,16 +132,16 @@ def main() -> None:
             names = [n for n in ABLATIONS if n in results]
             extra = "".join(f" --set {o}" for o in args.set) + (f" --out {args.out}" if args.out else "")
             every_row = (
-                f"python benchmarks/ml100k_ablation.py --backbone {args.backbone} "
+                f"python benchmarks/ablation.py --dataset {args.dataset} --backbone {args.backbone} "
                 f"--seeds {' '.join(map(str, seeds))} --ablations {' '.join(names)}{extra}"
             )
             out.write_text(
-                f"# ml100k-ctr-v1 ablations of {args.backbone} + EM3: test metrics at the best-valid epoch "
+                f"# {protocol} ablations of {args.backbone} + EM3: test metrics at the best-valid epoch "
                 "(mean ± std over n seeds)\n\n"
                 f"Command for every row: `{every_row}` (made in several invocations, the runs of earlier ones "
                 f"kept from the JSON; the last: `{command}`)  \n"
                 f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
-                "1 process per run.\n\n" + table(args.backbone, reference, results) + "\n"
+                "1 process per run.\n\n" + table(args.backbone, reference, results, prefix) + "\n"
             )
             out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str))
 
