@@ -54,7 +54,8 @@ def open_item_store(config: Config, meta: DatasetMeta) -> ItemStore | None:
 
 def open_loader(config: Config, split: str, env: DistEnv, item_store: ItemStore | None) -> ImpressionLoader:
     """Open (and validate) this rank's loader for ``split``; ID-only models read no content tensors.
-    Training reads at most ``train.max_steps_per_epoch`` batches per epoch."""
+    Training reads at most ``train.max_steps_per_epoch`` batches per epoch. Item tokens arrive in
+    the dtype the model computes in (``train.precision`` on this device)."""
     data = config.data
     if config.model.content == "none":
         data = dataclasses.replace(data, modalities=[])
@@ -67,6 +68,7 @@ def open_loader(config: Config, split: str, env: DistEnv, item_store: ItemStore 
         max_batches=(config.train.max_steps_per_epoch or None) if split == "train" else None,
         item_store=item_store,
         scan_rows=data.scan_rows,
+        token_dtype=Precision.resolve(config.train.precision, env.device).dtype,
         **batch_options(config.model, split),
     )
 

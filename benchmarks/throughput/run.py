@@ -134,7 +134,9 @@ def run_world(args: argparse.Namespace, env: DistEnv) -> dict[str, Any] | None:
     store = ItemStore(base.data.path, base.data.modalities, meta) if meta.modalities else None
 
     def feed(v: Variant) -> tuple[str, tuple[tuple[str, Any], ...]]:
-        return v.level, tuple(sorted(factory.batch_options(configs[v.name].model, "train").items()))
+        """What ``v``'s batches carry: its level, the model's batch options, the token dtype."""
+        options = factory.batch_options(configs[v.name].model, "train") | {"tokens": precisions[v.name].name}
+        return v.level, tuple(sorted(options.items()))
 
     feeds = {feed(v): configs[v.name] for v in variants + tower_variants}
     batches: dict[tuple[int, tuple[str, tuple[tuple[str, Any], ...]]], list[Batch]] = {}

@@ -190,6 +190,7 @@ def load_batches(
         shuffle_buffer=min(data.shuffle_buffer, max(8 * data.batch_size * count, 4096)),
         seed=config.train.seed, rank=env.rank, world_size=env.world_size, max_batches=count, prefetch=0,
         item_store=item_store if level != "none" else None,
+        token_dtype=Precision.resolve(config.train.precision, env.device).dtype,
         **factory.batch_options(config.model, "train"),
     )  # fmt: skip
     batches = [b.to(env.device) for b in loader]

@@ -246,6 +246,9 @@ class ImpressionLoader(IterableDataset):
         pooled_content: one pooled vector per modality (``T = 1``) instead of its tokens.
         pooled_vectors: with the tokens, also each item's stored pooled vector per modality
             (``Batch.content_pooled``; EM3's pooled base reads it instead of pooling every step).
+        token_dtype: the dtype the content tower computes in (``Precision.dtype``): tokens are cast
+            to it here, in the loader (its prefetch thread), not in every training step; None keeps
+            the store's float16.
         history_tokens: False = tokens only of the targets and the catalogue sample, which then
             come first among the distinct items (``Batch.content_tokens`` has ``U_t <= U`` rows);
             with ``pooled_vectors``, every item's pooled vector is still sent.
@@ -283,6 +286,7 @@ class ImpressionLoader(IterableDataset):
         pooled_content: bool = False,
         pooled_vectors: bool = False,
         history_tokens: bool = True,
+        token_dtype: torch.dtype | None = None,
         training: bool | None = None,
         shuffle: bool | None = None,
         shuffle_buffer: int = 65536,
@@ -337,6 +341,7 @@ class ImpressionLoader(IterableDataset):
         self.pooled_content = pooled_content
         self._pooled_vectors = pooled_vectors and not pooled_content  # pooled batches carry them as tokens
         self._history_tokens = history_tokens or pooled_content
+        self._token_dtype = token_dtype
         self._items = None
         if self.modalities:
             self._items = item_store if item_store is not None else ItemStore(path, self.modalities, self.meta)
@@ -591,6 +596,8 @@ class ImpressionLoader(IterableDataset):
         tokens, token_mask, pooled = ({}, {}, {})
         if self._items is not None:
             tokens, token_mask = self._items.gather(content_ids[:with_tokens], self.modalities, self.pooled_content)
+            if self._token_dtype is not None:
+                tokens = {m: t.to(self._token_dtype) for m, t in tokens.items()}
             if self._pooled_vectors:
                 pooled = self._items.gather_pooled(content_ids, self.modalities)
 

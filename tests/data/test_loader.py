@@ -284,3 +284,12 @@ def test_tokens_of_targets_and_catalogue_only(tiny_dataset: Path) -> None:
     assert torch.equal(first, torch.arange(U_t)) and U_t < len(ids)  # exactly those, first
     np.testing.assert_array_equal(lean.content_tokens["title"].numpy(), store.array("title", "tokens")[ids[:U_t]])
     np.testing.assert_array_equal(lean.content_pooled["title"].numpy(), store.array("title", "pooled")[ids])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_tokens_arrive_in_the_dtype_the_tower_computes_in(tiny_dataset: Path, dtype: torch.dtype) -> None:
+    plain = next(iter(_loader(tiny_dataset, "valid", modalities=["title"])))
+    cast = next(iter(_loader(tiny_dataset, "valid", modalities=["title"], token_dtype=dtype)))
+    assert plain.content_tokens["title"].dtype == torch.float16
+    assert cast.content_tokens["title"].dtype == dtype
+    torch.testing.assert_close(cast.content_tokens["title"], plain.content_tokens["title"].to(dtype), rtol=0, atol=0)
