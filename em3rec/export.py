@@ -23,14 +23,20 @@ from em3rec import cli
 from em3rec.data.item_store import ItemStore
 from em3rec.errors import UsageError
 from em3rec.factory import load_trained
-from em3rec.modules.model import EM3Model
+from em3rec.modules.model import EM3Model, uses_pooled_vectors
 
 
 @torch.no_grad()
 def item_embeddings(
-    model: EM3Model, store: ItemStore, pooled: bool, device: torch.device, chunk: int = 1024
+    model: EM3Model,
+    store: ItemStore,
+    pooled: bool,
+    device: torch.device,
+    chunk: int = 1024,
+    pooled_vectors: bool = False,
 ) -> np.ndarray:
-    """``(num_items, D)`` float32 content embeddings of every item row (row 0: the padding item)."""
+    """``(num_items, D)`` float32 content embeddings of every item row (row 0: the padding item);
+    ``pooled_vectors``: the model reads the stored pooled vectors beside the tokens, as in training."""
     model.eval()
     rows = []
     for start in tqdm(range(0, store.num_rows, chunk), desc="items", unit="chunk"):
@@ -38,7 +44,8 @@ def item_embeddings(
         tokens, mask = store.gather(ids, pooled=pooled)
         tokens = {k: v.to(device) for k, v in tokens.items()}
         mask = {k: v.to(device) for k, v in mask.items()}
-        rows.append(model.encode_items(tokens, mask).float().cpu().numpy())  # (chunk, D)
+        vectors = {k: v.to(device) for k, v in store.gather_pooled(ids).items()} if pooled_vectors else None
+        rows.append(model.encode_items(tokens, mask, vectors).float().cpu().numpy())  # (chunk, D)
     return np.concatenate(rows)
 
 
@@ -79,7 +86,13 @@ def main(argv: list[str] | None = None) -> Path:
         store = trained.item_store
         assert store is not None  # a content model has its item store
         with trained.precision.autocast():
-            embeddings = item_embeddings(trained.em3_model, store, config.data.pooled_content, env.device)
+            embeddings = item_embeddings(
+                trained.em3_model,
+                store,
+                config.data.pooled_content,
+                env.device,
+                pooled_vectors=uses_pooled_vectors(config.model),
+            )
         write_embeddings(out, embeddings, raw_item_ids(Path(config.data.path), store.num_rows))
         print(f"wrote {embeddings.shape[0]} item embeddings of width {embeddings.shape[1]} to {out}", flush=True)
     dist.barrier()

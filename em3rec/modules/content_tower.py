@@ -64,13 +64,22 @@ class ContentTower(nn.Module):
         return "none" if self.history is None else self.history.mode
 
     def encode_items(
-        self, tokens: dict[str, torch.Tensor], token_mask: dict[str, torch.Tensor], index: torch.Tensor | None = None
+        self,
+        tokens: dict[str, torch.Tensor],
+        token_mask: dict[str, torch.Tensor],
+        index: torch.Tensor | None = None,
+        pooled: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Target-branch content embeddings ``(U, D)`` of items given as ``(N, T_m, W_m)`` tokens:
-        rows ``index (U,)`` of them (None: all, ``U = N``)."""
+        rows ``index (U,)`` of them (None: all, ``U = N``). ``pooled``: modality -> ``(N, W_m)``
+        stored pooled vectors for the pooled base, as the training batches carry them (None: pool
+        the tokens)."""
         content = self.qformer(tokens, token_mask, index).pooled  # (U, D)
         if self.pooled_base is None:
             return content
+        if pooled:
+            rows = pooled if index is None else {m: v[index] for m, v in pooled.items()}
+            return content + self.pooled_base.project(rows)  # (U, D)
         return content + self.pooled_base(tokens, token_mask, index)  # (U, D): only the rows asked for
 
     def forward(self, batch: Batch, targets: DistinctTargets) -> ContentOutput:
@@ -124,18 +133,18 @@ class ContentTower(nn.Module):
 
     def _forward_per_position(self, batch: Batch, targets: DistinctTargets) -> ContentOutput:
         """The reference: every target row and every history position encoded on its own."""
-        tokens, token_mask = batch.content_tokens, batch.content_token_mask
-        target = self.encode_items(tokens, token_mask, batch.target_content_index)  # (B, D)
+        tokens, token_mask, pooled = batch.content_tokens, batch.content_token_mask, batch.content_pooled
+        target = self.encode_items(tokens, token_mask, batch.target_content_index, pooled)  # (B, D)
         history = None
         if self.history is not None:
             B, L = batch.history_mask.shape
             flat = batch.history_content_index.reshape(-1)  # (B*L,)
             history = self.history.encode(self.qformer, tokens, token_mask, flat)  # (B*L, D)
             if self.pooled_base is not None:
-                history = history + self.pooled_base(tokens, token_mask)[flat]
+                history = history + self._pooled_base(batch)[flat]
             history = history.view(B, L, -1)  # (B, L, D)
             history = torch.where(batch.history_mask[..., None], history, torch.zeros_like(history))
-        catalogue = self.encode_items(tokens, token_mask, batch.catalogue_content_index)  # (K, D)
+        catalogue = self.encode_items(tokens, token_mask, batch.catalogue_content_index, pooled)  # (K, D)
         return ContentOutput(
             target=target, history=history, item_content=target[targets.first_row], catalogue=catalogue
         )

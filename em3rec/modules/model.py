@@ -84,10 +84,19 @@ class EM3Model(nn.Module):
         self.backbone = backbone
         self.cic = cic
 
-    def encode_items(self, tokens: dict[str, torch.Tensor], token_mask: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Target-branch content embeddings ``(N, D)`` of any items (for export)."""
+    def encode_items(
+        self,
+        tokens: dict[str, torch.Tensor],
+        token_mask: dict[str, torch.Tensor],
+        pooled: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Target-branch content embeddings ``(N, D)`` of any items (for export); ``pooled``:
+        modality -> ``(N, W_m)`` stored pooled vectors where the model reads them
+        (:func:`uses_pooled_vectors`)."""
         if self.content_tower is None:
             raise ValueError("this model has no content tower")
+        if isinstance(self.content_tower, ContentTower):
+            return self.content_tower.encode_items(tokens, token_mask, pooled=pooled)
         return self.content_tower.encode_items(tokens, token_mask)
 
     def forward(self, batch: Batch) -> EM3Output:

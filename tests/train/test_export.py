@@ -9,18 +9,28 @@ import pyarrow.parquet as pq
 import torch
 
 from em3rec.data.item_store import ItemStore
+from em3rec.data.loader import ImpressionLoader
 from em3rec.export import item_embeddings, write_embeddings
-from em3rec.factory import local_model
+from em3rec.factory import batch_options, local_model
+from em3rec.modules.model import uses_pooled_vectors
 from em3rec.train import Recipe
 
 
 def test_export_matches_forward_item_content(recipe: Recipe, tmp_path: Path) -> None:
     model = local_model(recipe.model)
     store = ItemStore(recipe.config.data.path, recipe.config.data.modalities, recipe.meta)
-    embeddings = item_embeddings(model, store, pooled=False, device=torch.device("cpu"), chunk=64)
+    pooled_vectors = uses_pooled_vectors(recipe.config.model)
+    assert pooled_vectors  # EM3 with the pooled base: the export must read what training reads
+    embeddings = item_embeddings(
+        model, store, pooled=False, device=torch.device("cpu"), chunk=64, pooled_vectors=pooled_vectors
+    )
     assert embeddings.shape == (store.num_rows, recipe.config.model.embedding_dim)
 
-    batch = next(iter(recipe.loader("valid")))
+    # The store's float16 tokens as they are (the recipe's loader casts them to its precision's dtype),
+    # so that the forward and the export both compute in fp32 and agree to float32 rounding.
+    loader = ImpressionLoader.from_config(recipe.config.data, "valid", **batch_options(recipe.config.model, "valid"))
+    batch = next(iter(loader))
+    assert batch.content_tokens[recipe.config.data.modalities[0]].dtype == torch.float16
     model.eval()
     with torch.no_grad():
         out = model(batch)
