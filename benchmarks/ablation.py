@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(1, str(ROOT))
-from benchmarks.quality import DATASETS, METRICS, VARIANTS, _cell, run_one  # noqa: E402
+from benchmarks.quality import DATASETS, METRICS, VARIANTS, _cell, run_one, table_json  # noqa: E402
 
 ABLATIONS: dict[str, tuple[str, list[str]]] = {
     # Leave-one-out of the changes that made EM3 start at the two-stage baseline:
@@ -100,7 +100,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     prefix, protocol = DATASETS[args.dataset]
-    args.reference = args.reference or str(ROOT / "benchmarks/results" / f"{protocol.replace('-', '_')}.json")
+    args.reference = args.reference or str(table_json(args.dataset))
     out = Path(args.out or ROOT / f"benchmarks/results/{args.dataset}_ablation_{args.backbone}.md")
     reference_json = Path(args.reference)
     reference = json.loads(reference_json.read_text()) if reference_json.exists() else {}

@@ -27,7 +27,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(1, str(ROOT))
-from benchmarks.quality import DATASETS  # noqa: E402
+from benchmarks.quality import DATASETS, table_json  # noqa: E402
 from benchmarks.throughput_plot import plot_by_category  # noqa: E402
 from em3rec.config import as_overrides  # noqa: E402
 from em3rec.metrics import auc  # noqa: E402
@@ -101,8 +101,8 @@ def main() -> None:
     parser.add_argument("--plot", action="store_true", help="also a PNG of the mean AUC per bucket, one line per run")
     args = parser.parse_args()
     prefix, protocol = DATASETS[args.dataset]
-    table_stem = protocol.replace("-", "_")
-    args.runs = args.runs or [str(ROOT / "benchmarks/results" / f"{table_stem}.json")]
+    table_stem = table_json(args.dataset).stem
+    args.runs = args.runs or [str(table_json(args.dataset))]
     args.data = args.data or f"data/{args.dataset}"
     args.out = args.out or str(ROOT / "benchmarks/results" / f"{args.dataset}_buckets.md")
     train_items = pq.read_table(ROOT / args.data / "train", columns=["item_idx"]).column("item_idx").to_numpy()

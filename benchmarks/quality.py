@@ -25,6 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 BACKBONES = ("dlrm", "dcn", "din")
 # dataset -> (bundled config prefix, protocol): configs `<prefix><backbone>_<variant>`
 DATASETS = {"ml100k": ("", "ml100k-ctr-v1"), "bx": ("bx_", "bx-ctr-v1"), "ml1m": ("ml1m_", "ml1m-ctr-v1")}
+
+
+def table_json(dataset: str) -> Path:
+    """The quality table's JSON of every run on ``dataset`` (``benchmarks/results/<protocol>.json``)."""
+    return ROOT / "benchmarks/results" / f"{DATASETS[dataset][1].replace('-', '_')}.json"
+
+
 VARIANTS = {"id": "ID only", "frozen": "ID + frozen content", "em3": "EM3"}
 METRICS = ("auc", "gauc", "logloss", "cold_auc", "warm_auc")
 
@@ -142,7 +149,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.prefix, args.protocol = DATASETS[args.dataset]
-    args.out = args.out or str(ROOT / "benchmarks/results" / f"{args.protocol.replace('-', '_')}.md")
+    args.out = args.out or str(table_json(args.dataset).with_suffix(".md"))
     if args.table_only:
         write(args, json.loads(Path(args.out).with_suffix(".json").read_text()))
         return
