@@ -68,8 +68,14 @@ class FrozenContentTower(nn.Module):
         self.projection = projection
         self._use_history = use_history
 
-    def encode_items(self, tokens: dict[str, torch.Tensor], token_mask: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``(N, D)`` content embeddings of items given as ``(N, T_m, W_m)`` tokens."""
+    def encode_items(
+        self,
+        tokens: dict[str, torch.Tensor],
+        token_mask: dict[str, torch.Tensor],
+        pooled: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``(N, D)`` content embeddings of items given as ``(N, T_m, W_m)`` tokens (the baseline's
+        tokens are already the pooled vectors, so ``pooled`` adds nothing and is not read)."""
         return self.projection(tokens, token_mask)
 
     def forward(self, batch: Batch, targets: DistinctTargets) -> ContentOutput:

@@ -95,9 +95,7 @@ class EM3Model(nn.Module):
         (:func:`uses_pooled_vectors`)."""
         if self.content_tower is None:
             raise ValueError("this model has no content tower")
-        if isinstance(self.content_tower, ContentTower):
-            return self.content_tower.encode_items(tokens, token_mask, pooled=pooled)
-        return self.content_tower.encode_items(tokens, token_mask)
+        return self.content_tower.encode_items(tokens, token_mask, pooled=pooled)
 
     def forward(self, batch: Batch) -> EM3Output:
         """
