@@ -67,10 +67,13 @@ class Runner:
 
 
 def flops_per_sample(step: Callable[[Batch], None], key: str) -> Callable[[Batch], dict[str, float]]:
-    """``{key: FLOPs of one step(batch) / B}``, counted by ``FlopCounterMode``."""
+    """``{key: FLOPs of one step(batch) / B}``, counted by ``FlopCounterMode``. A compiled Q-Former
+    runs eager for the count: dynamo never compiles a frame it first meets under a dispatch mode,
+    and the count is then the model's work as eager does it, the same for both forms (the compiled
+    one also computes the padded token positions the eager one skips)."""
 
     def count(batch: Batch) -> dict[str, float]:
-        with FlopCounterMode(display=False) as counter:
+        with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False) as counter:
             step(batch)
         return {key: counter.get_total_flops() / batch.batch_size}
 

@@ -30,6 +30,8 @@ class Variant:
             history mode, CIC, precision, ...), prefixed with ``--bundled-prefix`` (``bx_``), and the
             fields above are read from it (:func:`resolve`). ``""``: the ``--config`` base with the
             fields above as overrides.
+        compile: ``model.qformer.compile`` on (``<name>+compile`` of every EM3 variant): the
+            Q-Former under torch.compile; the warm-up steps pay the compile.
     """
 
     name: str
@@ -41,6 +43,7 @@ class Variant:
     pipeline: bool = False
     bundled: str = ""
     precision: str = ""
+    compile: bool = False
 
     def overrides(self) -> list[str]:
         return [
@@ -68,6 +71,7 @@ def _variants() -> dict[str, Variant]:
         Variant("ref-sparse", "none", "none", level="none", reference="sparse"),
         Variant("ref-dense", "none", "none", level="none", reference="dense"),
     ]
+    out += [replace(v, name=f"{v.name}+compile", compile=True) for v in list(out) if v.content == "em3"]
     return {v.name: v for v in out}
 
 
@@ -87,6 +91,8 @@ def variant_config(args: argparse.Namespace, variant: Variant | None) -> Config:
     overrides = list(args.set) + [f"data.path={args.data}", f"data.batch_size={args.batch_size}"]
     if variant is not None and variant.precision:
         overrides.append(f"train.precision={variant.precision}")
+    if variant is not None and variant.compile:
+        overrides.append("model.qformer.compile=true")
     if variant is not None and variant.bundled:
         return load_config(args.bundled_prefix + variant.bundled, overrides)
     if variant is not None:

@@ -284,6 +284,8 @@ def build_model(
             qformer = FusionQFormer(modality_widths, model_config.qformer, out_dim=D, gated=model_config.pooled_base)
             pooled_base = PooledContentProjection(modality_widths, D) if model_config.pooled_base else None
             history = build_history_encoder(model_config, qformer, meta.features_of("item")[0].vocab_size)
+            if model_config.qformer.compile:  # after the LoRA adapters are in, so they are compiled too
+                qformer.compile(dynamic=True)
             content_tower = ContentTower(qformer, history, pooled_base, dedup=model_config.dedup)
             if model_config.cic.weight > 0:
                 cic = ContentIDContrastive(D, D, model_config.cic)

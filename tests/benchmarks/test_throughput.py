@@ -151,3 +151,27 @@ def test_profile_mode_writes_a_table(tiny_dataset: Path, tmp_path: Path):
     text = (tmp_path / "throughput_profile_tiny.md").read_text()
     assert "## em3-lora" in text and "| content_tower |" in text and "Top operators" in text
     assert "--profile" in text  # the command line is recorded
+
+
+@pytest.mark.slow
+def test_counting_flops_leaves_a_compiled_qformer_compiled():
+    """Dynamo never compiles a frame it first meets under a dispatch mode (FlopCounterMode), so the
+    count runs eager and the timed steps after it run the compiled Q-Former."""
+    from torch._dynamo.utils import counters
+
+    from benchmarks.throughput.runner import flops_per_sample
+    from em3rec.config import QFormerConfig
+    from em3rec.modules.fusion_qformer import FusionQFormer
+
+    qformer = FusionQFormer({"title": 16}, QFormerConfig(dim=8, num_heads=2))
+    qformer.compile(dynamic=True)
+    tokens, mask = {"title": torch.randn(6, 4, 16)}, {"title": torch.ones(6, 4, dtype=torch.bool)}
+
+    def step(batch) -> None:
+        qformer(tokens, mask).pooled.sum().backward()
+
+    counters.clear()
+    assert flops_per_sample(step, "flops")(example_batch(example_meta(), 4))["flops"] > 0
+    assert counters["stats"]["unique_graphs"] == 0  # the count ran eager
+    step(None)
+    assert counters["stats"]["unique_graphs"] >= 1

@@ -177,3 +177,32 @@ def test_em3_starts_at_the_frozen_baseline(meta, data_config, batch, model_confi
     assert not unexpected and missing
     assert all(k.startswith(("content_tower.qformer.", "cic.")) for k in missing)
     torch.testing.assert_close(em3.eval()(batch).logits, frozen.eval()(batch).logits, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_compiled_qformer_gives_the_eager_values_and_gradients(meta, data_config, batch, model_config):
+    """``qformer.compile``: torch.compile (dynamic shapes) of the Q-Former, target branch and the
+    LoRA history branch's functional call alike; same loss and gradients, same state_dict keys."""
+    qformer = QFormerConfig(dim=16, num_heads=2, attention_dropout=0.0)
+    eager = build_model(model_config(seq_content_mode="lora", qformer=qformer), meta, data_config)
+    compiled_qformer = QFormerConfig(dim=16, num_heads=2, attention_dropout=0.0, compile=True)
+    compiled = build_model(model_config(seq_content_mode="lora", qformer=compiled_qformer), meta, data_config)
+    compiled.load_state_dict(eager.state_dict())  # strict: compiling in place renames nothing
+    assert compiled.content_tower.qformer._compiled_call_impl is not None  # nn.Module.compile's hook
+    assert eager.content_tower.qformer._compiled_call_impl is None
+    with torch.no_grad():  # open the gate, so the Q-Former reaches the logits
+        for m in (eager, compiled):
+            m.content_tower.qformer.gate.fill_(0.5)
+    losses = []
+    for model in (eager, compiled):
+        torch.manual_seed(0)  # the same CIC negatives; eval: no dropout draws
+        loss, _ = EM3Train(model.eval())(batch)
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    grads = [
+        {n: p.grad for n, p in m.content_tower.named_parameters() if p.grad is not None} for m in (eager, compiled)
+    ]
+    assert grads[0].keys() == grads[1].keys() and any("lora_" in n for n in grads[0])
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-5, msg=name)
