@@ -24,8 +24,9 @@ from em3rec.config import as_overrides, load_config
 from em3rec.factory import load_trained
 
 
-def content_share(run: Path) -> dict[str, float]:
-    """``{gate_abs_mean, ratio_warm, ratio_cold, items_warm, items_cold}`` for one run folder."""
+def content_share(run: Path, chunk: int = 4096) -> dict[str, float]:
+    """``{gate_abs_mean, ratio_warm, ratio_cold, items_warm, items_cold}`` for one run folder, its
+    items encoded ``chunk`` at a time."""
     saved = json.loads((run / "metrics.json").read_text())["config"]
     config = load_config(None, as_overrides(saved))
     trained = load_trained(config)
@@ -33,12 +34,15 @@ def content_share(run: Path) -> dict[str, float]:
     if tower is None or tower.pooled_base is None:
         raise SystemExit(f"{run}: not an EM3 model with model.pooled_base = true")
     ids = np.arange(1, trained.item_store.num_rows)  # (N,): index 0 is padding
-    tokens, mask = trained.item_store.gather(ids, config.data.modalities)
-    with torch.no_grad():
-        tower.eval()
-        qformer = tower.qformer(tokens, mask).pooled  # (N, D), gate included
-        base = tower.pooled_base(tokens, mask)  # (N, D)
-    ratio = (qformer.norm(dim=1) / base.norm(dim=1).clamp_min(1e-12)).numpy()  # (N,)
+    ratios = []
+    tower.eval()
+    for start in range(0, len(ids), chunk):  # bx: 131 k items would not fit in one call
+        tokens, mask = trained.item_store.gather(ids[start : start + chunk], config.data.modalities)
+        with torch.no_grad():
+            qformer = tower.qformer(tokens, mask).pooled  # (n, D), gate included
+            base = tower.pooled_base(tokens, mask)  # (n, D)
+        ratios.append((qformer.norm(dim=1) / base.norm(dim=1).clamp_min(1e-12)).numpy())  # (n,)
+    ratio = np.concatenate(ratios)  # (N,)
     cold = trained.cold_items[torch.from_numpy(ids)].numpy()
     return {
         "gate_abs_mean": float(tower.qformer.gate.detach().abs().mean()),
