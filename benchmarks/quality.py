@@ -36,7 +36,10 @@ VARIANTS = {"id": "ID only", "frozen": "ID + frozen content", "em3": "EM3"}
 METRICS = ("auc", "gauc", "logloss", "cold_auc", "warm_auc")
 
 
-def run_one(config: str, seed: int, nproc: int, overrides: list[str], run_dir: str) -> dict:
+def run_one(config: str, seed: int, nproc: int, overrides: list[str], run_dir: str, resume: bool = False) -> dict:
+    """Train ``config`` with ``seed`` and return its metrics.json; ``resume`` continues the run
+    from its latest checkpoint (a finished run with a larger ``train.patience`` or
+    ``train.epochs`` trains on where it stopped, exactly as an uninterrupted run would)."""
     name = f"{config}_seed{seed}"
     args = [
         "--config",
@@ -50,6 +53,8 @@ def run_one(config: str, seed: int, nproc: int, overrides: list[str], run_dir: s
     ]
     for o in overrides:
         args += ["--set", o]
+    if resume:
+        args.append("--resume")
     if nproc > 1:
         cmd = [
             sys.executable,
@@ -66,7 +71,7 @@ def run_one(config: str, seed: int, nproc: int, overrides: list[str], run_dir: s
     start = time.perf_counter()
     log_file = Path(run_dir) / f"{name}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "w") as log:
+    with open(log_file, "a" if resume else "w") as log:
         subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
     result = json.loads((Path(run_dir) / name / "metrics.json").read_text())
     result["wall_seconds"] = time.perf_counter() - start
@@ -140,6 +145,12 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--run-dir", default="runs/quality")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each run from its checkpoints in --run-dir (e.g. with a larger train.patience); "
+        "s/run adds the earlier invocation's time",
+    )
     parser.add_argument("--out", default="", help="default: benchmarks/results/<protocol>.md")
     parser.add_argument(
         "--table-only",
@@ -155,11 +166,13 @@ def main() -> None:
         return
     configs = {f"{args.prefix}{b}_{v}" for b in args.backbones for v in args.variants}
     results = _earlier_runs(Path(args.out).with_suffix(".json"), configs, set(args.seeds))
+    earlier_seconds = _earlier_wall_seconds(Path(args.out).with_suffix(".json")) if args.resume else {}
     for seed in args.seeds:  # seeds outermost: a partial run still covers every variant
         for backbone in args.backbones:
             for variant in args.variants:
                 config = f"{args.prefix}{backbone}_{variant}"
-                r = run_one(config, seed, args.nproc, args.set, args.run_dir)
+                r = run_one(config, seed, args.nproc, args.set, args.run_dir, args.resume)
+                r["wall_seconds"] += earlier_seconds.get((config, seed), 0.0)
                 results.setdefault(config, []).append(r)
                 print(
                     f"{config} seed {seed}: "
@@ -180,6 +193,17 @@ def _earlier_runs(path: Path, configs: set[str], seeds: set[int]) -> dict[str, l
         config: kept
         for config, runs in earlier.items()
         if (kept := [r for r in runs if config not in configs or r["config"]["train"]["seed"] not in seeds])
+    }
+
+
+def _earlier_wall_seconds(path: Path) -> dict[tuple[str, int], float]:
+    """(config, seed) -> wall seconds recorded by earlier invocations (what a resumed run adds to)."""
+    if not path.exists():
+        return {}
+    return {
+        (config, r["config"]["train"]["seed"]): r["wall_seconds"]
+        for config, runs in json.loads(path.read_text()).items()
+        for r in runs
     }
 
 

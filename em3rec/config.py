@@ -142,6 +142,9 @@ class ModelConfig:
         False  # DIN: False = raw attention weights (the DIN paper), True = softmax over the history
     )
     dropout: float = 0.1  # on the over-arch input
+    # Item-ID dropout (DropoutNet): a training row's target-item ID embedding becomes zeros with this
+    # probability, and so does that of every item without training rows in evaluation; 0 = off.
+    id_dropout: float = 0.0
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     cic: CICConfig = field(default_factory=CICConfig)
@@ -347,6 +350,7 @@ def validate_config(config: Config) -> None:
         ("model.qformer.attention_dropout", model.qformer.attention_dropout),
         ("model.qformer.ffn_dropout", model.qformer.ffn_dropout),
         ("model.dropout", model.dropout),
+        ("model.id_dropout", model.id_dropout),
     ):
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{key} = {value}; expected a probability in [0, 1)")

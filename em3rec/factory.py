@@ -97,8 +97,16 @@ def build_sharded_model(config: Config, meta: DatasetMeta, env: DistEnv) -> Dist
     optimiser and sharded by ``DistributedModelParallel``. Seeds torch with ``train.seed`` first, so
     every rank starts from the same dense weights."""
     torch.manual_seed(config.train.seed)
+    unseen = cold_item_mask(config.data.path, meta) if config.model.id_dropout > 0 else None
     model = EM3Train(
-        build_model(config.model, meta, config.data, sparse_device=torch.device("meta"), dense_device=env.device)
+        build_model(
+            config.model,
+            meta,
+            config.data,
+            sparse_device=torch.device("meta"),
+            dense_device=env.device,
+            unseen_items=unseen,
+        )
     )
     return shard_model(model, env, config.sharding, config.optim, config.data.batch_size)
 

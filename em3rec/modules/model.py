@@ -31,6 +31,7 @@ from em3rec.modules.history_encoders import (
     NoGradHistory,
     PooledHistory,
 )
+from em3rec.modules.id_dropout import ItemIdDropout
 from em3rec.modules.interest import TargetAttention
 from em3rec.modules.sparse import IdArch, build_embedding_collections
 
@@ -65,6 +66,8 @@ class EM3Model(nn.Module):
         content_interest (TargetAttention | None): pools the history content with the target
             content as the query; None when there is no history content.
         cic (ContentIDContrastive | None): the CIC loss; None when off.
+        item_id_dropout (ItemIdDropout | None): zeroes the backbone's target-item ID embedding
+            (random rows in training, unseen items in evaluation); None when off.
 
     Build it with :func:`build_model`.
     """
@@ -76,6 +79,7 @@ class EM3Model(nn.Module):
         content_tower: nn.Module | None = None,
         content_interest: TargetAttention | None = None,
         cic: ContentIDContrastive | None = None,
+        item_id_dropout: ItemIdDropout | None = None,
     ) -> None:
         super().__init__()
         self.id_arch = id_arch
@@ -83,6 +87,7 @@ class EM3Model(nn.Module):
         self.content_interest = content_interest
         self.backbone = backbone
         self.cic = cic
+        self.item_id_dropout = item_id_dropout
 
     def encode_items(
         self,
@@ -137,9 +142,12 @@ class EM3Model(nn.Module):
                 cic = self.cic(cic_ids, cic_content, cic_items, cic_weights)
                 cic_loss, cic_value = cic.loss, cic.value
         B, D = ids.target.shape
+        target_id = ids.target  # (B, D); CIC above keeps every item's own ID row
+        if self.item_id_dropout is not None:
+            target_id = self.item_id_dropout(target_id, batch.item_ids)
         inputs = RankingInputs(
             pooled=ids.pooled,
-            target_id=ids.target,
+            target_id=target_id,
             history_ids=ids.history,
             history_mask=mask,
             content=torch.stack(content_vectors, dim=1) if content_vectors else ids.target.new_zeros(B, 0, D),
@@ -245,6 +253,7 @@ def build_model(
     data_config: DataConfig,
     sparse_device: torch.device | None = None,
     dense_device: torch.device | None = None,
+    unseen_items: torch.Tensor | None = None,
 ) -> EM3Model:
     """Build the model a config names.
 
@@ -260,6 +269,8 @@ def build_model(
         data_config (DataConfig): ``modalities`` the model reads.
         sparse_device (torch.device | None): where the embedding tables are built (``meta`` for DMP).
         dense_device (torch.device | None): where the dense modules are built.
+        unseen_items (torch.Tensor | None): ``(num_items,)`` bool, items without training rows;
+            required when ``model.id_dropout > 0`` (:class:`ItemIdDropout`).
 
     Returns:
         EM3Model
@@ -297,4 +308,9 @@ def build_model(
                 content_interest = TargetAttention(D, model_config.attention_hidden, model_config.attention_softmax)
                 num_content = 2
         backbone = build_backbone(model_config, num_pooled, num_content)
-    return EM3Model(id_arch, backbone, content_tower, content_interest, cic)
+        item_id_dropout = None
+        if model_config.id_dropout > 0:
+            if unseen_items is None:
+                raise ValueError("model.id_dropout > 0 needs unseen_items (the items without training rows)")
+            item_id_dropout = ItemIdDropout(model_config.id_dropout, unseen_items)
+    return EM3Model(id_arch, backbone, content_tower, content_interest, cic, item_id_dropout)
