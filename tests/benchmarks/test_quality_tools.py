@@ -1,4 +1,4 @@
-"""The quality-table tooling: seed merging and bucket AUCs."""
+"""The quality-table tooling: seed merging, bucket AUCs and selecting a setting on valid."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from benchmarks.buckets import BUCKETS, bucket_aucs
 from benchmarks.quality import _earlier_runs, paired_table, table
+from benchmarks.select_setting import report, select
 from benchmarks.throughput_plot import plot_by_category
 
 
@@ -72,3 +74,27 @@ def test_plot_by_category_writes_a_png(tmp_path: Path) -> None:
     )
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+
+def test_select_setting_chooses_on_valid_and_pairs_at_the_chosen_settings() -> None:
+    def run(seed: int, valid: float, test: float) -> dict:
+        metrics = {"auc": test, "gauc": test, "cold_auc": test, "warm_auc": test}
+        return {"config": {"train": {"seed": seed}}, "valid": {"auc": valid}, "test": metrics}
+
+    tables = {
+        # under "a" EM3 is better on valid, under "b" frozen content is; the test values say otherwise
+        "a": {
+            "din_em3": [run(0, 0.70, 0.60), run(1, 0.70, 0.60)],
+            "din_frozen": [run(0, 0.60, 0.90), run(1, 0.60, 0.90)],
+        },
+        "b": {
+            "din_em3": [run(0, 0.60, 0.90), run(1, 0.60, 0.90)],
+            "din_frozen": [run(0, 0.70, 0.50), run(1, 0.70, 0.52)],
+        },
+    }
+    chosen = select(tables, [0, 1])
+    assert {config: setting for config, (setting, _) in chosen.items()} == {"din_em3": "a", "din_frozen": "b"}
+    text = report(tables, [0, 1], "cmd")
+    assert "| din | EM3 (a) − ID + frozen content (b) | +0.0900 ± 0.0141 |" in text
+    with pytest.raises(ValueError, match=r"seeds \[2\] missing"):
+        select(tables, [0, 2])
