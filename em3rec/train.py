@@ -110,6 +110,13 @@ class Recipe:
         if env.is_main:
             log.info(describe_plan(self.model.plan))
             log.info(self.precision.describe())
+            if config.model.id_dropout > 0:
+                log.info(
+                    "item-ID dropout %.2f: %d of %d items have no training rows; evaluation scores them without their ID",
+                    config.model.id_dropout,
+                    int(self.cold_items.sum()),
+                    self.cold_items.numel(),
+                )
 
     def _make_pipeline(self) -> TrainPipelineSparseDist | None:
         if not self.config.sharding.pipeline:
