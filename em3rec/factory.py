@@ -92,12 +92,16 @@ def batch_options(model: ModelConfig, split: str) -> dict[str, Any]:
     }
 
 
-def build_sharded_model(config: Config, meta: DatasetMeta, env: DistEnv) -> DistributedModelParallel:
+def build_sharded_model(
+    config: Config, meta: DatasetMeta, env: DistEnv, cold_items: torch.Tensor | None = None
+) -> DistributedModelParallel:
     """``EM3Train`` built with its embedding tables on ``meta``, given the fused embedding
     optimiser and sharded by ``DistributedModelParallel``. Seeds torch with ``train.seed`` first, so
-    every rank starts from the same dense weights."""
+    every rank starts from the same dense weights. ``cold_items``: ``(num_items,)`` bool, the items
+    without training rows that ``model.id_dropout`` needs (read from the train split if not given)."""
     torch.manual_seed(config.train.seed)
-    unseen = cold_item_mask(config.data.path, meta) if config.model.id_dropout > 0 else None
+    if config.model.id_dropout > 0 and cold_items is None:
+        cold_items = cold_item_mask(config.data.path, meta)
     model = EM3Train(
         build_model(
             config.model,
@@ -105,17 +109,18 @@ def build_sharded_model(config: Config, meta: DatasetMeta, env: DistEnv) -> Dist
             config.data,
             sparse_device=torch.device("meta"),
             dense_device=env.device,
-            unseen_items=unseen,
+            unseen_items=cold_items,
         )
     )
     return shard_model(model, env, config.sharding, config.optim, config.data.batch_size)
 
 
 def build_training(
-    config: Config, meta: DatasetMeta, env: DistEnv
+    config: Config, meta: DatasetMeta, env: DistEnv, cold_items: torch.Tensor | None = None
 ) -> tuple[DistributedModelParallel, CombinedOptimizer]:
-    """The sharded model and its optimiser (fused embedding optimiser + dense AdamW groups)."""
-    model = build_sharded_model(config, meta, env)
+    """The sharded model and its optimiser (fused embedding optimiser + dense AdamW groups);
+    ``cold_items`` as in :func:`build_sharded_model`."""
+    model = build_sharded_model(config, meta, env, cold_items)
     return model, build_optimizer(model, config.optim)
 
 
@@ -181,7 +186,7 @@ def load_trained(config: Config, checkpoint: str | Path = "") -> TrainedModel:
     meta = DatasetMeta.load(config.data.path)
     item_store = open_item_store(config, meta)
     cold_items = cold_item_mask(config.data.path, meta)
-    model = build_sharded_model(config, meta, env)
+    model = build_sharded_model(config, meta, env, cold_items)
     manager = checkpoint_manager(config)
     path = Path(checkpoint) if checkpoint else manager.best()
     if path is None:

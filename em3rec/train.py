@@ -98,7 +98,7 @@ class Recipe:
         item_store = factory.open_item_store(config, self.meta)
         self._loaders = {split: factory.open_loader(config, split, env, item_store) for split in SPLITS}
         self.cold_items = cold_item_mask(config.data.path, self.meta)
-        self.model, self.optimizer = factory.build_training(config, self.meta, env)
+        self.model, self.optimizer = factory.build_training(config, self.meta, env, self.cold_items)
         self.precision = Precision.resolve(config.train.precision, env.device)
         torch.manual_seed(config.train.seed * 1000 + env.rank)  # dropout differs across ranks
         self.writer = MetricWriter(self.run_dir, enabled=env.is_main)
