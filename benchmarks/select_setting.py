@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(1, str(ROOT))
-from benchmarks.quality import BACKBONES, VARIANTS, _cell  # noqa: E402
+from benchmarks.quality import BACKBONES, DATASETS, VARIANTS, _cell  # noqa: E402
 
 METRICS = ("auc", "gauc", "cold_auc", "warm_auc")
 
@@ -69,8 +69,7 @@ def report(tables: dict[str, dict[str, list[dict]]], seeds: list[int], command: 
         "| backbone | difference | " + " | ".join(f"Δ test {m}" for m in METRICS) + " |",
         "|---|---|" + "---|" * len(METRICS),
     ]
-    prefixes = sorted({c.rsplit("_", 2)[0] + "_" if c.count("_") > 1 else "" for c in chosen})
-    for prefix in prefixes:
+    for prefix, _ in DATASETS.values():
         for backbone in BACKBONES:
             em3 = chosen.get(f"{prefix}{backbone}_em3")
             for baseline in ("frozen", "id"):
