@@ -98,3 +98,21 @@ def test_select_setting_chooses_on_valid_and_pairs_at_the_chosen_settings() -> N
     assert "| din | EM3 (a) − ID + frozen content (b) | +0.0900 ± 0.0141 |" in text
     with pytest.raises(ValueError, match=r"seeds \[2\] missing"):
         select(tables, [0, 2])
+
+
+def test_select_setting_on_the_valid_cold_item_auc() -> None:
+    def run(seed: int, valid_auc: float, valid_cold: float) -> dict:
+        metrics = {"auc": 0.7, "gauc": 0.7, "cold_auc": 0.6, "warm_auc": 0.7}
+        return {
+            "config": {"train": {"seed": seed}},
+            "valid": {"auc": valid_auc, "cold_auc": valid_cold},
+            "test": metrics,
+        }
+
+    # "a" wins on valid AUC, "b" on the valid cold-item AUC
+    tables = {"a": {"din_em3": [run(0, 0.70, 0.60)]}, "b": {"din_em3": [run(0, 0.69, 0.65)]}}
+    assert select(tables, [0])["din_em3"][0] == "a"
+    assert select(tables, [0], "cold_auc")["din_em3"][0] == "b"
+    assert "| din_em3 | **b** | 0.6900 | 0.6500 |" in report(tables, [0], "cmd", "cold_auc")
+    with pytest.raises(ValueError, match="select on 'coldauc'"):
+        select(tables, [0], "coldauc")
