@@ -133,6 +133,8 @@ def main() -> None:
     out = args.out or args.runs.with_name(args.runs.stem + "_significance.md")
     runs = json.loads(args.runs.read_text())
     train_items = pq.read_table(ROOT / args.data / "train", columns=["item_idx"]).column("item_idx").to_numpy()
+    test_items = pq.read_table(ROOT / args.data / "test", columns=["item_idx"]).column("item_idx").to_numpy()
+    train_count = np.bincount(train_items, minlength=max(int(test_items.max()), int(train_items.max())) + 1)
     table: dict[str, dict[str, dict[str, float]]] = {}
     for backbone in args.backbones:
         configs = {v: c for v in VARIANTS for c in runs if c.endswith(f"{backbone}_{v}")}
@@ -142,8 +144,6 @@ def main() -> None:
             v: {r["config"]["train"]["seed"]: _load(scores_on_test(r)) for r in runs[config]}
             for v, config in configs.items()
         }
-        size = max(int(a["item_idx"].max()) for by_seed in scores.values() for a in by_seed.values()) + 1
-        train_count = np.bincount(train_items, minlength=max(size, int(train_items.max()) + 1))
         for baseline in ("frozen", "id"):
             if baseline in scores:
                 key = f"{backbone}: EM3 − {VARIANTS[baseline]}"
