@@ -31,8 +31,6 @@ sys.path.insert(1, str(ROOT))
 from benchmarks.buckets import scores_on_test  # noqa: E402
 from benchmarks.quality import BACKBONES, VARIANTS  # noqa: E402
 
-SUBSETS = ("all", "cold", "warm")
-
 
 def weighted_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """ROC AUC of ``scores`` under each row of ``weights`` (ties count one half).
