@@ -41,6 +41,10 @@ ABLATIONS: dict[str, tuple[str, list[str]]] = {
     # The method's parts:
     "no_catalogue": ("CIC over the batch's targets only (no catalogue sample)", ["model.cic.catalogue_samples=0"]),
     "cic0": ("EM3 without the CIC loss", ["model.cic.weight=0.0"]),
+    "cic_content": (
+        "EM3, CIC trains the content side only (ID embeddings detached)",
+        ["model.cic.id_gradient=false"],
+    ),
     "hist_none": ("EM3, no history content", ["model.seq_content_mode=none"]),
     "hist_pooled": (
         "EM3, history content from the pooled base alone (the Q-Former reads targets only)",

@@ -13,6 +13,7 @@ import pytest
 from benchmarks.buckets import BUCKETS, bucket_aucs
 from benchmarks.quality import _earlier_runs, paired_table, table
 from benchmarks.select_setting import report, select
+from benchmarks.summary import summary
 from benchmarks.throughput_plot import plot_by_category
 
 
@@ -116,3 +117,30 @@ def test_select_setting_on_the_valid_cold_item_auc() -> None:
     assert "| din_em3 | **b** | 0.6900 | 0.6500 |" in report(tables, [0], "cmd", "cold_auc")
     with pytest.raises(ValueError, match="select on 'coldauc'"):
         select(tables, [0], "coldauc")
+
+
+def test_summary_bolds_the_best_mean_and_pairs_em3_by_seed() -> None:
+    def run(seed: int, auc: float) -> dict:
+        test = {"auc": auc, "gauc": auc, "logloss": 0.5, "cold_auc": auc - 0.1, "warm_auc": auc}
+        return {"config": {"train": {"seed": seed}}, "test": test, "valid": {"auc": auc}}
+
+    results = {
+        "bx_dcn_id": [run(0, 0.70), run(1, 0.70)],
+        "bx_dcn_frozen": [run(0, 0.71), run(1, 0.74)],
+        "bx_dcn_em3": [run(0, 0.72), run(1, 0.72), run(2, 0.90)],  # seed 2 has no baseline to pair with
+        "bx_din_em3": [run(0, 0.80)],  # a backbone without its baselines has no rows
+    }
+    lines = summary([("bx", results)]).splitlines()
+    rows = [line for line in lines if line.startswith("| bx, DCN-v2 (2/3 seeds) | test AUC |")]
+    assert len(rows) == 1 and not any("DIN" in line for line in lines)
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    # EM3's mean includes seed 2 (0.78 > frozen's 0.725), the paired differences do not
+    assert cells[2:] == [
+        "0.7000 ± 0.0000",
+        "0.7250 ± 0.0212",
+        "**0.7800 ± 0.1039**",
+        "-0.0050 ± 0.0212",
+        "+0.0200 ± 0.0000",
+    ]
+    valid = next(line for line in lines if "| valid AUC |" in line)
+    assert valid.rstrip().endswith("|  |  |")  # valid has no paired columns
