@@ -45,6 +45,10 @@ ABLATIONS: dict[str, tuple[str, list[str]]] = {
         "EM3, CIC trains the content side only (ID embeddings detached)",
         ["model.cic.id_gradient=false"],
     ),
+    "cic_id": (
+        "EM3, CIC trains the ID side only (content embeddings detached)",
+        ["model.cic.content_gradient=false"],
+    ),
     "hist_none": ("EM3, no history content", ["model.seq_content_mode=none"]),
     "hist_pooled": (
         "EM3, history content from the pooled base alone (the Q-Former reads targets only)",

@@ -112,6 +112,9 @@ class CICConfig:
     # False: the ID embeddings enter CIC detached, so it trains the content tower (and heads) toward
     # the IDs and leaves the ID table to the ranking loss (a distillation of IDs into content).
     id_gradient: bool = True
+    # False: the content embeddings enter CIC detached, so it pulls only the ID rows (and heads)
+    # toward the content and leaves the content tower to the ranking loss.
+    content_gradient: bool = True
 
 
 @dataclass
@@ -357,6 +360,11 @@ def validate_config(config: Config) -> None:
     if min(config.optim.content_lr, model.cic.weight, model.cic.warmup_steps, model.cic.catalogue_samples) < 0:
         raise ConfigError(
             "optim.content_lr, model.cic.weight, model.cic.warmup_steps and model.cic.catalogue_samples must be >= 0"
+        )
+    if model.cic.weight > 0 and not (model.cic.id_gradient or model.cic.content_gradient):
+        raise ConfigError(
+            "model.cic.id_gradient and model.cic.content_gradient are both false: CIC would train only its "
+            "own heads; set model.cic.weight = 0 to turn it off"
         )
     train = config.train
     for key, value, low in (

@@ -38,7 +38,9 @@ class ContentIDContrastive(nn.Module):
         config (CICConfig): ``weight`` (lambda), ``temperature``, ``num_negatives``, ``dim``
             (width of the two projection heads), ``head_bias``, ``warmup_steps`` (lambda ramps
             linearly from 0 over that many training calls), ``id_gradient`` (False: the ID
-            embeddings enter detached; only the content side and the heads learn from CIC).
+            embeddings enter detached; only the content side and the heads learn from CIC),
+            ``content_gradient`` (False: the content embeddings enter detached; only the ID side
+            and the heads learn from CIC).
 
     Example::
 
@@ -53,6 +55,7 @@ class ContentIDContrastive(nn.Module):
         self._temperature = config.temperature
         self._num_negatives = config.num_negatives
         self._id_gradient = config.id_gradient
+        self._content_gradient = config.content_gradient
         self._warmup_steps = config.warmup_steps
         self.id_head = nn.Linear(id_dim, config.dim, bias=config.head_bias)
         self.content_head = nn.Linear(content_dim, config.dim, bias=config.head_bias)
@@ -84,6 +87,8 @@ class ContentIDContrastive(nn.Module):
         """
         if not self._id_gradient:
             id_embeddings = id_embeddings.detach()
+        if not self._content_gradient:
+            content_embeddings = content_embeddings.detach()
         z_id = F.normalize(self.id_head(id_embeddings), dim=-1)  # (N, C)
         z_content = F.normalize(self.content_head(content_embeddings), dim=-1)  # (N, C)
         N = z_id.shape[0]

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from em3rec.config import CICConfig
+from em3rec.config import CICConfig, ConfigError, load_config
 from em3rec.modules.cic import ContentIDContrastive
 
 
@@ -90,24 +90,31 @@ def test_random_embeddings_give_about_log_n():
     assert abs(value.item() - math.log(50)) < 0.05
 
 
-@pytest.mark.parametrize("id_gradient", [True, False])
-def test_id_gradient_switch_keeps_the_loss_and_stops_only_the_id_side(id_gradient):
+@pytest.mark.parametrize("id_gradient, content_gradient", [(True, True), (False, True), (True, False)])
+def test_gradient_switches_keep_the_loss_and_stop_only_their_side(id_gradient, content_gradient):
     torch.manual_seed(0)
     id_emb = torch.randn(8, 12, requires_grad=True)
     content = torch.randn(8, 10, requires_grad=True)
     item_ids = torch.tensor([0, 1, 2, 3, 3, 4, 5, 6])
-    cic = ContentIDContrastive(12, 10, CICConfig(dim=6, id_gradient=id_gradient, num_negatives=0))
+    config = CICConfig(dim=6, id_gradient=id_gradient, content_gradient=content_gradient, num_negatives=0)
+    cic = ContentIDContrastive(12, 10, config)
     reference = ContentIDContrastive(12, 10, CICConfig(dim=6, num_negatives=0))
     reference.load_state_dict(cic.state_dict())
     out = cic(id_emb, content, item_ids)
     torch.testing.assert_close(out.value, reference(id_emb, content, item_ids).value)
     out.loss.backward()
-    assert content.grad is not None and content.grad.abs().sum() > 0
-    assert cic.id_head.weight.grad.abs().sum() > 0  # the heads still learn
-    if id_gradient:
-        assert id_emb.grad is not None and id_emb.grad.abs().sum() > 0
-    else:
-        assert id_emb.grad is None
+    assert cic.id_head.weight.grad.abs().sum() > 0 and cic.content_head.weight.grad.abs().sum() > 0  # heads learn
+    for tensor, flows in ((id_emb, id_gradient), (content, content_gradient)):
+        if flows:
+            assert tensor.grad is not None and tensor.grad.abs().sum() > 0
+        else:
+            assert tensor.grad is None
+
+
+def test_config_refuses_cic_with_neither_side_trained():
+    with pytest.raises(ConfigError, match="model.cic.id_gradient and model.cic.content_gradient"):
+        load_config("din_em3", ["model.cic.id_gradient=false", "model.cic.content_gradient=false"])
+    load_config("din_em3", ["model.cic.id_gradient=false", "model.cic.content_gradient=false", "model.cic.weight=0"])
 
 
 def test_warmup_ramps_lambda_per_training_call_and_heads_have_no_bias():
