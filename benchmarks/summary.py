@@ -4,9 +4,9 @@
         --table cold20=benchmarks/results/ml100k_cold20_id_dropout0.json [--out summary.md]
 
 Each row is one metric (valid AUC, then test AUC, GAUC, cold-item and warm-item AUC) of one set and
-backbone: the mean ± std over seeds of ID only, ID + frozen content and EM3 (the best mean in bold;
-the highest, or the lowest for logloss), then EM3 minus each baseline paired by seed. Reads
-the JSONs ``benchmarks/quality.py`` writes; trains nothing.
+backbone: the mean ± std over seeds of ID only, ID + frozen content and EM3 (the highest mean in
+bold), then EM3 minus each baseline paired by seed. Reads the JSONs ``benchmarks/quality.py``
+writes; trains nothing.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def rows(set_name: str, results: dict[str, list[dict]]) -> list[str]:
         for split, metric, label in ROWS:
             values = {v: [r[split][metric] for r in runs[v].values()] for v in VARIANTS}
             means = {v: statistics.mean(x) for v, x in values.items()}
-            best = (min if metric == "logloss" else max)(means, key=means.__getitem__)
+            best = max(means, key=means.__getitem__)
             cells = [f"**{_cell(values[v])}**" if v == best else _cell(values[v]) for v in VARIANTS]
             paired = []
             if split == "test":
