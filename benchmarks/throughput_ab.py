@@ -47,7 +47,10 @@ def _worker(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     env = init_distributed("cpu" if args.device == "cpu" else "auto")
-    base = load_config(args.config, list(args.set) + [f"data.path={args.data}", f"data.batch_size={args.batch_size}"])
+    base = load_config(
+        args.config,
+        list(args.set) + [f"data.path={args.data}", f"data.batch_size={args.batch_size}", "data.batch_scope=rank"],
+    )
     meta = DatasetMeta.load(args.data)
     count = args.warmup + args.rounds * args.steps
     histories = [int(h) for h in args.history.split(",")]

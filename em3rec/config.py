@@ -30,6 +30,7 @@ EmbeddingOptimizer = Literal["rowwise_adagrad", "adagrad", "adam", "sgd"]
 Device = Literal["auto", "cpu", "cuda"]
 NanPolicy = Literal["stop", "skip"]
 PrecisionSetting = Literal["auto", "fp32", "bf16"]  # of the dense forward (em3rec.precision)
+BatchScope = Literal["rank", "global"]  # what data.batch_size counts: one rank's rows, or all ranks'
 ShardingType = Literal["data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise"]
 
 
@@ -53,7 +54,10 @@ class ConfigError(UserError):
 @dataclass
 class DataConfig:
     path: str = "data/ml100k"  # prepared dataset folder (see em3rec/data/schema.py)
-    batch_size: int = 512  # per rank
+    batch_size: int = 512  # training rows per step: per rank, or over all ranks (batch_scope)
+    # "global": batch_size is split evenly over the ranks, so a run trains with the same batch (and
+    # learning rates) at any world size; "rank": every rank reads batch_size rows.
+    batch_scope: BatchScope = "rank"
     eval_batch_size: int = 2048  # per rank
     shuffle_buffer: int = 65536  # rows held by the training shuffle buffer
     max_history: int = 50  # history positions fed to the model (<= the dataset's)
@@ -62,6 +66,17 @@ class DataConfig:
     # Splits up to this many rows are value-checked (labels, ids, nulls) when opened; larger ones
     # batch by batch as they are read, so a bad row stops the job when its rank reaches it.
     scan_rows: int = 1_000_000
+
+    def rank_batch_size(self, world_size: int) -> int:
+        """Training rows per step on one rank of ``world_size``."""
+        if self.batch_scope == "rank":
+            return self.batch_size
+        if self.batch_size % world_size:
+            raise ConfigError(
+                f"data.batch_size = {self.batch_size} with data.batch_scope = 'global' does not split evenly "
+                f"over {world_size} ranks; expected a multiple of {world_size} (or data.batch_scope = 'rank')"
+            )
+        return self.batch_size // world_size
 
 
 @dataclass

@@ -112,7 +112,7 @@ def build_sharded_model(
             unseen_items=cold_items,
         )
     )
-    return shard_model(model, env, config.sharding, config.optim, config.data.batch_size)
+    return shard_model(model, env, config.sharding, config.optim, config.data.rank_batch_size(env.world_size))
 
 
 def build_training(

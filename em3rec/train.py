@@ -85,6 +85,8 @@ class Recipe:
         self.progress = Progress()
         # This process's training epochs (not evaluation): seconds in them and samples trained, all ranks.
         self.epoch_seconds, self.epoch_samples = 0.0, 0
+        # Training rows per step, all ranks (data.batch_scope says whether batch_size is this or one rank's).
+        self._global_batch = config.data.rank_batch_size(env.world_size) * env.world_size
 
     def setup(self) -> None:
         """Validate the data, build the sharded model and optimiser, the metric writer and the
@@ -110,6 +112,13 @@ class Recipe:
         if env.is_main:
             log.info(describe_plan(self.model.plan))
             log.info(self.precision.describe())
+            log.info(
+                "batch: %d training rows per step over %d rank(s), %d per rank (data.batch_scope = %r)",
+                self._global_batch,
+                env.world_size,
+                self._global_batch // env.world_size,
+                config.data.batch_scope,
+            )
             if config.model.id_dropout > 0:
                 log.info(
                     "item-ID dropout %.2f: %d of %d items have no training rows; evaluation scores them without their ID",
@@ -277,7 +286,7 @@ class Recipe:
                 self._save(best=False)
         bar.close()
         self.epoch_seconds += time.perf_counter() - epoch_start
-        self.epoch_samples += (self.progress.step - steps_before) * self.config.data.batch_size * self.env.world_size
+        self.epoch_samples += (self.progress.step - steps_before) * self._global_batch
 
     def _step(self, batches: Iterator[Batch]) -> tuple[float, dict[str, float]] | None:
         """Train one batch; None if it was skipped for a non-finite loss (``nan_policy = "skip"``).
@@ -312,7 +321,7 @@ class Recipe:
 
     def _log_window(self, epoch: int, window: dict[str, float], elapsed: float) -> None:
         n = max(window["n"], 1)
-        rows = n * self.config.data.batch_size * self.env.world_size
+        rows = n * self._global_batch
         parts = {k: window[k] / n for k in ("loss", "bce", "cic")}
         parts["samples_per_s"] = rows / max(elapsed, 1e-9)
         parts["memory_mb"] = memory_mb(self.env.device)

@@ -88,7 +88,11 @@ DEFAULT_TOWER_VARIANTS = "em3,em3-full"
 def variant_config(args: argparse.Namespace, variant: Variant | None) -> Config:
     """``variant``'s config: its bundled config, or the base (``--config``) with its overrides; either
     with ``--set``, ``--data`` and ``--batch-size`` (``variant=None``: the base)."""
-    overrides = list(args.set) + [f"data.path={args.data}", f"data.batch_size={args.batch_size}"]
+    overrides = list(args.set) + [
+        f"data.path={args.data}",
+        f"data.batch_size={args.batch_size}",
+        "data.batch_scope=rank",
+    ]
     if variant is not None and variant.precision:
         overrides.append(f"train.precision={variant.precision}")
     if variant is not None and variant.compile:

@@ -376,10 +376,11 @@ class ImpressionLoader(IterableDataset):
     def from_config(
         cls, config: DataConfig, split: str, *, rank: int = 0, world_size: int = 1, seed: int = 0, **kwargs: object
     ) -> "ImpressionLoader":
-        """A loader with the batch size, history, modalities and shuffle of ``config`` (``data`` section)."""
+        """A loader with the batch size (this rank's share of it), history, modalities and shuffle of
+        ``config`` (``data`` section)."""
         training = bool(kwargs.pop("training", split == "train"))
         options: dict[str, object] = dict(
-            batch_size=config.batch_size if training else config.eval_batch_size,
+            batch_size=config.rank_batch_size(world_size) if training else config.eval_batch_size,
             max_history=config.max_history, modalities=config.modalities, pooled_content=config.pooled_content,
             shuffle_buffer=config.shuffle_buffer,
         )  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -191,6 +192,9 @@ def test_max_batches_from_config_and_dataloader(tiny_dataset: Path) -> None:
     valid = ImpressionLoader.from_config(config, "valid", modalities=())
     assert valid.batch_size == 64 and not valid.training and len(valid) == 5
     assert next(iter(valid)).content_tokens == {}
+    shared = dataclasses.replace(config, batch_scope="global")  # 32 rows per step over both ranks
+    assert ImpressionLoader.from_config(shared, "train", rank=1, world_size=2).batch_size == 16
+    assert ImpressionLoader.from_config(shared, "valid", rank=1, world_size=2).batch_size == 64  # eval: per rank
 
 
 def test_kjt_keys_follow_meta(tiny_dataset: Path) -> None:
