@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # A small EM3-DIN: every part of the model runs, each step takes milliseconds.
 TINY = [
     "data.batch_size=64",
+    "data.batch_scope=rank",  # 64 rows on every rank, whatever the world size (the tests count per rank)
     "data.eval_batch_size=256",
     "data.max_history=20",
     "model.embedding_dim=16",
