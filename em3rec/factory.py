@@ -8,6 +8,7 @@ benchmark all build through here, so a model is sharded, seeded and given its op
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,12 @@ def build_sharded_model(
             unseen_items=cold_items,
         )
     )
-    return shard_model(model, env, config.sharding, config.optim, config.data.rank_batch_size(env.world_size))
+    # The planner's per-rank batch is a cost hint: evaluation may run on a world size that a global
+    # training batch does not divide (training refuses that in Recipe).
+    rank_batch = config.data.batch_size
+    if config.data.batch_scope == "global":
+        rank_batch = math.ceil(rank_batch / env.world_size)
+    return shard_model(model, env, config.sharding, config.optim, rank_batch)
 
 
 def build_training(
