@@ -144,3 +144,33 @@ def test_summary_bolds_the_best_mean_and_pairs_em3_by_seed() -> None:
     ]
     valid = next(line for line in lines if "| valid AUC |" in line)
     assert valid.rstrip().endswith("|  |  |")  # valid has no paired columns
+
+
+def test_epoch_test_finds_end_of_epoch_checkpoints_and_pairs_by_seed(tmp_path: Path) -> None:
+    from benchmarks.epoch_test import epoch_checkpoints
+    from benchmarks.epoch_test import table as epoch_table
+
+    # end of epoch 0 (step 10), a mid-epoch save (step 15), end of epoch 1 (step 20)
+    for step, epoch, done in ((10, 1, 0), (15, 1, 5), (20, 2, 0)):
+        folder = tmp_path / "checkpoints" / f"step_{step:08d}"
+        folder.mkdir(parents=True)
+        (folder / "progress.json").write_text(json.dumps({"epoch": epoch, "batches_done": done}))
+    found = epoch_checkpoints(tmp_path)
+    assert {e: f.name for e, f in found.items()} == {0: "step_00000010", 1: "step_00000020"}
+
+    def run(best: int, valid: list[float], test: list[float]) -> dict:
+        metrics = lambda a: {"auc": a, "gauc": a, "cold_auc": a, "warm_auc": a}  # noqa: E731
+        return {"best_epoch": best, "valid": [metrics(v) for v in valid], "test": [metrics(t) for t in test]}
+
+    runs = {
+        "a": {0: run(0, [0.70, 0.69], [0.72, 0.71]), 1: run(1, [0.70, 0.71, 0.70], [0.72, 0.70, 0.69])},
+        "b": {0: run(1, [0.70, 0.72, 0.71], [0.72, 0.70, 0.70]), 1: run(0, [0.71, 0.70], [0.73, 0.72])},
+    }
+    rows = {line.split(" | ")[0].strip("| "): line for line in epoch_table(runs, "a", "b").splitlines()[2:]}
+    # epoch 0: b − a test = 0.00 (seed 0) and +0.01 (seed 1); epoch 2 ran in one config per seed
+    # only (seed 0 in b, seed 1 in a), so it has no pair and no row
+    assert rows["0"].split(" | ")[1] == "2" and "+0.0050 ± 0.0071" in rows["0"]
+    assert "2" not in rows
+    # chosen: a picks epochs 0 / 1 (test 0.72, 0.70), b picks 1 / 0 (test 0.70, 0.73): −0.02, +0.03
+    chosen = rows["chosen (best valid)"].split(" | ")
+    assert chosen[1] == "2" and chosen[5] == "+0.0050 ± 0.0354"
