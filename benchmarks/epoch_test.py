@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(1, str(ROOT))
-from benchmarks.quality import run_one  # noqa: E402
+from benchmarks.quality import _cell, run_one  # noqa: E402
 
 METRICS = ("auc", "gauc", "cold_auc", "warm_auc")
 
@@ -61,12 +61,6 @@ def test_by_epoch(config: str, seed: int, overrides: list[str], run_dir: str) ->
     return {"best_epoch": result["best_epoch"], "valid": result["valid_by_epoch"], "test": [test[e] for e in epochs]}
 
 
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:+.4f}"
-    return f"{statistics.mean(values):+.4f} ± {statistics.stdev(values):.4f}"
-
-
 def table(runs: dict[str, dict[int, dict]], base: str, other: str) -> str:
     """Markdown: per epoch, mean valid/test AUC of each config, and ``other − base`` paired by seed."""
     seeds = sorted(set(runs[base]) & set(runs[other]))
@@ -85,10 +79,10 @@ def table(runs: dict[str, dict[int, dict]], base: str, other: str) -> str:
             return
         vb = [b[0]["auc"] for b, _ in pairs]
         vo = [o[0]["auc"] for _, o in pairs]
-        cells = [_mean_std([o[1][m] - b[1][m] for b, o in pairs]) for m in METRICS]
+        cells = [_cell([o[1][m] - b[1][m] for b, o in pairs], signed=True) for m in METRICS]
         lines.append(
             f"| {label} | {len(pairs)} | {statistics.mean(vb):.4f} | {statistics.mean(vo):.4f} | "
-            f"{_mean_std([o - b for b, o in zip(vb, vo)])} | " + " | ".join(cells) + " |"
+            f"{_cell([o - b for b, o in zip(vb, vo)], signed=True)} | " + " | ".join(cells) + " |"
         )
 
     for e in range(max_epoch):
