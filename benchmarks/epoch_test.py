@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(1, str(ROOT))
-from benchmarks.quality import _cell, run_one  # noqa: E402
+from benchmarks.quality import _cell, run_args, run_one  # noqa: E402
 
 METRICS = ("auc", "gauc", "cold_auc", "warm_auc")
 
@@ -48,10 +48,7 @@ def test_by_epoch(config: str, seed: int, overrides: list[str], run_dir: str) ->
     result = json.loads((run / "metrics.json").read_text())
     test = {}
     for epoch, folder in epoch_checkpoints(run).items():
-        args = ["--config", config, "--set", f"train.seed={seed}", "--set", f"train.run_name={name}"]
-        args += ["--set", f"train.run_dir={run_dir}"]
-        for o in overrides:
-            args += ["--set", o]
+        args = run_args(config, seed, overrides, run_dir)
         cmd = [sys.executable, "-m", "em3rec.evaluate", *args, "--checkpoint", str(folder), "--split", "test"]
         subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
         test[epoch] = json.loads((run / "eval_test.json").read_text())

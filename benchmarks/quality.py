@@ -36,23 +36,22 @@ VARIANTS = {"id": "ID only", "frozen": "ID + frozen content", "em3": "EM3"}
 METRICS = ("auc", "gauc", "logloss", "cold_auc", "warm_auc")
 
 
+def run_args(config: str, seed: int, overrides: list[str], run_dir: str) -> list[str]:
+    """Command-line arguments of the run ``<config>_seed<seed>`` in ``run_dir`` (for ``em3rec.train``
+    and the commands that load its checkpoints)."""
+    args = ["--config", config, "--set", f"train.seed={seed}", "--set", f"train.run_name={config}_seed{seed}"]
+    args += ["--set", f"train.run_dir={run_dir}"]
+    for o in overrides:
+        args += ["--set", o]
+    return args
+
+
 def run_one(config: str, seed: int, nproc: int, overrides: list[str], run_dir: str, resume: bool = False) -> dict:
     """Train ``config`` with ``seed`` and return its metrics.json; ``resume`` continues the run
     from its latest checkpoint (a finished run with a larger ``train.patience`` or
     ``train.epochs`` trains on where it stopped, exactly as an uninterrupted run would)."""
     name = f"{config}_seed{seed}"
-    args = [
-        "--config",
-        config,
-        "--set",
-        f"train.seed={seed}",
-        "--set",
-        f"train.run_name={name}",
-        "--set",
-        f"train.run_dir={run_dir}",
-    ]
-    for o in overrides:
-        args += ["--set", o]
+    args = run_args(config, seed, overrides, run_dir)
     if resume:
         args.append("--resume")
     if nproc > 1:
