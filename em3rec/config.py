@@ -163,6 +163,9 @@ class ModelConfig:
     # Item-ID dropout (DropoutNet): a training row's target-item ID embedding becomes zeros with this
     # probability, and so does that of every item without training rows in evaluation; 0 = off.
     id_dropout: float = 0.0
+    # User-ID dropout, the same for the user feature: 85 % of ml100k-ctr-v1's valid and test rows
+    # belong to users without training rows, whose ID embedding no gradient ever moved; 0 = off.
+    user_id_dropout: float = 0.0
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     cic: CICConfig = field(default_factory=CICConfig)
@@ -369,6 +372,7 @@ def validate_config(config: Config) -> None:
         ("model.qformer.ffn_dropout", model.qformer.ffn_dropout),
         ("model.dropout", model.dropout),
         ("model.id_dropout", model.id_dropout),
+        ("model.user_id_dropout", model.user_id_dropout),
     ):
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{key} = {value}; expected a probability in [0, 1)")

@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> dict:
     trained = load_trained(cli.load(args), args.checkpoint)
     env = trained.env
     with trained.precision.autocast():
-        metrics = evaluate(trained.model, trained.loader(args.split), env.device, trained.cold_items)
+        metrics = evaluate(
+            trained.model, trained.loader(args.split), env.device, trained.cold_items, trained.cold_users
+        )
     metrics["checkpoint"] = str(trained.checkpoint)
     if env.is_main:
         out = trained.run_dir / f"eval_{args.split}.json"

@@ -14,14 +14,25 @@ from em3rec.data.schema import DatasetMeta
 from em3rec.metrics import Predictions, compute_metrics, gather_predictions
 
 
-def cold_item_mask(folder: str | Path, meta: DatasetMeta) -> torch.Tensor:
-    """``(num_item_rows,)`` bool: True for items that never occur as a training target."""
-    item = meta.features_of("item")[0]
-    column = ds.dataset(Path(folder) / "train", format="parquet").to_table(columns=[item.column]).column(0)
+def _never_in_train(folder: str | Path, meta: DatasetMeta, kind: str) -> torch.Tensor:
+    """``(vocab_size,)`` bool over the ``kind`` feature's indices: True where no training row has it."""
+    feature = meta.features_of(kind)[0]
+    column = ds.dataset(Path(folder) / "train", format="parquet").to_table(columns=[feature.column]).column(0)
     seen = torch.tensor(column.to_numpy(), dtype=torch.long)  # a copy: Arrow buffers are read-only
-    cold = torch.ones(item.vocab_size, dtype=torch.bool)
+    cold = torch.ones(feature.vocab_size, dtype=torch.bool)
     cold[seen] = False
     return cold
+
+
+def cold_item_mask(folder: str | Path, meta: DatasetMeta) -> torch.Tensor:
+    """``(num_item_rows,)`` bool: True for items that never occur as a training target."""
+    return _never_in_train(folder, meta, "item")
+
+
+def cold_user_mask(folder: str | Path, meta: DatasetMeta) -> torch.Tensor:
+    """``(num_user_rows,)`` bool: True for users without training rows (on a global time split,
+    the users who arrived after the training period)."""
+    return _never_in_train(folder, meta, "user")
 
 
 @torch.no_grad()
@@ -47,7 +58,12 @@ def predict(model: nn.Module, batches: Iterable[Batch], device: torch.device) ->
 
 
 def evaluate(
-    model: nn.Module, batches: Iterable[Batch], device: torch.device, cold_items: torch.Tensor | None
+    model: nn.Module,
+    batches: Iterable[Batch],
+    device: torch.device,
+    cold_items: torch.Tensor | None,
+    cold_users: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Metrics over all ranks' rows (every rank gets the same numbers)."""
-    return compute_metrics(gather_predictions(predict(model, batches, device)), cold_items)
+    """Metrics over all ranks' rows (every rank gets the same numbers); ``cold_items`` /
+    ``cold_users`` as in :func:`~em3rec.metrics.compute_metrics`."""
+    return compute_metrics(gather_predictions(predict(model, batches, device)), cold_items, cold_users)

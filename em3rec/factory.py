@@ -24,7 +24,7 @@ from em3rec.data.loader import ImpressionLoader
 from em3rec.data.schema import DatasetMeta
 from em3rec.distributed import DistEnv, allowed_sharding_types, build_optimizer, init_distributed, shard_model
 from em3rec.errors import UsageError
-from em3rec.evaluation import cold_item_mask
+from em3rec.evaluation import cold_item_mask, cold_user_mask
 from em3rec.modules.model import (
     EM3Model,
     EM3Train,
@@ -94,15 +94,22 @@ def batch_options(model: ModelConfig, split: str) -> dict[str, Any]:
 
 
 def build_sharded_model(
-    config: Config, meta: DatasetMeta, env: DistEnv, cold_items: torch.Tensor | None = None
+    config: Config,
+    meta: DatasetMeta,
+    env: DistEnv,
+    cold_items: torch.Tensor | None = None,
+    cold_users: torch.Tensor | None = None,
 ) -> DistributedModelParallel:
     """``EM3Train`` built with its embedding tables on ``meta``, given the fused embedding
     optimiser and sharded by ``DistributedModelParallel``. Seeds torch with ``train.seed`` first, so
-    every rank starts from the same dense weights. ``cold_items``: ``(num_items,)`` bool, the items
-    without training rows that ``model.id_dropout`` needs (read from the train split if not given)."""
+    every rank starts from the same dense weights. ``cold_items`` / ``cold_users``: ``(vocab_size,)``
+    bool, the items / users without training rows that ``model.id_dropout`` /
+    ``model.user_id_dropout`` need (read from the train split if not given)."""
     torch.manual_seed(config.train.seed)
     if config.model.id_dropout > 0 and cold_items is None:
         cold_items = cold_item_mask(config.data.path, meta)
+    if config.model.user_id_dropout > 0 and cold_users is None:
+        cold_users = cold_user_mask(config.data.path, meta)
     model = EM3Train(
         build_model(
             config.model,
@@ -111,6 +118,7 @@ def build_sharded_model(
             sparse_device=torch.device("meta"),
             dense_device=env.device,
             unseen_items=cold_items,
+            unseen_users=cold_users,
         )
     )
     # The planner's per-rank batch is a cost hint: evaluation may run on a world size that a global
@@ -122,11 +130,15 @@ def build_sharded_model(
 
 
 def build_training(
-    config: Config, meta: DatasetMeta, env: DistEnv, cold_items: torch.Tensor | None = None
+    config: Config,
+    meta: DatasetMeta,
+    env: DistEnv,
+    cold_items: torch.Tensor | None = None,
+    cold_users: torch.Tensor | None = None,
 ) -> tuple[DistributedModelParallel, CombinedOptimizer]:
     """The sharded model and its optimiser (fused embedding optimiser + dense AdamW groups);
-    ``cold_items`` as in :func:`build_sharded_model`."""
-    model = build_sharded_model(config, meta, env, cold_items)
+    ``cold_items`` / ``cold_users`` as in :func:`build_sharded_model`."""
+    model = build_sharded_model(config, meta, env, cold_items, cold_users)
     return model, build_optimizer(model, config.optim)
 
 
@@ -149,6 +161,7 @@ class TrainedModel:
         model: the sharded ``EM3Train`` (call it with a batch), weights from ``checkpoint``.
         checkpoint: the checkpoint folder the weights came from.
         cold_items: ``(num_items,)`` bool, items never seen in training (cold-start metrics).
+        cold_users: ``(num_users,)`` bool, users never seen in training (cold-user metrics).
         item_store: the item content arrays (None for an ID-only model).
         precision: the dense forward's compute precision (``train.precision`` on this device).
     """
@@ -159,6 +172,7 @@ class TrainedModel:
     model: DistributedModelParallel
     checkpoint: Path
     cold_items: torch.Tensor
+    cold_users: torch.Tensor
     item_store: ItemStore | None
     precision: Precision
     _loaders: dict[str, ImpressionLoader] = field(default_factory=dict, repr=False)
@@ -192,7 +206,8 @@ def load_trained(config: Config, checkpoint: str | Path = "") -> TrainedModel:
     meta = DatasetMeta.load(config.data.path)
     item_store = open_item_store(config, meta)
     cold_items = cold_item_mask(config.data.path, meta)
-    model = build_sharded_model(config, meta, env, cold_items)
+    cold_users = cold_user_mask(config.data.path, meta)
+    model = build_sharded_model(config, meta, env, cold_items, cold_users)
     manager = checkpoint_manager(config)
     path = Path(checkpoint) if checkpoint else manager.best()
     if path is None:
@@ -201,4 +216,4 @@ def load_trained(config: Config, checkpoint: str | Path = "") -> TrainedModel:
         raise UsageError(f"--checkpoint {path}: no such checkpoint folder")
     load_checkpoint(path, model, optimizer=None, restore_rng=False)
     precision = Precision.resolve(config.train.precision, env.device)
-    return TrainedModel(config, env, meta, model, path, cold_items, item_store, precision)
+    return TrainedModel(config, env, meta, model, path, cold_items, cold_users, item_store, precision)

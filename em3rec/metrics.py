@@ -51,8 +51,10 @@ def group_auc(scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) 
         groups: ``(N,)`` int64 group (user) ids.
 
     Returns:
-        (GAUC, number of groups that counted); NaN if none did.
+        (GAUC, number of groups that counted); NaN if none did (or there are no rows).
     """
+    if labels.numel() == 0:
+        return float("nan"), 0
     scores = scores.double()
     order = torch.argsort(scores, stable=True)
     order = order[torch.argsort(groups[order], stable=True)]  # (N,) sorted by (group, score)
@@ -82,9 +84,12 @@ def group_auc(scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) 
     return float((group_aucs * weights).sum() / weights.sum()), int(valid.sum())
 
 
-def compute_metrics(pred: Predictions, cold_items: torch.Tensor | None = None) -> dict[str, float]:
-    """AUC, GAUC, logloss, and AUC / GAUC on the rows whose item is cold and on the others (warm)
-    (``cold_items`` is a bool mask over item indices: True for items never seen in training)."""
+def compute_metrics(
+    pred: Predictions, cold_items: torch.Tensor | None = None, cold_users: torch.Tensor | None = None
+) -> dict[str, float]:
+    """AUC, GAUC, logloss, and AUC / GAUC on the rows whose item is cold and on the others (warm);
+    likewise ``cold_user_*`` / ``warm_user_*`` split by the user. ``cold_items`` / ``cold_users``:
+    bool masks over item / user indices, True for ids never seen in training."""
     scores = torch.sigmoid(pred.logits.double())
     result = {
         "auc": auc(scores, pred.labels),
@@ -93,9 +98,13 @@ def compute_metrics(pred: Predictions, cold_items: torch.Tensor | None = None) -
         "positive_rate": float(pred.labels.double().mean()) if pred.labels.numel() else float("nan"),
     }
     result["gauc"], result["gauc_users"] = group_auc(scores, pred.labels, pred.user_ids)
+    subsets = []
     if cold_items is not None:
-        cold = cold_items[pred.item_ids]
-        for name, rows in (("cold", cold), ("warm", ~cold)):
+        subsets.append(("", cold_items[pred.item_ids]))
+    if cold_users is not None:
+        subsets.append(("_user", cold_users[pred.user_ids]))
+    for suffix, cold in subsets:
+        for name, rows in ((f"cold{suffix}", cold), (f"warm{suffix}", ~cold)):
             result[f"{name}_auc"] = auc(scores[rows], pred.labels[rows])
             result[f"{name}_gauc"], _ = group_auc(scores[rows], pred.labels[rows], pred.user_ids[rows])
             result[f"{name}_rows"] = int(rows.sum())

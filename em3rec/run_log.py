@@ -11,12 +11,13 @@ from typing import Any
 import torch
 
 
-METRIC_KEYS = ("auc", "gauc", "logloss", "cold_auc")
+METRIC_KEYS = ("auc", "gauc", "logloss", "cold_auc", "cold_user_auc")
 
 
 def format_metrics(metrics: dict[str, Any], keys: tuple[str, ...] = METRIC_KEYS) -> str:
-    """``auc=0.7312 gauc=0.6920 logloss=0.5730 cold_auc=0.6405``: every metric line of a run, its
-    summary and the evaluate command reads this way (``nan`` where a metric is missing)."""
+    """``auc=0.7312 gauc=0.6920 logloss=0.5730 cold_auc=0.6405 cold_user_auc=0.6902``: every metric
+    line of a run, its summary and the evaluate command reads this way (``nan`` where a metric is
+    missing). ``cold_auc``: rows whose item has no training rows; ``cold_user_auc``: whose user has none."""
     return " ".join(f"{k}={metrics.get(k, float('nan')):.4f}" for k in keys)
 
 

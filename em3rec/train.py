@@ -41,7 +41,7 @@ from em3rec.data.batch import Batch
 from em3rec.data.loader import ImpressionLoader
 from em3rec.data.schema import SPLITS, DatasetMeta
 from em3rec.distributed import DistEnv, allowed_sharding_types, describe_plan, init_distributed
-from em3rec.evaluation import cold_item_mask, evaluate
+from em3rec.evaluation import cold_item_mask, cold_user_mask, evaluate
 from em3rec.loss_guard import BatchIds, NonFiniteLossError, NonFiniteLossGuard, TrackedBatches, check_predictions
 from em3rec.precision import Precision
 from em3rec.run_log import MetricWriter, format_metrics, memory_mb, setup_logging
@@ -100,7 +100,8 @@ class Recipe:
         item_store = factory.open_item_store(config, self.meta)
         self._loaders = {split: factory.open_loader(config, split, env, item_store) for split in SPLITS}
         self.cold_items = cold_item_mask(config.data.path, self.meta)
-        self.model, self.optimizer = factory.build_training(config, self.meta, env, self.cold_items)
+        self.cold_users = cold_user_mask(config.data.path, self.meta)
+        self.model, self.optimizer = factory.build_training(config, self.meta, env, self.cold_items, self.cold_users)
         self.precision = Precision.resolve(config.train.precision, env.device)
         torch.manual_seed(config.train.seed * 1000 + env.rank)  # dropout differs across ranks
         self.writer = MetricWriter(self.run_dir, enabled=env.is_main)
@@ -125,6 +126,13 @@ class Recipe:
                     config.model.id_dropout,
                     int(self.cold_items.sum()),
                     self.cold_items.numel(),
+                )
+            if config.model.user_id_dropout > 0:
+                log.info(
+                    "user-ID dropout %.2f: %d of %d users have no training rows; evaluation scores them without their ID",
+                    config.model.user_id_dropout,
+                    int(self.cold_users.sum()),
+                    self.cold_users.numel(),
                 )
 
     def _make_pipeline(self) -> TrainPipelineSparseDist | None:
@@ -188,7 +196,9 @@ class Recipe:
             epoch = self.progress.epoch
             self._train_epoch(epoch)
             with self.precision.autocast():
-                valid = evaluate(self._eval_model(), self.loader("valid"), self.env.device, self.cold_items)
+                valid = evaluate(
+                    self._eval_model(), self.loader("valid"), self.env.device, self.cold_items, self.cold_users
+                )
             check_predictions(valid, "valid", epoch)
             valid["epoch"] = epoch
             self.progress.valid.append(valid)
@@ -348,7 +358,7 @@ class Recipe:
         model = self._eval_model()
         load_checkpoint(best, model, optimizer=None, restore_rng=False)
         with self.precision.autocast():
-            test = evaluate(model, self.loader("test"), self.env.device, self.cold_items)
+            test = evaluate(model, self.loader("test"), self.env.device, self.cold_items, self.cold_users)
         check_predictions(test, "test", self.progress.best_epoch)
         test["epoch"] = self.progress.best_epoch
         return test

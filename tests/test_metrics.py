@@ -62,3 +62,21 @@ def test_compute_metrics_cold_rows_and_logloss() -> None:
     assert m["auc"] == _pairwise_auc(logits, labels)
     # one user per split: user 1 holds the warm rows, user 2 the cold ones
     assert m["warm_gauc"] == 1.0 and m["cold_gauc"] == 0.0
+
+
+def test_compute_metrics_splits_rows_by_cold_users() -> None:
+    logits = torch.tensor([2.0, -1.0, 0.5, -0.5, 0.3])
+    labels = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0])
+    pred = Predictions(logits, labels, torch.tensor([1, 1, 2, 2, 2]), torch.tensor([3, 4, 5, 6, 7]))
+    cold_users = torch.tensor([False, False, True])  # user 2 has no training rows
+    m = compute_metrics(pred, cold_users=cold_users)
+    assert "cold_auc" not in m  # no item mask given
+    assert m["warm_user_rows"] == 2 and m["warm_user_auc"] == 1.0
+    # user 2: positives -0.5 and 0.3 against the negative 0.5: both below it
+    assert m["cold_user_rows"] == 3 and m["cold_user_auc"] == 0.0 and m["cold_user_gauc"] == 0.0
+    no_cold = compute_metrics(pred, cold_users=torch.zeros(3, dtype=torch.bool))  # an empty subset is NaN, not an error
+    assert (
+        no_cold["cold_user_rows"] == 0
+        and math.isnan(no_cold["cold_user_auc"])
+        and math.isnan(no_cold["cold_user_gauc"])
+    )

@@ -31,7 +31,7 @@ from em3rec.modules.history_encoders import (
     NoGradHistory,
     PooledHistory,
 )
-from em3rec.modules.id_dropout import ItemIdDropout
+from em3rec.modules.id_dropout import IdDropout
 from em3rec.modules.interest import TargetAttention
 from em3rec.modules.sparse import IdArch, build_embedding_collections
 
@@ -66,8 +66,12 @@ class EM3Model(nn.Module):
         content_interest (TargetAttention | None): pools the history content with the target
             content as the query; None when there is no history content.
         cic (ContentIDContrastive | None): the CIC loss; None when off.
-        item_id_dropout (ItemIdDropout | None): zeroes the backbone's target-item ID embedding
+        item_id_dropout (IdDropout | None): zeroes the backbone's target-item ID embedding
             (random rows in training, unseen items in evaluation); None when off.
+        user_id_dropout (IdDropout | None): zeroes the backbone's user ID embedding (random rows
+            in training, unseen users in evaluation); None when off.
+        user_feature_index (int): the user feature's position in ``IdEmbeddings.pooled``
+            (``IdArch.pooled_feature_names``); read only with ``user_id_dropout``.
 
     Build it with :func:`build_model`.
     """
@@ -79,7 +83,9 @@ class EM3Model(nn.Module):
         content_tower: nn.Module | None = None,
         content_interest: TargetAttention | None = None,
         cic: ContentIDContrastive | None = None,
-        item_id_dropout: ItemIdDropout | None = None,
+        item_id_dropout: IdDropout | None = None,
+        user_id_dropout: IdDropout | None = None,
+        user_feature_index: int = 0,
     ) -> None:
         super().__init__()
         self.id_arch = id_arch
@@ -88,6 +94,8 @@ class EM3Model(nn.Module):
         self.backbone = backbone
         self.cic = cic
         self.item_id_dropout = item_id_dropout
+        self.user_id_dropout = user_id_dropout
+        self._user_feature_index = user_feature_index
 
     def encode_items(
         self,
@@ -145,8 +153,13 @@ class EM3Model(nn.Module):
         target_id = ids.target  # (B, D); CIC above keeps every item's own ID row
         if self.item_id_dropout is not None:
             target_id = self.item_id_dropout(target_id, batch.item_ids)
+        pooled = ids.pooled  # (B, F, D)
+        if self.user_id_dropout is not None:
+            u = self._user_feature_index
+            user = self.user_id_dropout(pooled[:, u], batch.user_ids)  # (B, D)
+            pooled = torch.cat([pooled[:, :u], user.unsqueeze(1), pooled[:, u + 1 :]], dim=1)
         inputs = RankingInputs(
-            pooled=ids.pooled,
+            pooled=pooled,
             target_id=target_id,
             history_ids=ids.history,
             history_mask=mask,
@@ -254,6 +267,7 @@ def build_model(
     sparse_device: torch.device | None = None,
     dense_device: torch.device | None = None,
     unseen_items: torch.Tensor | None = None,
+    unseen_users: torch.Tensor | None = None,
 ) -> EM3Model:
     """Build the model a config names.
 
@@ -270,7 +284,9 @@ def build_model(
         sparse_device (torch.device | None): where the embedding tables are built (``meta`` for DMP).
         dense_device (torch.device | None): where the dense modules are built.
         unseen_items (torch.Tensor | None): ``(num_items,)`` bool, items without training rows;
-            required when ``model.id_dropout > 0`` (:class:`ItemIdDropout`).
+            required when ``model.id_dropout > 0`` (:class:`IdDropout`).
+        unseen_users (torch.Tensor | None): ``(num_users,)`` bool, users without training rows;
+            required when ``model.user_id_dropout > 0``.
 
     Returns:
         EM3Model
@@ -308,9 +324,16 @@ def build_model(
                 content_interest = TargetAttention(D, model_config.attention_hidden, model_config.attention_softmax)
                 num_content = 2
         backbone = build_backbone(model_config, num_pooled, num_content)
-        item_id_dropout = None
+        item_id_dropout = user_id_dropout = None
         if model_config.id_dropout > 0:
             if unseen_items is None:
                 raise ValueError("model.id_dropout > 0 needs unseen_items (the items without training rows)")
-            item_id_dropout = ItemIdDropout(model_config.id_dropout, unseen_items)
-    return EM3Model(id_arch, backbone, content_tower, content_interest, cic, item_id_dropout)
+            item_id_dropout = IdDropout(model_config.id_dropout, unseen_items, "model.id_dropout")
+        if model_config.user_id_dropout > 0:
+            if unseen_users is None:
+                raise ValueError("model.user_id_dropout > 0 needs unseen_users (the users without training rows)")
+            user_id_dropout = IdDropout(model_config.user_id_dropout, unseen_users, "model.user_id_dropout")
+    user_feature_index = id_arch.pooled_feature_names.index(meta.features_of("user")[0].name)
+    return EM3Model(
+        id_arch, backbone, content_tower, content_interest, cic, item_id_dropout, user_id_dropout, user_feature_index
+    )

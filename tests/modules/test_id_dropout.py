@@ -1,4 +1,4 @@
-"""Item-ID dropout (DropoutNet): whole rows dropped at rate p in training, unseen items in evaluation."""
+"""ID dropout (DropoutNet): whole rows dropped at rate p in training, unseen items / users in evaluation."""
 
 import dataclasses
 
@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from em3rec.config import ConfigError, load_config
-from em3rec.modules.id_dropout import ItemIdDropout
+from em3rec.modules.id_dropout import IdDropout
 from em3rec.modules.model import build_model
 
 
 def test_training_zeroes_whole_rows_at_rate_p():
-    dropout = ItemIdDropout(0.3, torch.zeros(10, dtype=torch.bool)).train()
+    dropout = IdDropout(0.3, torch.zeros(10, dtype=torch.bool)).train()
     target = torch.randn(4000, 8) + 5.0  # no entry is 0 by chance
     out = dropout(target, torch.zeros(4000, dtype=torch.long))
     dropped = (out == 0).all(dim=1)
@@ -22,13 +22,13 @@ def test_training_zeroes_whole_rows_at_rate_p():
 
 def test_evaluation_zeroes_exactly_the_unseen_items():
     unseen = torch.tensor([False, True, False, True])
-    dropout = ItemIdDropout(0.5, unseen).eval()
+    dropout = IdDropout(0.5, unseen).eval()
     item_ids = torch.tensor([0, 1, 2, 3, 1, 0])
     target = torch.randn(6, 4) + 5.0
     out = dropout(target, item_ids)
     assert (out[[1, 3, 4]] == 0).all()
     torch.testing.assert_close(out[[0, 2, 5]], target[[0, 2, 5]])
-    assert "unseen_items" not in dropout.state_dict()  # derived from the data, not a weight
+    assert "unseen" not in dropout.state_dict()  # derived from the data, not a weight
 
 
 @pytest.mark.parametrize("backbone", ["dlrm", "dcn", "din"])
@@ -44,6 +44,34 @@ def test_an_unseen_items_score_does_not_read_its_target_id(meta, data_config, ba
     rows = unseen[batch.item_ids]
     torch.testing.assert_close(after[rows], before[rows])
     assert not torch.allclose(after[~rows], before[~rows])
+
+
+@pytest.mark.parametrize("backbone", ["dlrm", "dcn", "din"])
+def test_an_unseen_users_score_does_not_read_its_user_id(meta, data_config, batch, model_config, backbone):
+    unseen = torch.zeros(meta.features_of("user")[0].vocab_size, dtype=torch.bool)
+    unseen[batch.user_ids[0]] = True
+    model = build_model(model_config(backbone=backbone, user_id_dropout=0.2), meta, data_config, unseen_users=unseen)
+    model.eval()
+    before = model(batch).logits
+    user = model.id_arch.pooled_feature_names.index(meta.features_of("user")[0].name)
+
+    def scale_the_user_embedding(_module, _inputs, out):
+        pooled = out.pooled.clone()
+        pooled[:, user] *= 3.0
+        return dataclasses.replace(out, pooled=pooled)
+
+    model.id_arch.register_forward_hook(scale_the_user_embedding)
+    after = model(batch).logits
+    rows = unseen[batch.user_ids]
+    torch.testing.assert_close(after[rows], before[rows])
+    assert not torch.allclose(after[~rows], before[~rows])
+
+
+def test_user_id_dropout_needs_the_unseen_users(meta, data_config, model_config):
+    with pytest.raises(ValueError, match="unseen_users"):
+        build_model(model_config(user_id_dropout=0.2), meta, data_config)
+    with pytest.raises(ConfigError, match="model.user_id_dropout"):
+        load_config("din_em3", ["model.user_id_dropout=1.0"])
 
 
 def test_id_dropout_needs_the_unseen_items_and_a_probability(meta, data_config, model_config):
