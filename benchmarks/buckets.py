@@ -40,10 +40,10 @@ def _label(bucket: tuple[int, int | None]) -> str:
     return f"{lo}" if lo == hi else (f"{lo}+" if hi is None else f"{lo}-{hi}")
 
 
-def scores_on_test(run: dict) -> Path:
-    """The run's test scores (scored once with its best checkpoint, then reused)."""
+def scores_on(run: dict, split: str = "test") -> Path:
+    """The run's scores on ``split`` (scored once with its best checkpoint, then reused)."""
     train = run["config"]["train"]
-    out = ROOT / train["run_dir"] / train["run_name"] / "scores_test.parquet"
+    out = ROOT / train["run_dir"] / train["run_name"] / f"scores_{split}.parquet"
     if not out.exists():
         model = run["config"]["model"]
         cmd = [
@@ -53,7 +53,7 @@ def scores_on_test(run: dict) -> Path:
             "--config",
             f"{model['backbone']}_id",
             "--split",
-            "test",
+            split,
             "--out",
             str(out),
         ]
@@ -117,7 +117,7 @@ def main() -> None:
             key = name if source == table_stem else f"{source}:{name}"
             for run in runs:
                 seed = run["config"]["train"]["seed"]
-                results.setdefault(key, {})[seed] = bucket_aucs(scores_on_test(run), train_count)
+                results.setdefault(key, {})[seed] = bucket_aucs(scores_on(run), train_count)
                 backbone_of[key] = run["config"]["model"]["backbone"]
                 print(key, seed, results[key][seed], flush=True)
     columns = list(rows)

@@ -1,7 +1,8 @@
 """Is EM3 minus a baseline larger than the noise of the test set? A paired user bootstrap.
 
     python benchmarks/significance.py --runs benchmarks/results/ml100k_cold20_id_dropout0.json \\
-        --data data/ml100k_cold20 [--resamples 1000] [--out benchmarks/results/ml100k_cold20_significance.md]
+        --data data/ml100k_cold20 [--split test] [--baselines frozen id] [--resamples 1000] \\
+        [--out benchmarks/results/ml100k_cold20_significance.md]
 
 The seed std of a paired difference (quality.py's tables) measures training noise only: every
 seed is scored on the same test rows. A different sample of test users would move every variant's
@@ -11,9 +12,11 @@ within-user correlation is kept), scores every seed's EM3 and baseline on each r
 the same resample for both), and reports the bootstrap distribution of the seed-mean difference:
 its std, 95 % percentile interval and the share of resamples in which EM3 is ahead, and a total
 standard error of the seed-mean difference that adds both noises,
-``sqrt(seed_std**2 / seeds + bootstrap_std**2)``. Scores come
-from each run's best-valid checkpoint (``benchmarks/buckets.py``'s ``scores_test.parquet``,
-scored once and reused). Writes ``<out>.md`` and ``<out>.json``.
+``sqrt(seed_std**2 / seeds + bootstrap_std**2)``. Subsets: all rows, cold / warm items (no train
+rows / some) and cold / warm users (likewise). ``--split valid`` does the same on the validation
+rows: does valid, which selects, agree with test within their noises? Scores come from each run's
+best-valid checkpoint (``benchmarks/buckets.py``'s ``scores_<split>.parquet``, scored once and
+reused). Writes ``<out>.md`` and ``<out>.json``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(1, str(ROOT))
-from benchmarks.buckets import scores_on_test  # noqa: E402
+from benchmarks.buckets import scores_on  # noqa: E402
 from benchmarks.quality import BACKBONES, VARIANTS  # noqa: E402
 
 
@@ -76,9 +79,12 @@ def compare(
     train_count: np.ndarray,
     resamples: int,
     seed: int = 0,
+    cold_users: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
     """EM3 minus the baseline on each subset: seed-paired mean and std, and the user bootstrap of
-    the seed-mean difference. ``em3`` / ``baseline``: seed -> scores of the same test rows."""
+    the seed-mean difference. ``em3`` / ``baseline``: seed -> scores of the same rows;
+    ``train_count``: ``(num_items,)`` train rows per item; ``cold_users``: ``(num_users,)`` bool,
+    True for users without train rows (adds the subsets ``cold users`` / ``warm users``)."""
     seeds = sorted(em3.keys() & baseline.keys())
     if not seeds:
         raise ValueError("no seed has both an EM3 run and a baseline run")
@@ -91,8 +97,12 @@ def compare(
                 raise ValueError(f"seed {s}: scores are not of the same test rows in the same order")
     weights = user_bootstrap_weights(reference["user_idx"], resamples, np.random.default_rng(seed))
     cold = train_count[reference["item_idx"]] == 0
+    subsets = [("all", np.ones_like(cold)), ("cold", cold), ("warm", ~cold)]
+    if cold_users is not None:
+        cold_user = cold_users[reference["user_idx"]]
+        subsets += [("cold users", cold_user), ("warm users", ~cold_user)]
     result = {}
-    for subset, mask in (("all", np.ones_like(cold)), ("cold", cold), ("warm", ~cold)):
+    for subset, mask in subsets:
         if not mask.any():
             continue
         labels, w = reference["label"][mask], weights[:, mask]
@@ -125,27 +135,36 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, required=True, help="a quality.py JSON")
     parser.add_argument("--data", type=Path, required=True, help="the dataset the runs trained on")
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
+    parser.add_argument("--baselines", nargs="+", default=["frozen", "id"], choices=["frozen", "id"])
+    parser.add_argument("--split", default="test", choices=["valid", "test"], help="the rows scored and resampled")
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=None, help="default: <runs>_significance.md")
     args = parser.parse_args()
     out = args.out or args.runs.with_name(args.runs.stem + "_significance.md")
     runs = json.loads(args.runs.read_text())
-    train_items = pq.read_table(ROOT / args.data / "train", columns=["item_idx"]).column("item_idx").to_numpy()
-    test_items = pq.read_table(ROOT / args.data / "test", columns=["item_idx"]).column("item_idx").to_numpy()
-    train_count = np.bincount(train_items, minlength=max(int(test_items.max()), int(train_items.max())) + 1)
+    train = pq.read_table(ROOT / args.data / "train", columns=["item_idx", "user_idx"])
+    rows = pq.read_table(ROOT / args.data / args.split, columns=["item_idx", "user_idx"])
+    counts = {}
+    for column in ("item_idx", "user_idx"):
+        seen, scored = train.column(column).to_numpy(), rows.column(column).to_numpy()
+        counts[column] = np.bincount(seen, minlength=max(int(scored.max()), int(seen.max())) + 1)
+    train_count, cold_users = counts["item_idx"], counts["user_idx"] == 0
     table: dict[str, dict[str, dict[str, float]]] = {}
     for backbone in args.backbones:
         configs = {v: c for v in VARIANTS for c in runs if c.endswith(f"{backbone}_{v}")}
         if "em3" not in configs:
             continue
         scores = {
-            v: {r["config"]["train"]["seed"]: _load(scores_on_test(r)) for r in runs[config]}
+            v: {r["config"]["train"]["seed"]: _load(scores_on(r, args.split)) for r in runs[config]}
             for v, config in configs.items()
+            if v == "em3" or v in args.baselines
         }
-        for baseline in ("frozen", "id"):
+        for baseline in args.baselines:
             if baseline in scores:
                 key = f"{backbone}: EM3 − {VARIANTS[baseline]}"
-                table[key] = compare(scores["em3"], scores[baseline], train_count, args.resamples)
+                table[key] = compare(
+                    scores["em3"], scores[baseline], train_count, args.resamples, cold_users=cold_users
+                )
                 print(key, table[key], flush=True)
     lines = [
         "| comparison | subset | rows | seeds | mean Δ AUC | seed std | user-bootstrap std | 95 % interval | "
@@ -159,15 +178,14 @@ def main() -> None:
                 f"{r['bootstrap_std']:.4f} | [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {r['share_ahead']:.0%} | {r['total_se']:.4f} |"
             )
     out.write_text(
-        f"# EM3 minus each baseline: seed noise against test-set noise ({args.runs.name})\n\n"
+        f"# EM3 minus each baseline on {args.split}: seed noise against {args.split}-set noise ({args.runs.name})\n\n"
         f"Command: `python benchmarks/significance.py {' '.join(sys.argv[1:])}`\n\n"
         "mean Δ AUC: EM3 minus the baseline, averaged over the seeds both have (the quality table's "
         "paired mean); seed std: its std over seeds (training noise); user-bootstrap std and 95 % "
-        f"interval: of the seed-mean difference over {args.resamples} resamples of the test users with "
-        "replacement (test-set noise, both models scored on the same resample); total s.e.: "
-        "sqrt(seed std² / seeds + bootstrap std²), both noises. cold = items without train rows.\n\n"
-        + "\n".join(lines)
-        + "\n"
+        f"interval: of the seed-mean difference over {args.resamples} resamples of the {args.split} users with "
+        "replacement (the split's user-sampling noise, both models scored on the same resample); total s.e.: "
+        "sqrt(seed std² / seeds + bootstrap std²), both noises. cold = items without train rows; "
+        "cold users = users without train rows.\n\n" + "\n".join(lines) + "\n"
     )
     out.with_suffix(".json").write_text(json.dumps(table, indent=2))
     print(out.read_text())

@@ -49,6 +49,11 @@ def test_compare_separates_a_real_gain_from_noise() -> None:
     result = compare(better, worse, train_count, resamples=200)
     assert set(result) == {"all", "cold", "warm"} and result["cold"]["rows"] == int((items < 10).sum())
     assert result["all"]["ci_low"] > 0 and result["all"]["share_ahead"] == 1.0
+    cold_users = np.arange(100) >= 70  # users 70-99 have no train rows
+    by_user = compare(better, worse, train_count, resamples=50, cold_users=cold_users)
+    assert by_user["cold users"]["rows"] == int((users >= 70).sum())
+    assert by_user["warm users"]["rows"] == int((users < 70).sum())
+    assert by_user["all"] == compare(better, worse, train_count, resamples=50)["all"]
     same = compare(better, better, train_count, resamples=50)
     assert same["all"]["mean"] == 0 and same["all"]["bootstrap_std"] == 0 and same["all"]["total_se"] == 0
     shuffled = dict(worse) | {1: _scores(worse[1]["logit"], users[::-1].copy(), items, labels)}
