@@ -33,7 +33,7 @@ def table_json(dataset: str) -> Path:
 
 
 VARIANTS = {"id": "ID only", "frozen": "ID + frozen content", "em3": "EM3"}
-METRICS = ("auc", "gauc", "logloss", "cold_auc", "warm_auc")
+METRICS = ("auc", "gauc", "logloss", "cold_auc", "warm_auc", "cold_user_auc")
 
 
 def run_args(config: str, seed: int, overrides: list[str], run_dir: str) -> list[str]:
@@ -84,6 +84,12 @@ def _cell(values: list[float], signed: bool = False) -> str:
     return f"{statistics.mean(values):{sign}.4f} ± {statistics.stdev(values):.4f}"
 
 
+def _metric_cell(runs: list[dict], split: str, metric: str) -> str:
+    """``_cell`` of ``metric`` over the runs; n/a if a run predates the metric (e.g. ``cold_user_auc``)."""
+    values = [r[split].get(metric) for r in runs]
+    return "n/a" if None in values else _cell(values)
+
+
 def _samples_per_s(runs: list[dict]) -> str:
     """Mean training samples/s (steps only, all ranks); runs from before it was recorded give n/a."""
     values = [r["train_samples_per_s"] for r in runs if r.get("train_samples_per_s")]
@@ -103,7 +109,7 @@ def table(results: dict[str, list[dict]], prefix: str = "") -> str:
             runs = results.get(f"{prefix}{backbone}_{variant}", [])
             if not runs:
                 continue
-            cells = [_cell([r["test"][m] for r in runs]) for m in METRICS]
+            cells = [_metric_cell(runs, "test", m) for m in METRICS]
             valid = _cell([r["valid"]["auc"] for r in runs])
             epochs = ",".join(str(r["best_epoch"]) for r in runs)
             secs = statistics.mean(r["wall_seconds"] for r in runs)
