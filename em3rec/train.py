@@ -120,20 +120,19 @@ class Recipe:
                 self._global_batch // env.world_size,
                 config.data.batch_scope,
             )
-            if config.model.id_dropout > 0:
-                log.info(
-                    "item-ID dropout %.2f: %d of %d items have no training rows; evaluation scores them without their ID",
-                    config.model.id_dropout,
-                    int(self.cold_items.sum()),
-                    self.cold_items.numel(),
-                )
-            if config.model.user_id_dropout > 0:
-                log.info(
-                    "user-ID dropout %.2f: %d of %d users have no training rows; evaluation scores them without their ID",
-                    config.model.user_id_dropout,
-                    int(self.cold_users.sum()),
-                    self.cold_users.numel(),
-                )
+            for side, p, cold in (
+                ("item", config.model.id_dropout, self.cold_items),
+                ("user", config.model.user_id_dropout, self.cold_users),
+            ):
+                if p > 0:
+                    log.info(
+                        "%s-ID dropout %.2f: %d of %d %ss have no training rows; evaluation scores them without their ID",
+                        side,
+                        p,
+                        int(cold.sum()),
+                        cold.numel(),
+                        side,
+                    )
 
     def _make_pipeline(self) -> TrainPipelineSparseDist | None:
         if not self.config.sharding.pipeline:

@@ -31,38 +31,28 @@ def test_evaluation_zeroes_exactly_the_unseen_items():
     assert "unseen" not in dropout.state_dict()  # derived from the data, not a weight
 
 
+@pytest.mark.parametrize("side", ["item", "user"])
 @pytest.mark.parametrize("backbone", ["dlrm", "dcn", "din"])
-def test_an_unseen_items_score_does_not_read_its_target_id(meta, data_config, batch, model_config, backbone):
-    unseen = torch.zeros(meta.features_of("item")[0].vocab_size, dtype=torch.bool)
-    unseen[batch.item_ids[0]] = True
-    model = build_model(model_config(backbone=backbone, id_dropout=0.2), meta, data_config, unseen_items=unseen)
-    model.eval()
-    before = model(batch).logits
-    # Scale every target ID embedding (history and pooled features untouched).
-    model.id_arch.register_forward_hook(lambda _m, _i, out: dataclasses.replace(out, target=3.0 * out.target))
-    after = model(batch).logits
-    rows = unseen[batch.item_ids]
-    torch.testing.assert_close(after[rows], before[rows])
-    assert not torch.allclose(after[~rows], before[~rows])
-
-
-@pytest.mark.parametrize("backbone", ["dlrm", "dcn", "din"])
-def test_an_unseen_users_score_does_not_read_its_user_id(meta, data_config, batch, model_config, backbone):
-    unseen = torch.zeros(meta.features_of("user")[0].vocab_size, dtype=torch.bool)
-    unseen[batch.user_ids[0]] = True
-    model = build_model(model_config(backbone=backbone, user_id_dropout=0.2), meta, data_config, unseen_users=unseen)
+def test_an_unseen_ids_score_does_not_read_its_id_embedding(meta, data_config, batch, model_config, backbone, side):
+    ids = batch.item_ids if side == "item" else batch.user_ids
+    unseen = torch.zeros(meta.features_of(side)[0].vocab_size, dtype=torch.bool)
+    unseen[ids[0]] = True
+    option, argument = ("id_dropout", "unseen_items") if side == "item" else ("user_id_dropout", "unseen_users")
+    model = build_model(model_config(backbone=backbone, **{option: 0.2}), meta, data_config, **{argument: unseen})
     model.eval()
     before = model(batch).logits
     user = model.id_arch.pooled_feature_names.index(meta.features_of("user")[0].name)
 
-    def scale_the_user_embedding(_module, _inputs, out):
+    def scale_the_id_embedding(_module, _inputs, out):  # every other input untouched
+        if side == "item":
+            return dataclasses.replace(out, target=3.0 * out.target)
         pooled = out.pooled.clone()
         pooled[:, user] *= 3.0
         return dataclasses.replace(out, pooled=pooled)
 
-    model.id_arch.register_forward_hook(scale_the_user_embedding)
+    model.id_arch.register_forward_hook(scale_the_id_embedding)
     after = model(batch).logits
-    rows = unseen[batch.user_ids]
+    rows = unseen[ids]
     torch.testing.assert_close(after[rows], before[rows])
     assert not torch.allclose(after[~rows], before[~rows])
 
