@@ -32,6 +32,8 @@ class Variant:
             fields above as overrides.
         compile: ``model.qformer.compile`` on (``<name>+compile`` of every EM3 variant): the
             Q-Former under torch.compile; the warm-up steps pay the compile.
+        extra: further config overrides (``em3-no-catalogue``: the bundled EM3 without CIC's
+            catalogue sample).
     """
 
     name: str
@@ -44,6 +46,7 @@ class Variant:
     bundled: str = ""
     precision: str = ""
     compile: bool = False
+    extra: tuple[str, ...] = ()
 
     def overrides(self) -> list[str]:
         return [
@@ -60,6 +63,7 @@ def _variants() -> dict[str, Variant]:
         Variant("id-pipeline", "none", "none", level="none", pipeline=True, bundled="din_id"),
         Variant(BASELINE, "frozen", "frozen", level="pooled", bundled="din_frozen"),
         Variant("em3", "em3", "lora", bundled="din_em3"),
+        Variant("em3-no-catalogue", "em3", "lora", bundled="din_em3", extra=("model.cic.catalogue_samples=0",)),
     ]
     out += [replace(v, name=f"{v.name}@{p}", precision=p) for v in list(out) for p in ("fp32", "bf16")]
     for level, suffix in (("tokens", ""), ("pooled", "/pooled")):
@@ -97,6 +101,8 @@ def variant_config(args: argparse.Namespace, variant: Variant | None) -> Config:
         overrides.append(f"train.precision={variant.precision}")
     if variant is not None and variant.compile:
         overrides.append("model.qformer.compile=true")
+    if variant is not None:
+        overrides += variant.extra
     if variant is not None and variant.bundled:
         return load_config(args.bundled_prefix + variant.bundled, overrides)
     if variant is not None:

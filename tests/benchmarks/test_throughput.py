@@ -3,6 +3,7 @@ against the TorchRec ID-only model it stands in for."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 
 from benchmarks.reference_din import ReferenceDIN
 from benchmarks.throughput import main as throughput_main
+from benchmarks.throughput.variants import VARIANTS, variant_config
 from data_prep.synthetic import SyntheticConfig, generate
 from em3rec.config import DataConfig, ModelConfig
 from em3rec.testing.example_batch import example_batch, example_meta
@@ -175,3 +177,13 @@ def test_counting_flops_leaves_a_compiled_qformer_compiled():
     assert counters["stats"]["unique_graphs"] == 0  # the count ran eager
     step(None)
     assert counters["stats"]["unique_graphs"] >= 1
+
+
+def test_no_catalogue_variant_is_the_bundled_em3_without_the_catalogue_sample():
+    args = argparse.Namespace(set=[], data="data/bx", batch_size=512, bundled_prefix="bx_", config="din_em3")
+    bundled = variant_config(args, VARIANTS["em3"])
+    ablated = variant_config(args, VARIANTS["em3-no-catalogue+compile"])
+    assert bundled.model.cic.catalogue_samples > 0 and ablated.model.cic.catalogue_samples == 0
+    ablated.model.cic.catalogue_samples = bundled.model.cic.catalogue_samples
+    ablated.model.qformer.compile = bundled.model.qformer.compile
+    assert ablated == bundled
