@@ -98,3 +98,13 @@ def test_every_readme_torchx_command_passes_dryrun() -> None:
         cmd = [str(Path(sys.executable).parent / "torchx"), "run", "--dryrun", *words[2:]]
         out = subprocess.run(cmd, cwd=ROOT, env=_torchx_env(), capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, f"{line}\n{out.stderr[-3000:]}"
+
+
+def test_a_retried_train_job_resumes_and_mounts_reach_the_role() -> None:
+    mounts = ["type=volume", "src=em3rec-runs", "dst=/job/runs"]
+    app = _components().train(config="din_em3", max_retries=2, mounts=mounts)
+    (role,) = app.roles
+    assert "-m em3rec.train --config din_em3 --resume" in role.args[1]  # a retry continues, never restarts
+    assert app.roles[0].max_retries == 2
+    assert [(m.src, m.dst_path) for m in role.mounts] == [("em3rec-runs", "/job/runs")]
+    assert "--resume" not in _components().train(config="din_em3").roles[0].args[1]

@@ -35,6 +35,7 @@ def _ddp(
     env: Optional[Dict[str, str]],
     max_retries: int,
     max_restarts: int,
+    mounts: Optional[List[str]],
 ) -> specs.AppDef:
     if max_restarts:
         # torchrun keeps its rendezvous store across restarts unless told not to share it with the
@@ -54,6 +55,7 @@ def _ddp(
         image=image,
         env=env,
         max_retries=max_retries,
+        mounts=mounts,
     )
     if max_restarts:
         # torchrun restarts the whole worker group (all ranks) from the last checkpoint.
@@ -82,6 +84,7 @@ def train(
     env: Optional[Dict[str, str]] = None,
     max_retries: int = 0,
     max_restarts: int = 0,
+    mounts: Optional[List[str]] = None,
 ) -> specs.AppDef:
     """Train an em3rec ranking model on a prepared dataset (``data.path``; ``make data`` prepares ml-100k).
 
@@ -96,12 +99,29 @@ def train(
         h: a registered named resource (takes precedence over cpu, gpu, memMB)
         image: the image (container) to run in; local_cwd ignores it
         env: environment variables, e.g. ENV1=v1,ENV2=v2
-        max_retries: scheduler-level retries of the whole job
+        max_retries: scheduler-level retries of the whole job (each retry resumes from the latest
+            checkpoint: a retried job starts with a fresh torchrun, which does not know it restarted)
         max_restarts: torchrun restarts of the worker group after a failure (resumes from checkpoint)
+        mounts: volumes for the workers, e.g. type=volume,src=em3rec-runs,dst=/job/runs (see
+            ``torchx.specs.parse_mounts``); a multi-node run needs its run folder (checkpoints) and
+            data on a filesystem that every node shares
     """
-    args = ["--config", config, *(["--resume"] if resume else []), *_overrides(overrides)]
+    args = ["--config", config, *(["--resume"] if resume or max_retries else []), *_overrides(overrides)]
     return _ddp(
-        "em3rec.train", None, args, "em3rec/train", j, cpu, gpu, memMB, h, image, env, max_retries, max_restarts
+        "em3rec.train",
+        None,
+        args,
+        "em3rec/train",
+        j,
+        cpu,
+        gpu,
+        memMB,
+        h,
+        image,
+        env,
+        max_retries,
+        max_restarts,
+        mounts,
     )
 
 
@@ -117,6 +137,7 @@ def evaluate(
     h: Optional[str] = None,
     image: str = torchx.IMAGE,
     env: Optional[Dict[str, str]] = None,
+    mounts: Optional[List[str]] = None,
 ) -> specs.AppDef:
     """Evaluate a checkpoint (any world size: checkpoints reshard on load).
 
@@ -132,6 +153,7 @@ def evaluate(
         h: a registered named resource
         image: the image (container) to run in
         env: environment variables
+        mounts: volumes for the workers (as for ``train``)
     """
     args = [
         "--config",
@@ -141,7 +163,7 @@ def evaluate(
         *(["--checkpoint", checkpoint] if checkpoint else []),
         *_overrides(overrides),
     ]
-    return _ddp("em3rec.evaluate", None, args, "em3rec/evaluate", j, cpu, gpu, memMB, h, image, env, 0, 0)
+    return _ddp("em3rec.evaluate", None, args, "em3rec/evaluate", j, cpu, gpu, memMB, h, image, env, 0, 0, mounts)
 
 
 def bench(
@@ -167,5 +189,5 @@ def bench(
         env: environment variables
     """
     return _ddp(
-        "benchmarks.throughput", None, list(bench_args), "em3rec/bench", j, cpu, gpu, memMB, h, image, env, 0, 0
+        "benchmarks.throughput", None, list(bench_args), "em3rec/bench", j, cpu, gpu, memMB, h, image, env, 0, 0, None
     )
