@@ -56,7 +56,7 @@ def open_item_store(config: Config, meta: DatasetMeta) -> ItemStore | None:
 def open_loader(config: Config, split: str, env: DistEnv, item_store: ItemStore | None) -> ImpressionLoader:
     """Open (and validate) this rank's loader for ``split``; ID-only models read no content tensors.
     Training reads at most ``train.max_steps_per_epoch`` batches per epoch. Item tokens arrive in
-    the dtype the model computes in (``train.precision`` on this device)."""
+    the dtype the model computes in (``train.precision`` on this device), pinned for a CUDA device."""
     data = config.data
     if config.model.content == "none":
         data = dataclasses.replace(data, modalities=[])
@@ -70,6 +70,7 @@ def open_loader(config: Config, split: str, env: DistEnv, item_store: ItemStore 
         item_store=item_store,
         scan_rows=data.scan_rows,
         token_dtype=Precision.resolve(config.train.precision, env.device).dtype,
+        pin_memory=env.device.type == "cuda",
         **batch_options(config.model, split),
     )
 

@@ -310,7 +310,7 @@ class Recipe:
             batch = next(batches)
             ids = batches.trained() if isinstance(batches, TrackedBatches) else BatchIds.of(batch)
             with self.precision.autocast():
-                loss, (_, _, _, aux) = self.model(batch.to(self.env.device))
+                loss, (_, _, _, aux) = self.model(batch.to(self.env.device, non_blocking=True))
             if not self._check_loss(float(loss.detach()), ids):
                 return None
             self.optimizer.zero_grad()

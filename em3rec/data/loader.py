@@ -260,6 +260,9 @@ class ImpressionLoader(IterableDataset):
         rank, world_size: this rank's shard of the split.
         max_batches: stop after this many batches (the same on every rank).
         prefetch: batches built ahead in a background thread (0: build in the caller's thread).
+        pin_memory: yield batches in page-locked memory (for a CUDA device: the copy to it can then
+            run asynchronously, e.g. on the train pipeline's memcpy stream); done where they are
+            built, so in the prefetch thread.
         read_rows: rows per Parquet record batch.
         scan_rows: splits up to this many rows are value-checked at open, larger ones per record
             batch as read (see ``em3rec.data.validation``).
@@ -295,6 +298,7 @@ class ImpressionLoader(IterableDataset):
         world_size: int = 1,
         max_batches: int | None = None,
         prefetch: int = 2,
+        pin_memory: bool = False,
         read_rows: int = 8192,
         scan_rows: int = 1_000_000,
         item_store: ItemStore | None = None,
@@ -315,6 +319,7 @@ class ImpressionLoader(IterableDataset):
         self._seed, self._epoch, self._start_batch = seed, 0, 0
         self.rank, self.world_size = rank, world_size
         self._prefetch = prefetch
+        self._pin_memory = pin_memory
         self._read_rows = max(read_rows, 1)
         self._catalogue_samples = catalogue_samples
 
@@ -528,12 +533,15 @@ class ImpressionLoader(IterableDataset):
                     break  # the dropped remainder
                 rows = Rows.concat([rows, self._padding(self.batch_size - real)])
             if produced >= skip:
-                yield self._to_batch(rows, real, produced)
+                yield self._finished(self._to_batch(rows, real, produced))
             produced += 1
         while produced < self.num_batches:  # ranks with fewer rows pad with whole weight-0 batches
             if produced >= skip:
-                yield self._to_batch(self._padding(self.batch_size), 0, produced)
+                yield self._finished(self._to_batch(self._padding(self.batch_size), 0, produced))
             produced += 1
+
+    def _finished(self, batch: Batch) -> Batch:
+        return batch.pin_memory() if self._pin_memory else batch
 
     def _padding(self, n: int) -> Rows:
         """``n`` weight-0 rows: label 0, single-valued ids 0 (the reserved index), empty lists."""

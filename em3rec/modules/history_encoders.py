@@ -128,7 +128,7 @@ class LoraHistory(nn.Module):
     *detached*: the base gets gradients from the target branch only, the adapters from this branch
     only (tests check both). Adapters stay disabled outside this call (the target branch's state).
     With no adapter dropout each adapter is folded into its Linear for the call (``W.detach() +
-    s B A``): the same values and gradients as peft's forward, without its low-rank passes over
+    s B A``, peft's ``get_delta_weight``): the same values and gradients as peft's forward, without its low-rank passes over
     every row (``merge = False`` runs peft's forward, the reference). The alternative, a separate
     history copy whose base is synced every N steps, would double the dense state and make the
     history side lag.
@@ -160,12 +160,11 @@ class LoraHistory(nn.Module):
                 p.requires_grad_(True)
                 self._base_names.append(name)
         _set_adapters(qformer, enabled=False)
-        self._adapted = [  # (base weight, A, B, scaling) per adapted Linear
-            (f"{name}.base_layer.weight", f"{name}.lora_A.{HISTORY_ADAPTER}.weight",
-             f"{name}.lora_B.{HISTORY_ADAPTER}.weight", float(module.scaling[HISTORY_ADAPTER]))
+        self._adapted = [  # (base weight's name, its peft layer) per adapted Linear
+            (f"{name}.base_layer.weight", module)
             for name, module in qformer.named_modules()
             if isinstance(module, peft.tuners.lora.LoraLayer) and HISTORY_ADAPTER in module.lora_A
-        ]  # fmt: skip
+        ]
         self.merge = config.dropout == 0.0
 
     def encode(self, qformer: FusionQFormer, tokens, token_mask, index: torch.Tensor | None) -> torch.Tensor:
@@ -174,8 +173,8 @@ class LoraHistory(nn.Module):
         if self.merge:
             # x (W + s B A)^T = x W^T + s (x A^T) B^T: one matmul per adapted Linear instead of three
             # passes over the rows, and the adapters' gradients through an (out, in) weight gradient.
-            for base, a, b, scaling in self._adapted:
-                detached[base] = detached[base] + scaling * (params[b] @ params[a])  # (out, in)
+            for base, layer in self._adapted:
+                detached[base] = detached[base] + layer.get_delta_weight(HISTORY_ADAPTER)  # (out, in): s B A
             return torch.func.functional_call(qformer, detached, (tokens, token_mask, index)).pooled
         _set_adapters(qformer, enabled=True)
         try:

@@ -141,9 +141,7 @@ class IdArch(nn.Module):
         sequences = self.embedding_collection(sequence_features)
         target = sequences[self._item_feature].values()  # (B, D): exactly one id per row
         history = sequences[self._history_feature]
-        history = torch.ops.fbgemm.jagged_to_padded_dense(
-            history.values(), [history.offsets()], [max_history], 0.0
-        )  # (B, L, D)
+        history = history.to_padded_dense(desired_length=max_history)  # (B, L, D)
         catalogue = None
         if self._catalogue_feature is not None:
             catalogue = sequences[self._catalogue_feature].values()  # (K, D)

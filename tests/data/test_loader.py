@@ -221,6 +221,18 @@ def test_batch_to_and_pin_memory(tiny_dataset: Path) -> None:
     assert on_gpu.history_mask.shape == batch.history_mask.shape and on_gpu.labels.is_cuda
 
 
+def test_pin_memory_pins_every_batch_where_it_is_built(tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = list(_loader(tiny_dataset, "valid", modalities=["title"]))
+    if torch.cuda.is_available():
+        pinned = list(_loader(tiny_dataset, "valid", modalities=["title"], pin_memory=True))
+        assert all(b.labels.is_pinned() and b.content_tokens["title"].is_pinned() for b in pinned)
+    else:  # pinning needs an accelerator: count the calls (in the prefetch thread) instead
+        monkeypatch.setattr(Batch, "pin_memory", lambda self: dataclasses.replace(self, weights=self.weights + 1.0))
+        pinned = list(_loader(tiny_dataset, "valid", modalities=["title"], pin_memory=True))
+        assert [torch.equal(b.weights, p.weights - 1.0) for b, p in zip(plain, pinned)] == [True] * len(plain)
+    assert len(pinned) == len(plain) and all(torch.equal(b.labels, p.labels) for b, p in zip(plain, pinned))
+
+
 def test_max_history_above_dataset_is_an_error(tiny_dataset: Path) -> None:
     with pytest.raises(ValueError, match="data.max_history = 31"):
         _loader(tiny_dataset, "train", max_history=31)
