@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(1, str(ROOT))
-from benchmarks.quality import DATASETS, METRICS, VARIANTS, _cell, run_one, table_json  # noqa: E402
+from benchmarks.quality import DATASETS, METRICS, VARIANTS, _cell, _metric_cell, run_one, table_json  # noqa: E402
 
 ABLATIONS: dict[str, tuple[str, list[str]]] = {
     # Leave-one-out of the changes that made EM3 start at the two-stage baseline:
@@ -59,23 +59,27 @@ ABLATIONS: dict[str, tuple[str, list[str]]] = {
 
 
 def _rows(label: str, runs: list[dict], em3: dict[int, dict]) -> str:
-    cells = [_cell([r["test"][m] for r in runs]) for m in METRICS]
+    cells = [_metric_cell(runs, "test", m) for m in METRICS]
     valid = _cell([r["valid"]["auc"] for r in runs])
     epochs = ",".join(str(r["best_epoch"]) for r in runs)
-    pairs = [r["test"]["auc"] - em3[seed]["test"]["auc"] for r in runs if (seed := r["config"]["train"]["seed"]) in em3]
-    paired = _cell(pairs, signed=True) if pairs else "-"
-    return f"| {label} | {len(runs)} | {valid} | " + " | ".join(cells) + f" | {paired} | {epochs} |"
+    paired = []
+    for split in ("valid", "test"):
+        pairs = [
+            r[split]["auc"] - em3[seed][split]["auc"] for r in runs if (seed := r["config"]["train"]["seed"]) in em3
+        ]
+        paired.append(_cell(pairs, signed=True) if pairs else "-")
+    return f"| {label} | {len(runs)} | {valid} | " + " | ".join(cells + paired) + f" | {epochs} |"
 
 
 def table(backbone: str, reference: dict[str, list[dict]], results: dict[str, list[dict]], prefix: str = "") -> str:
     """The quality table's rows of ``backbone``, then every ablation; the paired column is each
-    row's test AUC minus the default EM3's at the same seed."""
+    row's valid and test AUC minus the default EM3's at the same seed."""
     em3 = {r["config"]["train"]["seed"]: r for r in reference.get(f"{prefix}{backbone}_em3", [])}
     lines = [
         "| variant | n | valid auc | "
         + " | ".join(f"test {m}" for m in METRICS)
-        + " | Δ test auc vs EM3 (paired) | best epochs |",
-        "|---|---|---|" + "---|" * (len(METRICS) + 2),
+        + " | Δ valid auc vs EM3 (paired) | Δ test auc vs EM3 (paired) | best epochs |",
+        "|---|---|---|" + "---|" * (len(METRICS) + 3),
     ]
     for variant, label in VARIANTS.items():
         if runs := reference.get(f"{prefix}{backbone}_{variant}"):
@@ -100,6 +104,11 @@ def main() -> None:
         help="extra override for every run (e.g. data.path=data/ml100k_cold20)",
     )
     parser.add_argument("--run-dir", default="runs/ablation")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each run from its checkpoints in --run-dir (a finished run is only re-read and re-scored)",
+    )
     parser.add_argument("--out", default="", help="default: benchmarks/results/<dataset>_ablation_<backbone>.md")
     parser.add_argument(
         "--reference",
@@ -128,7 +137,9 @@ def main() -> None:
     for seed in args.seeds:
         for name in args.ablations:
             _, overrides = ABLATIONS[name]
-            r = run_one(f"{prefix}{args.backbone}_em3", seed, 1, overrides + args.set, f"{args.run_dir}/{name}")
+            r = run_one(
+                f"{prefix}{args.backbone}_em3", seed, 1, overrides + args.set, f"{args.run_dir}/{name}", args.resume
+            )
             results.setdefault(name, []).append(r)
             print(
                 f"{name} seed {seed}: "
