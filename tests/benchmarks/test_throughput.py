@@ -180,7 +180,7 @@ def test_counting_flops_leaves_a_compiled_qformer_compiled():
 
 
 def test_no_catalogue_variant_is_the_bundled_em3_without_the_catalogue_sample():
-    args = argparse.Namespace(set=[], data="data/bx", batch_size=512, bundled_prefix="bx_", config="din_em3")
+    args = argparse.Namespace(set=[], data="data/ml100k", batch_size=512, bundled_prefix="", config="din_em3")
     bundled = variant_config(args, VARIANTS["em3"])
     ablated = variant_config(args, VARIANTS["em3-no-catalogue+compile"])
     assert bundled.model.cic.catalogue_samples > 0 and ablated.model.cic.catalogue_samples == 0
