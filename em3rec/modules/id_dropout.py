@@ -9,7 +9,7 @@ backbone's input changes: CIC still sees every item's own ID row.
 
 On ml100k-ctr-v1 (a global time split) 85 % of the valid and test rows belong to users who have
 no training rows; user-ID dropout is the option for them (measured there: it lowers valid AUC for
-every variant, README "Cold users").
+every variant: benchmarks/results/README.md, "Cold users").
 """
 
 from __future__ import annotations
