@@ -50,6 +50,14 @@ ABLATIONS: dict[str, tuple[str, list[str]]] = {
         ["model.cic.content_gradient=false"],
     ),
     "hist_none": ("EM3, no history content", ["model.seq_content_mode=none"]),
+    "hist_cached": (
+        "EM3, history content from a bank of Q-Former outputs refreshed every 50 steps (no gradient)",
+        ["model.seq_content_mode=cached"],
+    ),
+    "hist_frozen": (
+        "EM3, history content from the Q-Former without gradient (no LoRA)",
+        ["model.seq_content_mode=frozen"],
+    ),
     "hist_pooled": (
         "EM3, history content from the pooled base alone (the Q-Former reads targets only)",
         ["model.seq_content_mode=pooled"],

@@ -221,6 +221,7 @@ def _world_tables(args: argparse.Namespace, world: dict[str, Any]) -> list[str]:
         (n, L) for n in model_names for L in histories if by.get((n, L)) and by[(n, L)]["extra"].get("history_items")
     ]
     if cached:
+        refresh = variant_config(args, None).model.cache_refresh_steps
         lines += [
             "",
             "`cached` bank: share of the distinct history items recomputed per timed step: "
@@ -228,8 +229,13 @@ def _world_tables(args: argparse.Namespace, world: dict[str, Any]) -> list[str]:
                 f"{n} L={L}: {100 * by[(n, L)]['extra']['refreshed'] / by[(n, L)]['extra']['history_items']:.0f}%"
                 for n, L in cached
             )
-            + f" (an entry is recomputed when older than {variant_config(args, None).model.cache_refresh_steps} steps).",
+            + f" (an entry is recomputed when older than {refresh} steps).",
         ]
+        if args.warmup <= refresh:
+            lines.append(
+                f"Warm-up ({args.warmup} steps) <= {refresh}: no bank entry was old enough to be recomputed, so this "
+                f"understates a training step's refresh work; rerun with `--warmup {refresh + 10}`."
+            )
     towers = [n for n in names if n.startswith("tower:")]
     lines += [
         "",
@@ -361,6 +367,9 @@ def _legend() -> list[str]:
         "- `id`: ID features only (the bundled `din_id`); `frozen`: ID + frozen content (`din_frozen`, the "
         "baseline); `em3`: the bundled `din_em3` exactly (its history mode, CIC and catalogue sample, precision): "
         "what a user pays (with `--bundled-prefix bx_`: `bx_din_id`, ...).",
+        "- `em3-no-catalogue` / `em3-hist-cached`: the bundled `em3` with one override: no CIC catalogue sample "
+        "(`model.cic.catalogue_samples = 0`) / history content from the `cached` bank "
+        "(`model.seq_content_mode = cached`).",
         "- `id-pipeline`: `id` stepped by TorchRec's `TrainPipelineSparseDist`, as the recipe trains (the next "
         "batch's input all-to-all is started before this step's forward and waited on after it).",
         "- `em3-<mode>`: EM3 (Fusion-Q-Former + CIC) with `seq_content_mode = <mode>` on token-level item "

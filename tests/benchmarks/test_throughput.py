@@ -12,7 +12,7 @@ import torch
 
 from benchmarks.reference_din import ReferenceDIN
 from benchmarks.throughput import main as throughput_main
-from benchmarks.throughput.variants import VARIANTS, variant_config
+from benchmarks.throughput.variants import VARIANTS, resolve, variant_config
 from data_prep.synthetic import SyntheticConfig, generate
 from em3rec.config import DataConfig, ModelConfig
 from em3rec.testing.example_batch import example_batch, example_meta
@@ -179,11 +179,24 @@ def test_counting_flops_leaves_a_compiled_qformer_compiled():
     assert counters["stats"]["unique_graphs"] >= 1
 
 
-def test_no_catalogue_variant_is_the_bundled_em3_without_the_catalogue_sample():
+@pytest.mark.parametrize(
+    ("name", "field", "value"),
+    [("em3-no-catalogue+compile", "cic.catalogue_samples", 0), ("em3-hist-cached", "seq_content_mode", "cached")],
+)
+def test_ablated_em3_variants_are_the_bundled_em3_with_one_change(name: str, field: str, value) -> None:
     args = argparse.Namespace(set=[], data="data/ml100k", batch_size=512, bundled_prefix="", config="din_em3")
     bundled = variant_config(args, VARIANTS["em3"])
-    ablated = variant_config(args, VARIANTS["em3-no-catalogue+compile"])
-    assert bundled.model.cic.catalogue_samples > 0 and ablated.model.cic.catalogue_samples == 0
-    ablated.model.cic.catalogue_samples = bundled.model.cic.catalogue_samples
+    ablated = variant_config(args, VARIANTS[name])
+    *path, leaf = field.split(".")
+
+    def owner(config):
+        node = config.model
+        for part in path:
+            node = getattr(node, part)
+        return node
+
+    assert getattr(owner(bundled), leaf) != value and getattr(owner(ablated), leaf) == value
+    assert resolve(args, VARIANTS[name]).seq_content_mode == ablated.model.seq_content_mode  # what the runner keys on
+    setattr(owner(ablated), leaf, getattr(owner(bundled), leaf))
     ablated.model.qformer.compile = bundled.model.qformer.compile
     assert ablated == bundled

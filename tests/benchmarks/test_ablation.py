@@ -1,0 +1,15 @@
+"""The ablation table's variants: the bundled EM3 with overrides that its config accepts."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.ablation import ABLATIONS
+from em3rec.config import load_config
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_every_ablation_is_a_valid_change_of_the_bundled_em3(name: str) -> None:
+    _, overrides = ABLATIONS[name]
+    assert load_config("din_em3", overrides) != load_config("din_em3")
+    load_config("bx_din_em3", overrides)  # bx's form accepts it too (some equal bx's own values)
