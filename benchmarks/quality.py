@@ -84,10 +84,20 @@ def _cell(values: list[float], signed: bool = False) -> str:
     return f"{statistics.mean(values):{sign}.4f} ± {statistics.stdev(values):.4f}"
 
 
+FEW_ROWS = 1000  # a subset metric over fewer rows than this shows its row count beside it
+
+
 def _metric_cell(runs: list[dict], split: str, metric: str) -> str:
-    """``_cell`` of ``metric`` over the runs; n/a if a run predates the metric (e.g. ``cold_user_auc``)."""
+    """``_cell`` of ``metric`` over the runs; n/a if a run predates the metric (e.g. ``cold_user_auc``).
+    A subset's metric (``cold_auc``: the rows of ``cold_rows``) over fewer than ``FEW_ROWS`` rows
+    carries the mean row count, so that e.g. bx's 2 cold-user rows are not read as a result."""
     values = [r[split].get(metric) for r in runs]
-    return "n/a" if None in values else _cell(values)
+    if None in values:
+        return "n/a"
+    rows = [r[split].get(metric.rsplit("_", 1)[0] + "_rows") for r in runs]
+    if None not in rows and (mean_rows := statistics.mean(rows)) < FEW_ROWS:
+        return f"{_cell(values)} ({mean_rows:,.0f} rows)"
+    return _cell(values)
 
 
 def _samples_per_s(runs: list[dict]) -> str:

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks.buckets import BUCKETS, bucket_aucs
-from benchmarks.quality import _earlier_runs, paired_table, table
+from benchmarks.quality import _earlier_runs, _metric_cell, paired_table, table
 from benchmarks.select_setting import report, select
 from benchmarks.summary import summary
 from benchmarks.throughput_plot import plot_by_category
@@ -174,3 +174,14 @@ def test_epoch_test_finds_end_of_epoch_checkpoints_and_pairs_by_seed(tmp_path: P
     # chosen: a picks epochs 0 / 1 (test 0.72, 0.70), b picks 1 / 0 (test 0.70, 0.73): −0.02, +0.03
     chosen = rows["chosen (best valid)"].split(" | ")
     assert chosen[1] == "2" and chosen[5] == "+0.0050 ± 0.0354"
+
+
+def test_a_metric_over_few_rows_shows_its_row_count() -> None:
+    runs = [
+        {"test": {"auc": 0.70, "cold_user_auc": 0.0, "cold_user_rows": 2, "cold_auc": 0.60, "cold_rows": 1500}},
+        {"test": {"auc": 0.72, "cold_user_auc": 1.0, "cold_user_rows": 3, "cold_auc": 0.62, "cold_rows": 1700}},
+    ]
+    assert _metric_cell(runs, "test", "cold_user_auc") == "0.5000 ± 0.7071 (2 rows)"
+    assert _metric_cell(runs, "test", "cold_auc") == "0.6100 ± 0.0141"
+    assert _metric_cell(runs, "test", "auc") == "0.7100 ± 0.0141"
+    assert _metric_cell(runs, "test", "warm_auc") == "n/a"
