@@ -14,7 +14,7 @@ from benchmarks.reference_din import ReferenceDIN
 from benchmarks.throughput import main as throughput_main
 from benchmarks.throughput.variants import VARIANTS, resolve, variant_config
 from data_prep.synthetic import SyntheticConfig, generate
-from em3rec.config import DataConfig, ModelConfig
+from em3rec.config import Config, DataConfig, ModelConfig
 from em3rec.testing.example_batch import example_batch, example_meta
 from em3rec.modules.model import EM3Train, build_model
 
@@ -183,14 +183,14 @@ def test_counting_flops_leaves_a_compiled_qformer_compiled():
     ("name", "field", "value"),
     [("em3-no-catalogue+compile", "cic.catalogue_samples", 0), ("em3-hist-cached", "seq_content_mode", "cached")],
 )
-def test_ablated_em3_variants_are_the_bundled_em3_with_one_change(name: str, field: str, value) -> None:
+def test_ablated_em3_variants_are_the_bundled_em3_with_one_change(name: str, field: str, value: object) -> None:
     args = argparse.Namespace(set=[], data="data/ml100k", batch_size=512, bundled_prefix="", config="din_em3")
     bundled = variant_config(args, VARIANTS["em3"])
     ablated = variant_config(args, VARIANTS[name])
     *path, leaf = field.split(".")
 
-    def owner(config):
-        node = config.model
+    def owner(config: Config) -> object:
+        node: object = config.model
         for part in path:
             node = getattr(node, part)
         return node
