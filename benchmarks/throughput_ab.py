@@ -59,7 +59,13 @@ def _worker(args: argparse.Namespace) -> None:
 
     store = ItemStore(base.data.path, base.data.modalities, meta)
     runners, batches, cursor = {}, {}, {}
-    fake = argparse.Namespace(set=args.set, data=args.data, batch_size=args.batch_size, config=args.config)
+    fake = argparse.Namespace(
+        set=args.set,
+        data=args.data,
+        batch_size=args.batch_size,
+        config=args.config,
+        bundled_prefix=args.bundled_prefix,
+    )
     for name in names:
         tower = name.startswith("tower:")
         variant = VARIANTS[name.removeprefix("tower:")]
@@ -97,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--data", default="data/ml100k")
     p.add_argument("--config", default="din_em3")
+    p.add_argument("--bundled-prefix", default="", help="as benchmarks.throughput's (bx_: bx_din_em3, ...)")
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--history", default="50")

@@ -116,7 +116,8 @@ class ContentTower(nn.Module):
             history_items = self.history(self.qformer, items)  # (H, D)
             if base is not None:
                 history_items = history_items + base[history_index]
-            history = place_history(history_items[position_item], mask)  # (B, L, D)
+            # index_select: its backward is an index_add (history_items[...]'s is a sorting index_put).
+            history = place_history(history_items.index_select(0, position_item), mask)  # (B, L, D)
         return ContentOutput(
             target=item_content[targets.inverse], history=history, item_content=item_content, catalogue=catalogue
         )

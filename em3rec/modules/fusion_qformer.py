@@ -2,8 +2,9 @@
 
 EM3's variant runs self-attention over ``[queries; tokens]`` (``attention = "self"``); the BLIP-2
 variant lets the queries self-attend and then cross-attend to the tokens (``attention = "cross"``).
-Attention is written with plain ``nn.Linear`` projections and ``F.scaled_dot_product_attention`` so
-that peft LoRA can target the Linears by name and ``torch.compile`` / ``torch.fx`` see plain ops.
+Attention is written with plain ``nn.Linear`` projections and ``F.scaled_dot_product_attention`` (see
+:func:`attention`) so that peft LoRA can target the Linears by name and ``torch.compile`` /
+``torch.fx`` see plain ops.
 
 Notation: ``U`` items, ``T`` tokens of all modalities together, ``Q`` queries, ``d`` model width.
 """
@@ -42,6 +43,38 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return F.dropout(x, p, training)
     keep = torch.rand_like(x) >= p
     return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d_h)) v`` written out: two batched matmuls in the inputs' dtype, the
+    softmax in at least fp32. The values of ``F.scaled_dot_product_attention`` up to rounding.
+
+    Args:
+        q (torch.Tensor): ``(U, H, S, d_h)``.
+        k (torch.Tensor): ``(U, H, K, d_h)``.
+        v (torch.Tensor): ``(U, H, K, d_h)``.
+        mask (torch.Tensor | None): bool, broadcastable to ``(U, H, S, K)``, True = attend; every
+            row needs at least one True. None = attend to all.
+
+    Returns:
+        torch.Tensor: ``(U, H, S, d_h)`` in the dtype of ``v``.
+    """
+    scores = q @ k.transpose(-1, -2)  # (U, H, S, K)
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * q.shape[-1] ** -0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1).to(v.dtype) @ v  # (U, H, S, d_h)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Scaled dot-product attention by the faster kernel for the Q-Former's shapes (2 query rows,
+    ~50 keys, head width 16): ``F.scaled_dot_product_attention``, except on CPU in bf16/fp16. There
+    its flash kernel is slow: the Q-Former forward + backward at ml-100k's shapes takes 1.13x as
+    long with it as with :func:`explicit_attention`, and 1.3x as long with it in fp32
+    (``benchmarks/throughput_ab.py``, 2 threads, AMX). Shapes as :func:`explicit_attention`."""
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        return explicit_attention(q, k, v, mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class MultiHeadAttention(nn.Module):
@@ -85,7 +118,7 @@ class MultiHeadAttention(nn.Module):
         k = self.k_proj(context).view(U, K, H, d // H).transpose(1, 2)  # (U, H, K, d/H)
         v = self.v_proj(context).view(U, K, H, d // H).transpose(1, 2)  # (U, H, K, d/H)
         mask = None if key_mask is None else key_mask[:, None, None, :]  # (U, 1, 1, K)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (U, H, S, d/H)
+        y = attention(q, k, v, mask)  # (U, H, S, d/H)
         return self.out_proj(y.transpose(1, 2).reshape(U, S, d))  # (U, S, d)
 
 
@@ -281,7 +314,8 @@ class FusionQFormer(nn.Module):
             x = tokens[m]  # (N, T_m, W_m)
             T_m = x.shape[1]
             slots = torch.arange(T_m, device=device)  # (T_m,)
-            real = x.reshape(-1, x.shape[-1])[(source_rows * T_m + slots)[mask]]  # (R_m, W_m): real tokens only
+            flat = x.reshape(-1, x.shape[-1])  # (N * T_m, W_m)
+            real = flat.index_select(0, (source_rows * T_m + slots)[mask])  # (R_m, W_m): real tokens only
             values.append(self.token_proj[m](self._cast_tokens(real)) + self.modality_embedding[i])  # (R_m, d)
             positions.append((rows * T + offset + slots)[mask])  # (R_m,) flat positions in (U, T)
             offset += T_m
