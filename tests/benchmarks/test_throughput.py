@@ -200,3 +200,34 @@ def test_ablated_em3_variants_are_the_bundled_em3_with_one_change(name: str, fie
     setattr(owner(ablated), leaf, getattr(owner(bundled), leaf))
     ablated.model.qformer.compile = bundled.model.qformer.compile
     assert ablated == bundled
+
+
+@pytest.mark.slow
+def test_before_after_harness_runs_two_trees(tiny_dataset: Path, tmp_path: Path):
+    from benchmarks.throughput_ab import ROOT
+    from benchmarks.throughput_ab import main as ab_main
+
+    out = tmp_path / "ab.md"
+    ab_main(
+        [
+            "--before",
+            str(ROOT),  # this checkout on both sides: the harness is what is tested
+            "--data",
+            str(tiny_dataset),
+            "--batch-size",
+            "16",
+            "--history",
+            "20",
+            "--variants",
+            "em3,tower:em3",
+            "--rounds",
+            "1",
+            "--steps",
+            "1",
+            *TINY_MODEL,
+            "--out",
+            str(out),
+        ]
+    )
+    text = out.read_text()
+    assert "| em3 | 20 |" in text and "| tower:em3 | 20 |" in text
