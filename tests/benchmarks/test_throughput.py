@@ -80,15 +80,15 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def _tiny_data(dataset: Path, history: str) -> list[str]:
+    """The harnesses' data options on the tiny dataset: 16 rows per batch, ``history`` as given."""
+    return ["--data", str(dataset), "--batch-size", "16", "--history", history]
+
+
 def test_harness_runs_every_kind_of_block(tiny_dataset: Path, tmp_path: Path):
     worlds = throughput_main(
         [
-            "--data",
-            str(tiny_dataset),
-            "--batch-size",
-            "16",
-            "--history",
-            "5,20",
+            *_tiny_data(tiny_dataset, history="5,20"),
             "--variants",
             "id,id-pipeline,frozen,em3,em3@fp32,em3-lora,em3-cached/pooled,em3-full-nodedup,ref-sparse",
             "--tower-variants",
@@ -129,12 +129,7 @@ def test_profile_mode_writes_a_table(tiny_dataset: Path, tmp_path: Path):
     throughput_main(
         [
             "--profile",
-            "--data",
-            str(tiny_dataset),
-            "--batch-size",
-            "16",
-            "--history",
-            "20",
+            *_tiny_data(tiny_dataset, history="20"),
             "--variants",
             "em3-lora",
             "--steps",
@@ -212,12 +207,7 @@ def test_before_after_harness_runs_two_trees(tiny_dataset: Path, tmp_path: Path)
         [
             "--before",
             str(ROOT),  # this checkout on both sides: the harness is what is tested
-            "--data",
-            str(tiny_dataset),
-            "--batch-size",
-            "16",
-            "--history",
-            "20",
+            *_tiny_data(tiny_dataset, history="20"),
             "--variants",
             "em3,tower:em3",
             "--rounds",
