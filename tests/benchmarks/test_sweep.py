@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
@@ -19,7 +20,9 @@ def test_draws_are_distinct_repeatable_grid_points() -> None:
     assert trials == draw_trials(grid, 5, draw_seed=0)  # a rerun draws the same trials
     assert len({tuple(t) for t in trials}) == 5
     for t in trials:  # every trial sets every key of the grid, to one of its values
-        assert [o.split("=")[0] for o in t] == sorted(grid)
+        pairs = [o.split("=", 1) for o in t]
+        assert [k for k, _ in pairs] == sorted(grid)
+        assert all(json.loads(v) in grid[k] for k, v in pairs)
     with pytest.raises(ValueError, match="cannot fill 9 trials"):
         draw_trials(grid, 9, draw_seed=0)
 
