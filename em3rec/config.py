@@ -103,11 +103,15 @@ class LoraConfig:
     dropout: float = 0.0
     # Module names in the Q-Former: every nn.Linear whose qualified name has one of these as a
     # component gets an adapter ("attn": q/k/v/out projections of the self-attention, "cross_attn":
-    # those of the BLIP-2 cross-attention, "token_proj": the per-modality token projections,
-    # "mlp", "head"). Names that match nothing in this Q-Former are skipped. The default adapts the
-    # attention only (LoRA's usual choice): adapting token_proj too costs ~30% more step time at
-    # ml-100k shapes (element-wise passes over every history token) for 2.75x the adapter params.
-    target_modules: list[str] = field(default_factory=lambda: ["attn", "cross_attn"])
+    # those of the BLIP-2 cross-attention, "q_proj" / "k_proj" / "v_proj" / "out_proj": those
+    # projections of either, "token_proj": the per-modality token projections, "mlp", "head").
+    # Names that match nothing in this Q-Former are skipped. The default adapts the query side
+    # only (the queries' attention projections and the feed-forward), so the history branch reuses
+    # the token side, keys and values of the tokens, that the base weights give (LoraHistory): an
+    # adapter on token_proj, k_proj or v_proj makes it recompute every history item's tokens with
+    # gradient (ml-100k DIN: the tower 1.5x and the step 1.12-1.15x slower, with ~equal AUC;
+    # benchmarks/results/throughput_ab_lora_query_side_ml100k.md, ml100k_ablation_din_lora_query_side.md).
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "out_proj", "mlp"])
 
 
 @dataclass

@@ -101,7 +101,8 @@ class ContentTower(nn.Module):
         # The distinct targets and the catalogue sample through the target branch in one call.
         V = targets.index.shape[0]
         rows = torch.cat([targets.index, batch.catalogue_content_index])  # (V + K,)
-        encoded = self.qformer(tokens, token_mask, rows).pooled  # (V + K, D)
+        target = self.qformer(tokens, token_mask, rows)
+        encoded = target.pooled  # (V + K, D)
         target_content = encoded[:V]  # (V, D): the Q-Former part, which the history branch may reuse
         if base is not None:
             encoded = encoded + base[rows]
@@ -111,7 +112,7 @@ class ContentTower(nn.Module):
             # Only the items at real history positions: (H,) distinct, (P,) one per real position.
             history_index, position_item = torch.unique(batch.history_content_index[mask], return_inverse=True)
             items = HistoryItems(
-                tokens, token_mask, batch.content_item_ids, history_index, targets.index, target_content
+                tokens, token_mask, batch.content_item_ids, history_index, targets.index, target_content, target.context
             )
             history_items = self.history(self.qformer, items)  # (H, D)
             if base is not None:

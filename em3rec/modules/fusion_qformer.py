@@ -6,7 +6,14 @@ Attention is written with plain ``nn.Linear`` projections and ``F.scaled_dot_pro
 :func:`attention`) so that peft LoRA can target the Linears by name and ``torch.compile`` /
 ``torch.fx`` see plain ops.
 
-Notation: ``U`` items, ``T`` tokens of all modalities together, ``Q`` queries, ``d`` model width.
+Where the token side does not depend on the queries (BLIP-2's cross-attention, or a single
+self-attention layer) the forward runs in two parts: :meth:`FusionQFormer.context` (the token side:
+projections, and the attention keys and values of the tokens) and :meth:`FusionQFormer.decode` (the
+query side over them). The history branch reuses the target branch's context for the items both
+branches encode (``em3rec.modules.history_encoders.LoraHistory``).
+
+Notation: ``U`` items, ``T`` tokens of all modalities together, ``Q`` queries, ``d`` model width,
+``K`` keys per item, ``H`` heads.
 """
 
 from __future__ import annotations
@@ -21,6 +28,37 @@ from em3rec.config import QFORMER_ATTENTIONS, QFormerConfig
 
 
 @dataclass
+class TokenContext:
+    """The token side of ``U`` items: what :meth:`FusionQFormer.decode` reads of their tokens.
+
+    Fields:
+        keys_values: per layer, the attention's keys and values ``(U, H, K, d/H)`` each (for
+            self-attention ``K = Q + T``: the queries' rows first, the same for every item).
+        token_mask: ``(U, T)`` bool, True for a real token.
+    """
+
+    keys_values: list[tuple[torch.Tensor, torch.Tensor]]
+    token_mask: torch.Tensor
+
+    def select(self, index: torch.Tensor) -> TokenContext:
+        """Rows ``index (U',)`` of every field."""
+        return TokenContext(
+            [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.keys_values],
+            self.token_mask.index_select(0, index),
+        )
+
+    def detach(self) -> TokenContext:
+        return TokenContext([(k.detach(), v.detach()) for k, v in self.keys_values], self.token_mask)
+
+    @staticmethod
+    def cat(parts: list[TokenContext]) -> TokenContext:
+        """The items of ``parts`` one after the other (same layers, ``T`` and dtype)."""
+        layers = zip(*(part.keys_values for part in parts))
+        keys_values = [(torch.cat([k for k, _ in kv]), torch.cat([v for _, v in kv])) for kv in layers]
+        return TokenContext(keys_values, torch.cat([part.token_mask for part in parts]))
+
+
+@dataclass
 class QFormerOutput:
     """Output of :class:`FusionQFormer`.
 
@@ -28,10 +66,13 @@ class QFormerOutput:
         query_embeddings: ``(U, Q, d)`` the final (layer-normed) query vectors.
         pooled: ``(U, out_dim)`` the flattened query vectors through a Linear (times the gate when
             gated): the item's content embedding.
+        context: the items' token side (with gradient), for reuse; None where the token side
+            depends on the queries (self-attention with several layers).
     """
 
     query_embeddings: torch.Tensor
     pooled: torch.Tensor
+    context: TokenContext | None = None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -100,6 +141,26 @@ class MultiHeadAttention(nn.Module):
         self.v_proj = nn.Linear(dim, dim)
         self.out_proj = nn.Linear(dim, dim)
 
+    def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``(U, H, K, d/H)`` each of the context rows ``(U, K, d)``."""
+        U, K, d = context.shape
+        H = self._num_heads
+        k = self.k_proj(context).view(U, K, H, d // H).transpose(1, 2)  # (U, H, K, d/H)
+        v = self.v_proj(context).view(U, K, H, d // H).transpose(1, 2)  # (U, H, K, d/H)
+        return k, v
+
+    def attend(
+        self, x: torch.Tensor, keys_values: tuple[torch.Tensor, torch.Tensor], key_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The rows ``x (U, S, d)`` attend to precomputed :meth:`keys_values`; ``key_mask`` as
+        :meth:`forward`. Returns ``(U, S, d)``."""
+        U, S, d = x.shape
+        H = self._num_heads
+        q = self.q_proj(x).view(U, S, H, d // H).transpose(1, 2)  # (U, H, S, d/H)
+        mask = None if key_mask is None else key_mask[:, None, None, :]  # (U, 1, 1, K)
+        y = attention(q, *keys_values, mask)  # (U, H, S, d/H)
+        return self.out_proj(y.transpose(1, 2).reshape(U, S, d))  # (U, S, d)
+
     def forward(self, x: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         """
         Args:
@@ -111,15 +172,7 @@ class MultiHeadAttention(nn.Module):
         Returns:
             torch.Tensor: ``(U, S, d)``.
         """
-        U, S, d = x.shape
-        K = context.shape[1]
-        H = self._num_heads
-        q = self.q_proj(x).view(U, S, H, d // H).transpose(1, 2)  # (U, H, S, d/H)
-        k = self.k_proj(context).view(U, K, H, d // H).transpose(1, 2)  # (U, H, K, d/H)
-        v = self.v_proj(context).view(U, K, H, d // H).transpose(1, 2)  # (U, H, K, d/H)
-        mask = None if key_mask is None else key_mask[:, None, None, :]  # (U, 1, 1, K)
-        y = attention(q, k, v, mask)  # (U, H, S, d/H)
-        return self.out_proj(y.transpose(1, 2).reshape(U, S, d))  # (U, S, d)
+        return self.attend(x, self.keys_values(context), key_mask)
 
 
 class FeedForward(nn.Module):
@@ -178,6 +231,20 @@ class SelfAttentionLayer(nn.Module):
         x = x + self._attention_dropout(self.attn(rows, h, key_mask))
         return x + self._ffn_dropout(self.mlp(self.ln_mlp(x)))
 
+    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention's keys and values ``(U, H, Q + T, d/H)`` of ``x (U, Q + T, d)``."""
+        return self.attn.keys_values(self.ln_attn(x))
+
+    def decode(
+        self, queries: torch.Tensor, keys_values: tuple[torch.Tensor, torch.Tensor], token_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The query rows of :meth:`forward` (with ``num_out = Q``) over precomputed
+        :meth:`keys_values`: ``queries (U, Q, d)``, ``token_mask (U, T)`` -> ``(U, Q, d)``."""
+        U, Q, _ = queries.shape
+        key_mask = torch.cat([token_mask.new_ones(U, Q), token_mask], dim=1)  # (U, Q + T)
+        queries = queries + self._attention_dropout(self.attn.attend(self.ln_attn(queries), keys_values, key_mask))
+        return queries + self._ffn_dropout(self.mlp(self.ln_mlp(queries)))
+
 
 class CrossAttentionLayer(nn.Module):
     """BLIP-2-style layer: queries self-attend, then cross-attend to the tokens, then an MLP.
@@ -200,6 +267,25 @@ class CrossAttentionLayer(nn.Module):
         self._attention_dropout = nn.Dropout(attention_dropout)
         self._ffn_dropout = nn.Dropout(ffn_dropout)
 
+    def keys_values(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cross-attention's keys and values ``(U, H, T, d/H)`` of ``tokens (U, T, d)``."""
+        return self.cross_attn.keys_values(tokens)
+
+    def decode(
+        self, queries: torch.Tensor, keys_values: tuple[torch.Tensor, torch.Tensor], token_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`forward` over precomputed :meth:`keys_values`."""
+        h = self.ln_attn(queries)
+        queries = queries + self._attention_dropout(self.attn(h, h, None))
+        has_tokens = token_mask.any(dim=1)  # (U,)
+        # An item without tokens attends to its (padding) tokens so that softmax stays finite; the
+        # result is then zeroed, so neither the output nor any gradient depends on them.
+        safe_mask = token_mask | ~has_tokens[:, None]  # (U, T)
+        cross = self.cross_attn.attend(self.ln_cross(queries), keys_values, safe_mask)  # (U, Q, d)
+        cross = torch.where(has_tokens[:, None, None], cross, torch.zeros_like(cross))
+        queries = queries + self._attention_dropout(cross)
+        return queries + self._ffn_dropout(self.mlp(self.ln_mlp(queries)))
+
     def forward(self, queries: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         """
         Args:
@@ -210,16 +296,7 @@ class CrossAttentionLayer(nn.Module):
         Returns:
             torch.Tensor: ``(U, Q, d)``.
         """
-        h = self.ln_attn(queries)
-        queries = queries + self._attention_dropout(self.attn(h, h, None))
-        has_tokens = token_mask.any(dim=1)  # (U,)
-        # An item without tokens attends to its (padding) tokens so that softmax stays finite; the
-        # result is then zeroed, so neither the output nor any gradient depends on them.
-        safe_mask = token_mask | ~has_tokens[:, None]  # (U, T)
-        cross = self.cross_attn(self.ln_cross(queries), tokens, safe_mask)  # (U, Q, d)
-        cross = torch.where(has_tokens[:, None, None], cross, torch.zeros_like(cross))
-        queries = queries + self._attention_dropout(cross)
-        return queries + self._ffn_dropout(self.mlp(self.ln_mlp(queries)))
+        return self.decode(queries, self.keys_values(tokens), token_mask)
 
 
 class FusionQFormer(nn.Module):
@@ -341,11 +418,63 @@ class FusionQFormer(nn.Module):
         token_mask_all = torch.cat([token_mask[m] for m in self._modalities], dim=1)  # (U, T)
         return x_tokens, token_mask_all
 
+    @property
+    def separable(self) -> bool:
+        """Whether the token side is independent of the queries (cross-attention, or one
+        self-attention layer): then the forward is :meth:`context` then :meth:`decode`."""
+        return self._cross or len(self.layers) == 1
+
+    def token_side_linears(self) -> set[str]:
+        """Qualified names of the ``nn.Linear`` modules that :meth:`context` runs (an adapter on one
+        of them changes the context)."""
+        names = {f"token_proj.{m}" for m in self._modalities}
+        attn = "cross_attn" if self._cross else "attn"
+        for i in range(len(self.layers) if self.separable else 0):
+            names |= {f"layers.{i}.{attn}.k_proj", f"layers.{i}.{attn}.v_proj"}
+        return names
+
+    def context(
+        self, tokens: dict[str, torch.Tensor], token_mask: dict[str, torch.Tensor], index: torch.Tensor | None = None
+    ) -> TokenContext:
+        """The token side of the items (only where :attr:`separable`). Args: as :meth:`forward`."""
+        if not self.separable:
+            raise ValueError("a self-attention Q-Former with several layers has no separate token side")
+        if torch.compiler.is_compiling():  # the packed path has data-dependent shapes
+            x_tokens, token_mask_all = self.embed_tokens_dense(tokens, token_mask, index)
+        else:
+            x_tokens, token_mask_all = self.embed_tokens(tokens, token_mask, index)
+        return self._context(x_tokens, token_mask_all)
+
+    def _context(self, x_tokens: torch.Tensor, token_mask_all: torch.Tensor) -> TokenContext:
+        if self._cross:
+            x_tokens = self.token_norm(x_tokens)  # (U, T, d)
+            return TokenContext([layer.keys_values(x_tokens) for layer in self.layers], token_mask_all)
+        queries = self.queries.expand(x_tokens.shape[0], -1, -1)  # (U, Q, d)
+        x = torch.cat([queries, x_tokens], dim=1)  # (U, Q + T, d)
+        return TokenContext([self.layers[0].keys_values(x)], token_mask_all)
+
+    def decode(self, context: TokenContext) -> QFormerOutput:
+        """The query side over the items' token side: queries, their layers, the head and gate."""
+        # A copy, not a view: under no_grad a view of a parameter keeps requires_grad without a
+        # grad_fn, which module hooks that track gradients (torch's FlopCounterMode) reject.
+        queries = self.queries.expand(context.token_mask.shape[0], -1, -1).contiguous()  # (U, Q, d)
+        for layer, keys_values in zip(self.layers, context.keys_values):
+            queries = layer.decode(queries, keys_values, context.token_mask)  # (U, Q, d)
+        return self._output(queries, context)
+
+    def _output(self, queries: torch.Tensor, context: TokenContext | None) -> QFormerOutput:
+        query_embeddings = self.ln_final(queries)  # (U, Q, d)
+        pooled = self.head(query_embeddings.flatten(1))  # (U, out_dim)
+        if self.gate is not None:
+            pooled = pooled * self.gate
+        return QFormerOutput(query_embeddings=query_embeddings, pooled=pooled, context=context)
+
     def forward(
         self,
-        tokens: dict[str, torch.Tensor],
-        token_mask: dict[str, torch.Tensor],
+        tokens: dict[str, torch.Tensor] | None = None,
+        token_mask: dict[str, torch.Tensor] | None = None,
         index: torch.Tensor | None = None,
+        context: TokenContext | None = None,
     ) -> QFormerOutput:
         """
         Args:
@@ -355,31 +484,26 @@ class FusionQFormer(nn.Module):
             index (torch.Tensor | None): ``(U,)`` int64 rows of ``tokens`` to encode (repeats
                 allowed); None = all ``N`` rows. Passing the rows saves gathering copies of their
                 tokens first.
+            context (TokenContext | None): instead of the three above, the items' token side
+                already computed (:meth:`context`): runs :meth:`decode` only.
 
         Returns:
-            QFormerOutput: ``query_embeddings (U, Q, d)``, ``pooled (U, out_dim)``.
+            QFormerOutput: ``query_embeddings (U, Q, d)``, ``pooled (U, out_dim)``, ``context``.
         """
+        if context is not None:
+            return self.decode(context)
         if torch.compiler.is_compiling():  # the packed path has data-dependent shapes
             x_tokens, token_mask_all = self.embed_tokens_dense(tokens, token_mask, index)
         else:
             x_tokens, token_mask_all = self.embed_tokens(tokens, token_mask, index)
+        if self.separable:
+            return self.decode(self._context(x_tokens, token_mask_all))
+
+        # Several self-attention layers: the token rows change from layer to layer.
         U, Q = x_tokens.shape[0], self._num_queries
-        queries = self.queries.expand(U, -1, -1)  # (U, Q, d)
-
-        if self._cross:
-            x_tokens = self.token_norm(x_tokens)
-            for layer in self.layers:
-                queries = layer(queries, x_tokens, token_mask_all)  # (U, Q, d)
-        else:
-            x = torch.cat([queries, x_tokens], dim=1)  # (U, Q + T, d)
-            key_mask = torch.cat([token_mask_all.new_ones(U, Q), token_mask_all], dim=1)  # (U, Q + T)
-            last = len(self.layers) - 1
-            for i, layer in enumerate(self.layers):
-                x = layer(x, key_mask, num_out=Q if i == last else None)
-            queries = x[:, :Q]  # (U, Q, d)
-
-        query_embeddings = self.ln_final(queries)  # (U, Q, d)
-        pooled = self.head(query_embeddings.flatten(1))  # (U, out_dim)
-        if self.gate is not None:
-            pooled = pooled * self.gate
-        return QFormerOutput(query_embeddings=query_embeddings, pooled=pooled)
+        x = torch.cat([self.queries.expand(U, -1, -1), x_tokens], dim=1)  # (U, Q + T, d)
+        key_mask = torch.cat([token_mask_all.new_ones(U, Q), token_mask_all], dim=1)  # (U, Q + T)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x, key_mask, num_out=Q if i == last else None)
+        return self._output(x[:, :Q], None)  # (U, Q, d) queries

@@ -28,7 +28,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from em3rec.config import LoraConfig
-from em3rec.modules.fusion_qformer import FusionQFormer
+from em3rec.modules.fusion_qformer import FusionQFormer, TokenContext
 
 HISTORY_ADAPTER = "history"
 
@@ -43,6 +43,8 @@ class HistoryItems:
         index: ``(H,)`` int64 rows of the distinct items at real history positions.
         target_index: ``(V,)`` int64 rows of the distinct target items.
         target_content: ``(V, D)`` the target branch's Q-Former output for them (with gradient).
+        target_context: the target branch's token side, its first ``V`` rows those targets (None
+            where the Q-Former has no separate token side).
     """
 
     tokens: dict[str, torch.Tensor]
@@ -51,6 +53,7 @@ class HistoryItems:
     index: torch.Tensor
     target_index: torch.Tensor
     target_content: torch.Tensor
+    target_context: TokenContext | None = None
 
     def target_position(self) -> torch.Tensor:
         """``(H,)`` int64: each history item's row in ``target_content``, or -1 if it is no target."""
@@ -133,6 +136,14 @@ class LoraHistory(nn.Module):
     history copy whose base is synced every N steps, would double the dense state and make the
     history side lag.
 
+    With adapters on the query side only (the default ``target_modules``) and a Q-Former whose
+    token side does not depend on the queries (``FusionQFormer.separable``), the branch runs the
+    adapted Q-Former over the token side that the base weights give (``shares_context``): the target
+    branch's, detached, for history items that are also targets, and one computed without gradient
+    for the others. The same values and gradients as the full call (:meth:`encode`, the reference),
+    without the token side's second forward and its backward. Adapters on ``token_proj`` or on the
+    token keys/values take the full call.
+
     Args:
         qformer (FusionQFormer): the Q-Former to adapt in place.
         config (LoraConfig): ``rank``, ``alpha``, ``dropout``, ``target_modules``.
@@ -147,11 +158,9 @@ class LoraHistory(nn.Module):
 
     def __init__(self, qformer: FusionQFormer, config: LoraConfig) -> None:
         super().__init__()
+        targets = lora_target_names(qformer, config.target_modules)
         peft_config = peft.LoraConfig(
-            r=config.rank,
-            lora_alpha=config.alpha,
-            lora_dropout=config.dropout,
-            target_modules=lora_target_names(qformer, config.target_modules),
+            r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets
         )
         peft.inject_adapter_in_model(peft_config, qformer, adapter_name=HISTORY_ADAPTER)
         self._base_names = []
@@ -166,8 +175,11 @@ class LoraHistory(nn.Module):
             if isinstance(module, peft.tuners.lora.LoraLayer) and HISTORY_ADAPTER in module.lora_A
         ]
         self.merge = config.dropout == 0.0
+        # Adapters on the query side only: a history item's token side is the target branch's.
+        self.shares_context = qformer.separable and not set(targets) & qformer.token_side_linears()
 
-    def encode(self, qformer: FusionQFormer, tokens, token_mask, index: torch.Tensor | None) -> torch.Tensor:
+    def _call(self, qformer: FusionQFormer, args: tuple, kwargs: dict) -> torch.Tensor:
+        """``qformer(*args, **kwargs).pooled`` with the base weights detached and the adapters on."""
         params = dict(qformer.named_parameters())
         detached = {name: params[name].detach() for name in self._base_names}
         if self.merge:
@@ -175,15 +187,32 @@ class LoraHistory(nn.Module):
             # passes over the rows, and the adapters' gradients through an (out, in) weight gradient.
             for base, layer in self._adapted:
                 detached[base] = detached[base] + layer.get_delta_weight(HISTORY_ADAPTER)  # (out, in): s B A
-            return torch.func.functional_call(qformer, detached, (tokens, token_mask, index)).pooled
+            return torch.func.functional_call(qformer, detached, args, kwargs).pooled
         _set_adapters(qformer, enabled=True)
         try:
-            return torch.func.functional_call(qformer, detached, (tokens, token_mask, index)).pooled
+            return torch.func.functional_call(qformer, detached, args, kwargs).pooled
         finally:
             _set_adapters(qformer, enabled=False)
 
+    def encode(self, qformer: FusionQFormer, tokens, token_mask, index: torch.Tensor | None) -> torch.Tensor:
+        return self._call(qformer, (tokens, token_mask, index), {})
+
     def forward(self, qformer: FusionQFormer, items: HistoryItems) -> torch.Tensor:
-        return self.encode(qformer, items.tokens, items.token_mask, items.index)
+        if not self.shares_context or items.target_context is None:
+            return self.encode(qformer, items.tokens, items.token_mask, items.index)
+        # The token side (projections, keys and values: most of the work) is the base weights'
+        # alone: history items that are also targets take the target branch's, detached; the
+        # others' is computed without gradient. Only the query side runs with the adapters.
+        # (With token dropout the shared items keep the target branch's draw.)
+        position = items.target_position()  # (H,)
+        is_target = position >= 0
+        with torch.no_grad():
+            rest = qformer.context(items.tokens, items.token_mask, items.index[~is_target])
+        shared = items.target_context.select(position[is_target]).detach()
+        context = TokenContext.cat([shared, rest])  # the H items, targets first
+        order = torch.cat([is_target.nonzero().squeeze(1), (~is_target).nonzero().squeeze(1)])  # (H,)
+        pooled = self._call(qformer, (), {"context": context})  # (H, D) in the context's order
+        return torch.empty_like(pooled).index_copy(0, order, pooled)  # (H, D) in items.index's order
 
 
 class CachedHistory(nn.Module):

@@ -12,6 +12,7 @@ from em3rec.modules.model import build_history_encoder
 
 WIDTHS = {"title": 24, "meta": 20}
 LORA = LoraConfig(rank=2, alpha=4.0, target_modules=["attn", "cross_attn", "token_proj"])
+QUERY_SIDE_LORA = LoraConfig(rank=2, alpha=4.0)  # the default targets: q_proj, out_proj, mlp
 
 
 def _tower(
@@ -21,19 +22,21 @@ def _tower(
     pooled_base: bool = False,
     num_items: int = 0,
     cache_refresh_steps: int = 50,
+    num_layers: int = 2,
+    lora: LoraConfig = LORA,
 ) -> ContentTower:
     torch.manual_seed(0)
     config = QFormerConfig(
         dim=16,
         num_heads=2,
-        num_layers=2,
+        num_layers=num_layers,
         token_dropout=0.0,
         attention_dropout=0.0,
         ffn_dropout=0.0,
         attention=attention,
     )
     qformer = FusionQFormer(WIDTHS, config, gated=pooled_base)
-    model_config = ModelConfig(seq_content_mode=mode, lora=LORA, cache_refresh_steps=cache_refresh_steps)
+    model_config = ModelConfig(seq_content_mode=mode, lora=lora, cache_refresh_steps=cache_refresh_steps)
     history = build_history_encoder(model_config, qformer, num_items)
     base = PooledContentProjection(WIDTHS, 16) if pooled_base else None
     tower = ContentTower(qformer, history, base, dedup=dedup)
@@ -84,6 +87,49 @@ def test_dedup_matches_per_position_reference(batch, mode, attention, pooled_bas
     assert grads_fast.keys() == grads_slow.keys() and grads_fast
     for name in grads_fast:
         torch.testing.assert_close(grads_fast[name], grads_slow[name], rtol=1e-10, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("attention,num_layers", [("self", 1), ("cross", 1), ("cross", 2)])
+@pytest.mark.parametrize("pooled_base", [False, True])
+def test_lora_history_on_the_shared_token_side_matches_the_full_call(batch, attention, num_layers, pooled_base):
+    # Query-side adapters: the history branch decodes over the target branch's token side
+    # (detached) and a no-gradient one for the other items; the per-position reference runs the
+    # whole adapted Q-Former per position. float64: values and every gradient agree.
+    targets = DistinctTargets.of(batch.target_content_index, batch.weights)
+    kwargs = dict(attention=attention, num_layers=num_layers, pooled_base=pooled_base, lora=QUERY_SIDE_LORA)
+    fast = _tower("lora", dedup=True, **kwargs).eval().double()
+    slow = _tower("lora", dedup=False, **kwargs).eval().double()
+    slow.load_state_dict(fast.state_dict())
+    assert fast.history.shares_context
+    history_items = torch.unique(batch.history_content_index[batch.history_mask])
+    is_target = torch.isin(history_items, targets.index)
+    assert is_target.any() and not is_target.all()  # both halves of the shared path run
+    out_fast, out_slow = fast(batch, targets), slow(batch, targets)
+    torch.testing.assert_close(out_fast.history, out_slow.history, rtol=1e-12, atol=1e-12)
+    _loss(out_fast).backward()
+    _loss(out_slow).backward()
+    grads_fast, grads_slow = _grads(fast), _grads(slow)
+    assert grads_fast.keys() == grads_slow.keys()
+    assert any("lora_" in name for name in grads_fast)
+    for name in grads_fast:
+        torch.testing.assert_close(grads_fast[name], grads_slow[name], rtol=1e-10, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize(
+    "attention,num_layers,targets,shares",
+    [
+        ("self", 1, ["q_proj", "out_proj", "mlp"], True),
+        ("self", 2, ["q_proj", "out_proj", "mlp"], False),  # token rows change from layer to layer
+        ("self", 1, ["attn"], False),  # adapters on the token keys and values
+        ("cross", 2, ["attn", "mlp", "head"], True),  # the self-attention over the queries only
+        ("cross", 2, ["cross_attn"], False),
+        ("cross", 1, ["q_proj", "token_proj"], False),
+    ],
+)
+def test_which_adapters_keep_the_token_side_shared(attention, num_layers, targets, shares):
+    lora = LoraConfig(rank=2, alpha=4.0, target_modules=targets)
+    tower = _tower("lora", attention=attention, num_layers=num_layers, lora=lora)
+    assert tower.history.shares_context is shares
 
 
 def test_lora_history_branch_trains_only_adapters(batch):

@@ -187,3 +187,15 @@ def test_cpu_bf16_attention_stays_within_bf16_rounding_of_fp32():
     out = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), expected, atol=3e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("attention", ["self", "cross"])
+def test_flop_counter_module_hooks_run_under_no_grad(attention):
+    # FlopCounterMode(module) hooks every submodule's inputs for the backward; under no_grad a view
+    # of a parameter as an input (requires_grad without a grad_fn) makes those hooks fail.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    qformer = _qformer(attention, num_layers=1)
+    with FlopCounterMode(qformer, display=False) as counter, torch.no_grad():
+        qformer(*_inputs())
+    assert counter.get_total_flops() > 0
