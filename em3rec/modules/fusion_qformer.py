@@ -439,11 +439,14 @@ class FusionQFormer(nn.Module):
         """The token side of the items (only where :attr:`separable`). Args: as :meth:`forward`."""
         if not self.separable:
             raise ValueError("a self-attention Q-Former with several layers has no separate token side")
-        if torch.compiler.is_compiling():  # the packed path has data-dependent shapes
-            x_tokens, token_mask_all = self.embed_tokens_dense(tokens, token_mask, index)
-        else:
-            x_tokens, token_mask_all = self.embed_tokens(tokens, token_mask, index)
-        return self._context(x_tokens, token_mask_all)
+        return self._context(*self._embed(tokens, token_mask, index))
+
+    def _embed(self, tokens, token_mask, index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`embed_tokens`, or its dense reference under torch.compile (the packed path has
+        data-dependent shapes)."""
+        if torch.compiler.is_compiling():
+            return self.embed_tokens_dense(tokens, token_mask, index)
+        return self.embed_tokens(tokens, token_mask, index)
 
     def _context(self, x_tokens: torch.Tensor, token_mask_all: torch.Tensor) -> TokenContext:
         if self._cross:
@@ -492,10 +495,7 @@ class FusionQFormer(nn.Module):
         """
         if context is not None:
             return self.decode(context)
-        if torch.compiler.is_compiling():  # the packed path has data-dependent shapes
-            x_tokens, token_mask_all = self.embed_tokens_dense(tokens, token_mask, index)
-        else:
-            x_tokens, token_mask_all = self.embed_tokens(tokens, token_mask, index)
+        x_tokens, token_mask_all = self._embed(tokens, token_mask, index)
         if self.separable:
             return self.decode(self._context(x_tokens, token_mask_all))
 
