@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -24,6 +23,7 @@ from data_prep.synthetic import SyntheticConfig, generate
 from em3rec.config import load_config
 from em3rec.distributed import init_distributed
 from em3rec.train import Recipe
+from tests.processes import kill_job
 from tests.train.conftest import ROOT, TINY
 
 # 6011 rows: train 4809, valid 601, test 601. Two ranks of 64-row batches drop 73 training rows per
@@ -149,8 +149,7 @@ class Job:
 
     def kill(self) -> None:
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            kill_job(self.proc)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +15,7 @@ from em3rec.distributed import init_distributed
 from em3rec.train import Recipe
 
 from data_prep.synthetic import SyntheticConfig, generate
+from tests.processes import kill_job
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,7 +85,7 @@ def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def run_and_kill_after(cmd: list[str], marker: Path, timeout: float = 300) -> None:
-    """Start ``cmd`` in its own process group and SIGKILL the whole group once ``marker`` exists."""
+    """Start ``cmd`` and SIGKILL it with all its workers once ``marker`` exists."""
     log = marker.parent.parent / "killed_run.log"  # a file, not a pipe: a full pipe would block the job
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
@@ -98,11 +97,10 @@ def run_and_kill_after(cmd: list[str], marker: Path, timeout: float = 300) -> No
                 f"run ended (rc={proc.returncode}) before {marker} appeared:\n{log.read_text()[-4000:]}"
             )
         if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_job(proc)
             raise AssertionError(f"{marker} did not appear in {timeout}s")
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_job(proc)
 
 
 def metrics(run_dir: Path) -> dict:
