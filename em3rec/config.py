@@ -112,6 +112,10 @@ class LoraConfig:
     # gradient (ml-100k DIN: the tower 1.5x and the step 1.12-1.15x slower, with ~equal AUC;
     # benchmarks/results/throughput_ab_lora_query_side_ml100k.md, ml100k_ablation_din_lora_query_side.md).
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "out_proj", "mlp"])
+    # Fold each adapter into its Linear for the history call (W + s B A: one matmul per Linear, the
+    # adapters' gradients through an (out, in) weight gradient); false runs peft's low-rank forward
+    # (x W^T + s (x A^T) B^T). The same values and gradients either way; dropout > 0 needs peft's.
+    merge: bool = True
 
 
 @dataclass

@@ -367,9 +367,10 @@ def _legend() -> list[str]:
         "- `id`: ID features only (the bundled `din_id`); `frozen`: ID + frozen content (`din_frozen`, the "
         "baseline); `em3`: the bundled `din_em3` exactly (its history mode, CIC and catalogue sample, precision): "
         "what a user pays (with `--bundled-prefix bx_`: `bx_din_id`, ...).",
-        "- `em3-no-catalogue` / `em3-hist-cached`: the bundled `em3` with one override: no CIC catalogue sample "
-        "(`model.cic.catalogue_samples = 0`) / history content from the `cached` bank "
-        "(`model.seq_content_mode = cached`).",
+        "- `em3-no-catalogue` / `em3-hist-cached` / `em3-unmerged`: the bundled `em3` with one override: no CIC "
+        "catalogue sample (`model.cic.catalogue_samples = 0`) / history content from the `cached` bank "
+        "(`model.seq_content_mode = cached`) / the history adapters through peft's low-rank forward instead of "
+        "folded into their Linears (`model.lora.merge = false`).",
         "- `id-pipeline`: `id` stepped by TorchRec's `TrainPipelineSparseDist`, as the recipe trains (the next "
         "batch's input all-to-all is started before this step's forward and waited on after it).",
         "- `em3-<mode>`: EM3 (Fusion-Q-Former + CIC) with `seq_content_mode = <mode>` on token-level item "

@@ -174,7 +174,7 @@ class LoraHistory(nn.Module):
             for name, module in qformer.named_modules()
             if isinstance(module, peft.tuners.lora.LoraLayer) and HISTORY_ADAPTER in module.lora_A
         ]
-        self.merge = config.dropout == 0.0
+        self.merge = config.merge and config.dropout == 0.0
         # Adapters on the query side only: a history item's token side is the target branch's.
         self.shares_context = qformer.separable and not set(targets) & qformer.token_side_linears()
 

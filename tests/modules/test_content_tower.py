@@ -236,15 +236,14 @@ def test_frozen_baseline_tower(batch):
 
 @pytest.mark.parametrize("attention", ["self", "cross"])
 def test_merged_history_adapters_match_peft_forward(batch, attention):
-    # The history branch folds W + s B A into each adapted Linear; peft's own forward (x W^T plus the
-    # low-rank passes) is the reference. float64: outputs and every gradient agree.
+    # The history branch folds W + s B A into each adapted Linear (`model.lora.merge`, the default);
+    # peft's own forward (x W^T plus the low-rank passes) is the reference. Two towers with the same
+    # weights, float64: outputs and every gradient agree.
     targets = DistinctTargets.of(batch.target_content_index, batch.weights)
-    tower = _tower("lora", attention=attention).eval().double()
-    assert tower.history.merge and tower.history._adapted
 
     def run(merge: bool):
-        tower.history.merge = merge
-        tower.zero_grad(set_to_none=True)
+        tower = _tower("lora", attention=attention, lora=dataclasses.replace(LORA, merge=merge)).eval().double()
+        assert tower.history.merge == merge and tower.history._adapted
         out = tower(batch, targets)
         _loss(out).backward()
         return out.history.detach(), _grads(tower)
@@ -254,6 +253,11 @@ def test_merged_history_adapters_match_peft_forward(batch, attention):
     assert merged_grads.keys() == reference_grads.keys()
     for name in reference_grads:
         torch.testing.assert_close(merged_grads[name], reference_grads[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_adapter_dropout_runs_peft_forward():
+    # Dropout on the adapters' input cannot be folded into a weight: peft's forward runs.
+    assert not _tower("lora", lora=dataclasses.replace(LORA, dropout=0.1)).history.merge
 
 
 @pytest.mark.parametrize("mode", ["none", "frozen", "lora", "full", "cached"])
