@@ -79,7 +79,16 @@ def train_command(
 
 
 def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    """Run ``cmd`` from the repo root; past ``timeout`` it is killed with its workers (a hung job
+    must not leave ranks spinning through the rest of the suite)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_job(proc)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"{' '.join(cmd)}: still running after {timeout}s\n{stderr[-6000:]}") from None
+    out = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     assert out.returncode == 0, f"{' '.join(cmd)}\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}"
     return out
 
