@@ -77,7 +77,16 @@ def init_distributed(device: str = "auto", timeout_s: int = 300) -> DistEnv:
             store = dist.HashStore()
         else:
             store = _restart_safe_store(world_size, timeout)
-        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
+        dist.init_process_group(
+            backend=backend,
+            store=store,
+            rank=rank,
+            world_size=world_size,
+            timeout=timeout,
+            # nccl: bind the communicator to this rank's GPU now (barriers and the first collective
+            # then never guess the device); gloo takes none.
+            device_id=torch_device if device == "cuda" else None,
+        )
     return DistEnv(rank, world_size, local_rank, torch_device, backend)
 
 
