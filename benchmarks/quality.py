@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -78,7 +79,11 @@ def run_one(config: str, seed: int, nproc: int, overrides: list[str], run_dir: s
 
 
 def _cell(values: list[float], signed: bool = False) -> str:
+    """``mean ± std`` (one value: the value); ``n/a`` where a run's value is NaN (an AUC over a
+    subset with one class or no rows, e.g. cold users on a set without any)."""
     sign = "+" if signed else ""
+    if any(math.isnan(v) for v in values):
+        return "n/a"
     if len(values) == 1:
         return f"{values[0]:{sign}.4f}"
     return f"{statistics.mean(values):{sign}.4f} ± {statistics.stdev(values):.4f}"

@@ -185,3 +185,6 @@ def test_a_metric_over_few_rows_shows_its_row_count() -> None:
     assert _metric_cell(runs, "test", "cold_auc") == "0.6100 ± 0.0141"
     assert _metric_cell(runs, "test", "auc") == "0.7100 ± 0.0141"
     assert _metric_cell(runs, "test", "warm_auc") == "n/a"
+    # an AUC over no rows is NaN: n/a, not a crash of the table (statistics.stdev fails on NaN)
+    runs = [{"test": {"cold_user_auc": float("nan"), "cold_user_rows": 0}} for _ in range(2)]
+    assert _metric_cell(runs, "test", "cold_user_auc") == "n/a (0 rows)"
