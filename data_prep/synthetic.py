@@ -7,6 +7,14 @@ tokens per item (and a fraction of items missing each modality). Labels are Bern
 weak user + item signal. Rows are generated and written in chunks (bounded memory, vectorised numpy),
 one Parquet file per chunk, while the previous chunk is written by a background thread.
 
+``--token-signal S`` (S > 0; off by default) plants a label signal that only the item's *tokens*
+carry, as a control of the end-to-end content path: each item gets a latent ``q ~ N(0, 1)`` that
+adds ``S * q`` to the click logit, and the first modality's tokens of that item are spread along
+one fixed direction ``w`` by ``exp(q / 2)`` about their mean (``x_k <- mean + e^(q/2) (x_k - mean)``
+along ``w``). The pooled vector (the mean of the real tokens) is unchanged, and for Gaussian tokens
+the mean is independent of the spread, so pooled content says nothing about ``q``; attention over
+the tokens can read it. Items with fewer than 2 real tokens of that modality carry none.
+
 Simplifications, stated so nobody mistakes this for real data: history items are independent Zipf
 draws (not the user's earlier rows); raw ids and raw side features equal their indices (the raw
 columns are written because the contract has them; the loader reads only ``*_idx`` and ``label``).
@@ -66,6 +74,7 @@ class SyntheticConfig:
     chunk_rows: int = 1_000_000
     row_group_rows: int = 131_072
     seed: int = 0
+    token_signal: float = 0.0  # S: the token-level label signal (see the module docstring); 0 = none
 
     def __post_init__(self) -> None:
         n = len(self.modalities)
@@ -85,6 +94,8 @@ class SyntheticConfig:
             raise ValueError("--rows, --items, --users, --history-max, --tokens, --width must be >= 1")
         if not 0 <= self.valid_frac + self.test_frac < 1:
             raise ValueError("--valid-frac + --test-frac must be in [0, 1)")
+        if self.token_signal < 0 or (self.token_signal > 0 and n == 0):
+            raise ValueError("--token-signal must be >= 0, and > 0 needs at least one modality")
 
     def split_rows(self) -> dict[str, int]:
         valid, test = int(self.rows * self.valid_frac), int(self.rows * self.test_frac)
@@ -131,6 +142,15 @@ class _World:
         tag_counts = rng.integers(0, MAX_TAGS + 1, cfg.items + 1)
         self.tag_offsets = np.concatenate([[0], np.cumsum(tag_counts)])
         self.tag_values = rng.integers(1, NUM_TAGS + 1, int(self.tag_offsets[-1]))
+        # The token-level signal draws from a generator of its own: without it, every other array
+        # is the same as it always was for a seed.
+        signal_rng = np.random.default_rng([cfg.seed, 1])
+        self.token_latent = np.zeros(cfg.items + 1, np.float32)  # q per item
+        self.signal_direction = np.zeros(cfg.width[0] if cfg.width else 0, np.float32)  # w, unit
+        if cfg.token_signal > 0:
+            self.token_latent = signal_rng.standard_normal(cfg.items + 1).astype(np.float32)
+            w = signal_rng.standard_normal(cfg.width[0]).astype(np.float32)
+            self.signal_direction = w / np.linalg.norm(w)
 
 
 def _chunk_table(cfg: SyntheticConfig, world: _World, rng: np.random.Generator, first_row: int, n: int) -> pa.Table:
@@ -141,6 +161,7 @@ def _chunk_table(cfg: SyntheticConfig, world: _World, rng: np.random.Generator, 
     hist_values = world.item_of_rank[zipf_ranks(rng, cfg.items, int(hist_offsets[-1]), cfg.zipf)]
     tag_offsets, tag_values = jagged_take(world.tag_offsets, world.tag_values, items)
     logit = -0.3 + 0.5 * world.user_bias[users] + 0.5 * world.item_bias[items]
+    logit = logit + cfg.token_signal * world.token_latent[items]
     labels = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
 
     def lists(offsets: np.ndarray, values: np.ndarray) -> pa.ListArray:
@@ -209,12 +230,25 @@ def _write_splits(cfg: SyntheticConfig, world: _World, rng: np.random.Generator)
     return splits
 
 
-def _write_items(cfg: SyntheticConfig, rng: np.random.Generator) -> None:
+def plant_spread(values: np.ndarray, mask: np.ndarray, latent: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """Scale each item's real tokens about their mean along ``direction`` by ``exp(latent / 2)``.
+
+    ``values`` (n, T, W) with padded tokens zero, ``mask`` (n, T) bool, ``latent`` (n,),
+    ``direction`` (W,) unit. Returns new (n, T, W) values with the same masked mean per item.
+    """
+    counts = np.maximum(mask.sum(axis=1), 1)[:, None]  # (n, 1)
+    along = values @ direction  # (n, T)
+    mean = along.sum(axis=1, keepdims=True) / counts  # (n, 1)
+    shift = (np.exp(latent / 2)[:, None] - 1.0) * (along - mean) * mask  # (n, T): deviation change
+    return values + shift[:, :, None] * direction[None, None, :]
+
+
+def _write_items(cfg: SyntheticConfig, world: _World, rng: np.random.Generator) -> None:
     """``items/<m>.{tokens,mask,pooled}.npy`` (row 0 = reserved item, all masked) and ``items.parquet``."""
     folder = cfg.out / "items"
     folder.mkdir(parents=True, exist_ok=True)
     rows = cfg.items + 1
-    for name, tokens, width in zip(cfg.modalities, cfg.tokens, cfg.width):
+    for m, (name, tokens, width) in enumerate(zip(cfg.modalities, cfg.tokens, cfg.width)):
         arrays = {
             "tokens": np.lib.format.open_memmap(folder / f"{name}.tokens.npy", "w+", np.float16, (rows, tokens, width)),
             "mask": np.lib.format.open_memmap(folder / f"{name}.mask.npy", "w+", np.bool_, (rows, tokens)),
@@ -228,6 +262,9 @@ def _write_items(cfg: SyntheticConfig, rng: np.random.Generator) -> None:
                 counts[0] = 0  # the reserved index has no content
             mask = np.arange(tokens)[None, :] < counts[:, None]  # (n, T)
             values = rng.standard_normal((n, tokens, width), dtype=np.float32) * mask[:, :, None]  # (n, T, W)
+            if m == 0 and cfg.token_signal > 0:
+                latent = world.token_latent[start : start + n]
+                values = plant_spread(values, mask, latent, world.signal_direction)
             pooled = values.sum(axis=1) / np.maximum(counts, 1)[:, None]  # (n, W)
             arrays["tokens"][start : start + n] = values.astype(np.float16)
             arrays["mask"][start : start + n] = mask
@@ -246,7 +283,7 @@ def generate(cfg: SyntheticConfig) -> DatasetMeta:
     rng = np.random.default_rng(cfg.seed)
     world = _World(cfg, rng)
     splits = _write_splits(cfg, world, rng)
-    _write_items(cfg, rng)
+    _write_items(cfg, world, rng)
     meta = DatasetMeta(
         name=cfg.out.name,
         protocol="synthetic",
@@ -262,7 +299,8 @@ def generate(cfg: SyntheticConfig) -> DatasetMeta:
         extra={
             "generator": "data_prep.synthetic",
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()},
-            "note": "SYNTHETIC: random ids, tokens and labels; for throughput measurements only",
+            "note": "SYNTHETIC: random ids, tokens and labels; for throughput measurements"
+            + (f" and the token-signal control (S = {cfg.token_signal})" if cfg.token_signal > 0 else " only"),
         },
     )
     meta.save(cfg.out)
@@ -295,6 +333,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--chunk-rows", type=int, default=1_000_000, help="rows generated and written per file")
     p.add_argument("--row-group-rows", type=int, default=131_072)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--token-signal",
+        type=float,
+        default=0.0,
+        help="S > 0: a click-logit term S * q per item that only the first modality's token spread carries",
+    )
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = SyntheticConfig(
@@ -315,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         chunk_rows=a.chunk_rows,
         row_group_rows=a.row_group_rows,
         seed=a.seed,
+        token_signal=a.token_signal,
     )
     generate(cfg)
 

@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from data_prep.synthetic import SyntheticConfig, history_lengths, main, zipf_ranks
+from data_prep.synthetic import SyntheticConfig, generate, history_lengths, main, zipf_ranks
 from em3rec.data.schema import DatasetMeta
 from em3rec.data.validation import validate_dataset
 
@@ -88,3 +88,48 @@ def test_config_errors() -> None:
         SyntheticConfig(out=Path("x"), modalities=("a", "b", "c"), tokens=(1, 2), width=(3,))
     with pytest.raises(ValueError, match="--history-dist"):
         SyntheticConfig(out=Path("x"), history_dist="zipf")
+
+
+def test_token_signal_lives_in_the_token_spread_only(tmp_path: Path) -> None:
+    # The control set: labels carry S * q per item, the first modality's tokens carry q in their
+    # spread along one direction, and the pooled vectors are those of the set without the signal.
+    common = dict(rows=4000, items=400, users=50, modalities=("title",), tokens=(6,), width=(8,), missing=0.0, seed=5)
+    generate(SyntheticConfig(out=tmp_path / "plain", **common))
+    generate(SyntheticConfig(out=tmp_path / "signal", token_signal=2.0, **common))
+
+    def items(name: str, kind: str) -> np.ndarray:
+        return np.load(tmp_path / name / "items" / f"title.{kind}.npy")
+
+    np.testing.assert_allclose(items("signal", "pooled"), items("plain", "pooled"), atol=2e-3)
+    assert not np.array_equal(items("signal", "tokens"), items("plain", "tokens"))
+    ids = {n: pq.read_table(tmp_path / n / "train").column("item_id_idx").to_numpy() for n in ("plain", "signal")}
+    np.testing.assert_array_equal(ids["plain"], ids["signal"])  # the rows are the same draws
+
+    # q read back from the tokens: the log-ratio of the spreads along the direction of largest change.
+    tokens, mask = items("signal", "tokens").astype(np.float32), items("signal", "mask")
+    change = (tokens - items("plain", "tokens").astype(np.float32)).reshape(-1, 8)
+    direction = np.linalg.svd(change, full_matrices=False)[2][0]
+    along, base = tokens @ direction, items("plain", "tokens").astype(np.float32) @ direction
+
+    def spread(x: np.ndarray) -> np.ndarray:
+        mean = (x * mask).sum(1, keepdims=True) / np.maximum(mask.sum(1, keepdims=True), 1)
+        return np.sqrt((((x - mean) * mask) ** 2).sum(1))
+
+    real = mask.sum(1) >= 2
+    q = 2 * np.log(spread(along)[real] / spread(base)[real])
+    labels = pq.read_table(tmp_path / "signal" / "train").column("label").to_numpy()
+    row_q = np.full(401, np.nan)
+    row_q[np.flatnonzero(real)] = q
+    known = ~np.isnan(row_q[ids["signal"]])
+    high = labels[known][row_q[ids["signal"]][known] > 0].mean()
+    low = labels[known][row_q[ids["signal"]][known] <= 0].mean()
+    assert high - low > 0.3, f"click rate of items with q > 0: {high:.2f}, q <= 0: {low:.2f}"
+    # ... and the pooled vectors know nothing of it: a linear probe explains ~ nothing.
+    pooled = np.c_[items("signal", "pooled").astype(np.float32)[real], np.ones(real.sum())]
+    fit = pooled @ np.linalg.lstsq(pooled, q, rcond=None)[0]
+    assert 1 - ((q - fit) ** 2).mean() / q.var() < 0.1
+
+
+def test_token_signal_needs_a_modality(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--token-signal"):
+        SyntheticConfig(out=tmp_path, modalities=(), token_signal=1.0)
