@@ -26,9 +26,16 @@ def test_probe_writes_a_row_per_model(tmp_path: Path) -> None:
     cfg, q = latent(data)
     assert cfg.token_signal == 1.0 and q.shape == (61,) and float(q.std()) > 0.5
     out = tmp_path / "probe.md"
-    main(["--data", str(data), "--steps", "3", "--batch", "8", "--out", str(out)])
-    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "R²" not in line]
-    assert len(rows) == 3 and all(np.isfinite(float(r.split(" | ")[2])) for r in rows)
+    main(["--data", str(data), "--rows", str(data), "--steps", "3", "--batch", "8", "--out", str(out)])
+    probes = [
+        line
+        for line in out.read_text().splitlines()
+        if line.startswith("| ") and not line.startswith(("| model", "| rows"))
+    ]
+    assert len(probes) == 3 + 2, "three probes, then cold and warm rows of what q is worth"
+    assert all(np.isfinite(float(r.split(" | ")[2])) for r in probes[:3])
+    warm = probes[-1].strip("| ").split(" | ")
+    assert warm[0] == "warm items" and float(warm[3]) > float(warm[2]), "user bias + S q beats user bias alone"
 
 
 def test_probe_refuses_a_set_without_signal(tmp_path: Path) -> None:
