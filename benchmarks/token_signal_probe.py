@@ -6,7 +6,8 @@
 The set comes from ``data_prep.synthetic --token-signal S``: each item has a latent ``q`` that only
 its first modality's token spread carries. This regresses ``q`` on the item tokens, no clicks and no
 IDs: EM3's ``FusionQFormer`` (the config's ``model.qformer``, without dropout) plus a Linear head,
-against the pooled vector through a Linear and through an MLP. 80 % of the items (with >= 2 real
+against a DeepSets model over the same tokens (a per-token MLP, then their mean: the inductive bias a
+per-item statistic of the tokens asks for) and the pooled vector through a Linear and through an MLP. 80 % of the items (with >= 2 real
 tokens) train, 20 % are held out; R² on each. Held-out R² is what could reach an unseen item.
 
 ``--rows`` (the set or a ``data_prep.cold_holdout`` copy of it) adds what ``q`` is worth: the AUC on
@@ -21,6 +22,8 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -46,8 +49,28 @@ def latent(folder: Path) -> tuple[SyntheticConfig, torch.Tensor]:
     return cfg, torch.from_numpy(_World(cfg, np.random.default_rng(cfg.seed)).token_latent)
 
 
-def headroom(cfg: SyntheticConfig, rows: Path) -> list[str]:
-    """Table rows: AUC of the generator's logit terms on the test rows of ``rows``, by item kind."""
+def oracle_estimate(
+    tokens: torch.Tensor, mask: torch.Tensor, direction: np.ndarray, q: torch.Tensor, train: torch.Tensor
+) -> torch.Tensor:
+    """``q`` as well as the tokens tell it to one who knows the direction: least squares (on
+    ``train``) of ``q`` on the log sample variance along ``direction``, slope and intercept per
+    token count. ``(I,)``; 0 for items with fewer than 2 tokens. The ceiling of any probe: the
+    untouched spread of a handful of tokens is itself random."""
+    count = mask.sum(1)  # (I,)
+    along = tokens @ torch.from_numpy(direction)  # (I, T)
+    mean = (along * mask).sum(1) / count.clamp(min=1)
+    log_var = torch.log(((along - mean[:, None]) * mask).pow(2).sum(1).clamp(min=1e-12) / (count - 1).clamp(min=1))
+    onehot = torch.nn.functional.one_hot(count, mask.shape[1] + 1).double()  # (I, T + 1)
+    features = torch.cat([onehot, onehot * log_var.double()[:, None]], dim=1)  # (I, 2 (T + 1))
+    coef = torch.linalg.lstsq(
+        features[train], q[train].double()[:, None], driver="gelsd"
+    ).solution  # rank-deficient: unused counts
+    return torch.where(count >= 2, (features @ coef).squeeze(-1), 0.0).float()
+
+
+def headroom(cfg: SyntheticConfig, rows: Path, estimate: torch.Tensor) -> list[str]:
+    """Table rows: AUC of the generator's logit terms on the test rows of ``rows``, by item kind,
+    and of the user term plus ``S`` times ``estimate`` (the oracle's q from the tokens)."""
     world = _World(cfg, np.random.default_rng(cfg.seed))
     seen = np.unique(pq.read_table(rows / "train", columns=["item_id_idx"]).column(0).to_numpy())
     test = pq.read_table(rows / "test", columns=["user_id_idx", "item_id_idx", "label"])
@@ -57,13 +80,14 @@ def headroom(cfg: SyntheticConfig, rows: Path) -> list[str]:
         "user": 0.5 * world.user_bias[users],
         "item": 0.5 * world.item_bias[items],
         "q": cfg.token_signal * world.token_latent[items],
+        "estimate": cfg.token_signal * estimate.numpy()[items],
     }
     cold = ~np.isin(items, seen)
     out = []
     for kind, keep in (("cold items", cold), ("warm items", ~cold)):
         aucs = [
             float(binary_auroc(torch.from_numpy(sum(terms[t] for t in parts)[keep]), labels[keep]))
-            for parts in (["user"], ["user", "q"], ["user", "item"], ["user", "item", "q"])
+            for parts in (["user"], ["user", "q"], ["user", "estimate"], ["user", "item"], ["user", "item", "q"])
         ]
         out.append(f"| {kind} | {int(keep.sum()):,} | " + " | ".join(f"{a:.4f}" for a in aucs) + " |")
     return out
@@ -78,9 +102,10 @@ def fit(
     steps: int,
     batch: int,
     lr: float,
+    weight_decay: float,
 ) -> tuple[float, float]:
     """AdamW on the squared error of ``predict(items) (n,)`` against ``q``; R² on train and held-out."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     model.train()
     for _ in range(steps):
         items = train[torch.randint(len(train), (batch,))]
@@ -100,6 +125,9 @@ def main(argv: list[str] | None = None) -> None:
         "--rows", type=Path, default=None, help="a prepared copy of the set: report what q is worth on its test rows"
     )
     p.add_argument("--config", default="din_em3", help="whose model.qformer to build")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides (model.qformer.*)")
+    p.add_argument("--keep-dropout", action="store_true", help="the config's dropout (default: none)")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay of every probe")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -117,31 +145,47 @@ def main(argv: list[str] | None = None) -> None:
     order = usable[torch.randperm(len(usable))]
     train, held_out = order[: len(order) * 4 // 5], order[len(order) * 4 // 5 :]
 
-    qformer_config = dataclasses.replace(
-        load_config(args.config, []).model.qformer, token_dropout=0.0, attention_dropout=0.0, ffn_dropout=0.0
-    )
+    qformer_config = load_config(args.config, args.set).model.qformer
+    if not args.keep_dropout:
+        qformer_config = dataclasses.replace(qformer_config, token_dropout=0.0, attention_dropout=0.0, ffn_dropout=0.0)
     width = tokens.shape[-1]
     qformer = FusionQFormer({modality: width}, qformer_config, out_dim=qformer_config.dim)
     head = nn.Linear(qformer_config.dim, 1)
     linear = nn.Linear(width, 1)
     mlp = nn.Sequential(nn.Linear(width, 256), nn.ReLU(), nn.Linear(256, 1))
+    per_token = nn.Sequential(nn.Linear(width, 64), nn.ReLU(), nn.Linear(64, 64))  # DeepSets' phi
+    set_head = nn.Linear(64, 1)
+
+    def deep_sets(s: torch.Tensor) -> torch.Tensor:
+        """A per-token MLP, then the masked mean over the tokens, then a Linear: ``(n,)``."""
+        m = mask[s].unsqueeze(-1).float()  # (n, T, 1)
+        return set_head((per_token(tokens[s]) * m).sum(1) / m.sum(1).clamp(min=1)).squeeze(-1)
+
     probes = {
-        f"Fusion-Q-Former over the tokens (`{args.config}`'s, no dropout) + Linear": (
+        f"Fusion-Q-Former over the tokens (`{args.config}`'s{'' if args.keep_dropout else ', no dropout'}) + Linear": (
             nn.ModuleList([qformer, head]),
             lambda s: head(qformer({modality: tokens}, {modality: mask}, s).pooled).squeeze(-1),
+        ),
+        "DeepSets over the tokens (per-token MLP 64-64, mean, Linear)": (
+            nn.ModuleList([per_token, set_head]),
+            deep_sets,
         ),
         "pooled vector, Linear": (linear, lambda s: linear(pooled[s]).squeeze(-1)),
         "pooled vector, MLP (256 hidden)": (mlp, lambda s: mlp(pooled[s]).squeeze(-1)),
     }
-    rows = []
+    estimate = oracle_estimate(tokens, mask, _World(cfg, np.random.default_rng(cfg.seed)).signal_direction, q, train)
+    rows = [
+        "| oracle: knows the direction, least squares on the log variance along it per token count | "
+        + " | ".join(f"{float(1 - (estimate[s] - q[s]).pow(2).mean() / q[s].var()):.3f}" for s in (train, held_out))
+        + " | 0 |"
+    ]
+    print(rows[-1], flush=True)
     for name, (model, predict) in probes.items():
         started = time.perf_counter()
-        r2_train, r2_held = fit(model, predict, q, train, held_out, args.steps, args.batch, args.lr)
+        r2_train, r2_held = fit(model, predict, q, train, held_out, args.steps, args.batch, args.lr, args.weight_decay)
         rows.append(f"| {name} | {r2_train:.3f} | {r2_held:.3f} | {time.perf_counter() - started:.0f} |")
         print(rows[-1], flush=True)
-    command = "python -m benchmarks.token_signal_probe " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None
-    )
+    command = "python -m benchmarks.token_signal_probe " + shlex.join(sys.argv[1:] if argv is None else argv)
     report = "\n".join(
         [
             f"# Token-signal probe: {args.data.name}",
@@ -153,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
             f"Set: {cfg.items:,} items, token signal S = {cfg.token_signal}, modality `{modality}` "
             f"{cfg.tokens[0]} x {width}; {len(train):,} training and {len(held_out):,} held-out items. "
             f"Target: the latent q itself (no clicks, no IDs); AdamW lr {args.lr}, {args.steps} steps of "
-            f"{args.batch} items.",
+            f"{args.batch} items, weight decay {args.weight_decay}; Q-Former "
+            f"{qformer_config}.",
             "",
             "| model | R² train items | R² held-out items | s |",
             "|---|---:|---:|---:|",
@@ -167,9 +212,10 @@ def main(argv: list[str] | None = None) -> None:
                 "",
                 f"What q is worth on the test rows of `{args.rows}`: AUC of the generator's own logit terms.",
                 "",
-                "| rows | n | user bias | user bias + S q | user + item bias | user + item bias + S q |",
-                "|---|---:|---:|---:|---:|---:|",
-                *headroom(cfg, args.rows),
+                "| rows | n | user bias | user bias + S q | user bias + S (oracle's q) | user + item bias | "
+                "user + item bias + S q |",
+                "|---|---:|---:|---:|---:|---:|---:|",
+                *headroom(cfg, args.rows, estimate),
                 "",
             ]
         )

@@ -32,8 +32,8 @@ def test_probe_writes_a_row_per_model(tmp_path: Path) -> None:
         for line in out.read_text().splitlines()
         if line.startswith("| ") and not line.startswith(("| model", "| rows"))
     ]
-    assert len(probes) == 3 + 2, "three probes, then cold and warm rows of what q is worth"
-    assert all(np.isfinite(float(r.split(" | ")[2])) for r in probes[:3])
+    assert len(probes) == 5 + 2, "the oracle and four probes, then cold and warm rows of what q is worth"
+    assert all(np.isfinite(float(r.split(" | ")[2])) for r in probes[:5])
     warm = probes[-1].strip("| ").split(" | ")
     assert warm[0] == "warm items" and float(warm[3]) > float(warm[2]), "user bias + S q beats user bias alone"
 
