@@ -5,14 +5,15 @@
 
 The set comes from ``data_prep.synthetic --token-signal S``: each item has a latent ``q`` that only
 its first modality's token spread carries. This regresses ``q`` on the item tokens, no clicks and no
-IDs: EM3's ``FusionQFormer`` (the config's ``model.qformer``, without dropout) plus a Linear head,
-against a DeepSets model over the same tokens (a per-token MLP, then their mean: the inductive bias a
-per-item statistic of the tokens asks for) and the pooled vector through a Linear and through an MLP. 80 % of the items (with >= 2 real
-tokens) train, 20 % are held out; R² on each. Held-out R² is what could reach an unseen item.
+IDs, with EM3's ``FusionQFormer`` (the config's ``model.qformer``, without dropout) plus a Linear
+head; a DeepSets model over the same tokens (a per-token MLP, then their mean); and the pooled vector
+through a Linear and through an MLP. An oracle that knows the direction is the ceiling: the
+untouched spread of a few tokens is itself random. 80 % of the items (with >= 2 real tokens) train,
+20 % are held out; R² on each. Held-out R² is what could reach an unseen item.
 
 ``--rows`` (the set or a ``data_prep.cold_holdout`` copy of it) adds what ``q`` is worth: the AUC on
-its test rows, cold items (no train row) and warm ones apart, of the generator's own logit terms:
-user bias alone, user bias + ``S q``, user + item bias, and all three.
+its test rows, cold items (no train row) and warm ones apart, of the generator's own logit terms
+(user bias alone, + ``S q``, + ``S`` times the oracle's estimate, user + item bias, all three).
 """
 
 from __future__ import annotations
