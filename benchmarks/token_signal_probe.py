@@ -35,19 +35,19 @@ import torch
 from torch import nn
 from torchmetrics.functional.classification import binary_auroc
 
-from data_prep.synthetic import SyntheticConfig, _World
+from data_prep.synthetic import SyntheticConfig, World, logit_terms, world_of
 from em3rec.config import load_config
 from em3rec.modules.fusion_qformer import FusionQFormer
 
 
-def latent(folder: Path) -> tuple[SyntheticConfig, torch.Tensor]:
-    """The generator's config and ``q`` per item ``(I,)``, rebuilt from ``meta.json``."""
+def latent(folder: Path) -> tuple[SyntheticConfig, World]:
+    """The generator's config and world (``token_latent``: ``q`` per item), rebuilt from ``meta.json``."""
     saved = json.loads((folder / "meta.json").read_text())["extra"]["config"]
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()} | {"out": Path(saved["out"])}
     cfg = SyntheticConfig(**fields)
     if cfg.token_signal <= 0:
         raise SystemExit(f"{folder}: made without --token-signal; nothing to probe")
-    return cfg, torch.from_numpy(_World(cfg, np.random.default_rng(cfg.seed)).token_latent)
+    return cfg, world_of(cfg)
 
 
 def oracle_estimate(
@@ -69,20 +69,14 @@ def oracle_estimate(
     return torch.where(count >= 2, (features @ coef).squeeze(-1), 0.0).float()
 
 
-def headroom(cfg: SyntheticConfig, rows: Path, estimate: torch.Tensor) -> list[str]:
+def headroom(cfg: SyntheticConfig, world: World, rows: Path, estimate: torch.Tensor) -> list[str]:
     """Table rows: AUC of the generator's logit terms on the test rows of ``rows``, by item kind,
     and of the user term plus ``S`` times ``estimate`` (the oracle's q from the tokens)."""
-    world = _World(cfg, np.random.default_rng(cfg.seed))
     seen = np.unique(pq.read_table(rows / "train", columns=["item_id_idx"]).column(0).to_numpy())
     test = pq.read_table(rows / "test", columns=["user_id_idx", "item_id_idx", "label"])
     users, items = test.column("user_id_idx").to_numpy(), test.column("item_id_idx").to_numpy()
     labels = torch.tensor(test.column("label").to_numpy()).long()
-    terms = {  # the logit of data_prep.synthetic, term by term
-        "user": 0.5 * world.user_bias[users],
-        "item": 0.5 * world.item_bias[items],
-        "q": cfg.token_signal * world.token_latent[items],
-        "estimate": cfg.token_signal * estimate.numpy()[items],
-    }
+    terms = logit_terms(cfg, world, users, items) | {"estimate": cfg.token_signal * estimate.numpy()[items]}
     cold = ~np.isin(items, seen)
     out = []
     for kind, keep in (("cold items", cold), ("warm items", ~cold)):
@@ -136,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None, help="also write the table here (Markdown)")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
-    cfg, q = latent(args.data)
+    cfg, world = latent(args.data)
+    q = torch.from_numpy(world.token_latent)  # (I,)
     modality = cfg.modalities[0]
     items = args.data / "items"
     tokens = torch.from_numpy(np.load(items / f"{modality}.tokens.npy").astype(np.float32))  # (I, T, W)
@@ -174,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         "pooled vector, Linear": (linear, lambda s: linear(pooled[s]).squeeze(-1)),
         "pooled vector, MLP (256 hidden)": (mlp, lambda s: mlp(pooled[s]).squeeze(-1)),
     }
-    estimate = oracle_estimate(tokens, mask, _World(cfg, np.random.default_rng(cfg.seed)).signal_direction, q, train)
+    estimate = oracle_estimate(tokens, mask, world.signal_direction, q, train)
     rows = [
         "| oracle: knows the direction, least squares on the log variance along it per token count | "
         + " | ".join(f"{float(1 - (estimate[s] - q[s]).pow(2).mean() / q[s].var()):.3f}" for s in (train, held_out))
@@ -216,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
                 "| rows | n | user bias | user bias + S q | user bias + S (oracle's q) | user + item bias | "
                 "user + item bias + S q |",
                 "|---|---:|---:|---:|---:|---:|---:|",
-                *headroom(cfg, args.rows, estimate),
+                *headroom(cfg, world, args.rows, estimate),
                 "",
             ]
         )

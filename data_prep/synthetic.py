@@ -130,7 +130,7 @@ def history_lengths(rng: np.random.Generator, size: int, mean: float, maximum: i
     return np.clip(lengths, 0, maximum).astype(np.int64)
 
 
-class _World:
+class World:
     """Per-user and per-item attributes shared by all rows (the generator's fixed 'world')."""
 
     def __init__(self, cfg: SyntheticConfig, rng: np.random.Generator) -> None:
@@ -153,15 +153,30 @@ class _World:
             self.signal_direction = w / np.linalg.norm(w)
 
 
-def _chunk_table(cfg: SyntheticConfig, world: _World, rng: np.random.Generator, first_row: int, n: int) -> pa.Table:
+def world_of(cfg: SyntheticConfig) -> World:
+    """The world ``generate(cfg)`` drew: it is the first draw from the seed's generator."""
+    return World(cfg, np.random.default_rng(cfg.seed))
+
+
+def logit_terms(cfg: SyntheticConfig, world: World, users: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
+    """The click logit of rows ``(users, items)`` term by term (``user``, ``item``, ``q``); the
+    logit is ``-0.3`` plus their sum."""
+    return {
+        "user": 0.5 * world.user_bias[users],
+        "item": 0.5 * world.item_bias[items],
+        "q": cfg.token_signal * world.token_latent[items],
+    }
+
+
+def _chunk_table(cfg: SyntheticConfig, world: World, rng: np.random.Generator, first_row: int, n: int) -> pa.Table:
     users = rng.integers(1, cfg.users + 1, n)
     items = world.item_of_rank[zipf_ranks(rng, cfg.items, n, cfg.zipf)]
     lengths = history_lengths(rng, n, cfg.history_mean, cfg.history_max, cfg.history_dist)
     hist_offsets = np.concatenate([[0], np.cumsum(lengths)])
     hist_values = world.item_of_rank[zipf_ranks(rng, cfg.items, int(hist_offsets[-1]), cfg.zipf)]
     tag_offsets, tag_values = jagged_take(world.tag_offsets, world.tag_values, items)
-    logit = -0.3 + 0.5 * world.user_bias[users] + 0.5 * world.item_bias[items]
-    logit = logit + cfg.token_signal * world.token_latent[items]
+    terms = logit_terms(cfg, world, users, items)
+    logit = -0.3 + terms["user"] + terms["item"] + terms["q"]
     labels = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
 
     def lists(offsets: np.ndarray, values: np.ndarray) -> pa.ListArray:
@@ -202,7 +217,7 @@ def _features(cfg: SyntheticConfig) -> tuple[FeatureSpec, ...]:
     )
 
 
-def _write_splits(cfg: SyntheticConfig, world: _World, rng: np.random.Generator) -> dict[str, SplitSpec]:
+def _write_splits(cfg: SyntheticConfig, world: World, rng: np.random.Generator) -> dict[str, SplitSpec]:
     chunk = max(1, min(cfg.chunk_rows, int(50_000_000 / max(cfg.history_mean, 1.0))))  # ~50M history ids per chunk
     splits: dict[str, SplitSpec] = {}
     first_row = 0
@@ -243,7 +258,7 @@ def plant_spread(values: np.ndarray, mask: np.ndarray, latent: np.ndarray, direc
     return values + shift[:, :, None] * direction[None, None, :]
 
 
-def _write_items(cfg: SyntheticConfig, world: _World, rng: np.random.Generator) -> None:
+def _write_items(cfg: SyntheticConfig, world: World, rng: np.random.Generator) -> None:
     """``items/<m>.{tokens,mask,pooled}.npy`` (row 0 = reserved item, all masked) and ``items.parquet``."""
     folder = cfg.out / "items"
     folder.mkdir(parents=True, exist_ok=True)
@@ -281,7 +296,7 @@ def generate(cfg: SyntheticConfig) -> DatasetMeta:
     started = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cfg.seed)
-    world = _World(cfg, rng)
+    world = World(cfg, rng)  # first: world_of(cfg) rebuilds it
     splits = _write_splits(cfg, world, rng)
     _write_items(cfg, world, rng)
     meta = DatasetMeta(

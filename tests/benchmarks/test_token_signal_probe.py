@@ -23,7 +23,8 @@ def _set(folder: Path, signal: float) -> Path:
 
 def test_probe_writes_a_row_per_model(tmp_path: Path) -> None:
     data = _set(tmp_path / "signal", 1.0)
-    cfg, q = latent(data)
+    cfg, world = latent(data)
+    q = world.token_latent
     assert cfg.token_signal == 1.0 and q.shape == (61,) and float(q.std()) > 0.5
     out = tmp_path / "probe.md"
     main(["--data", str(data), "--rows", str(data), "--steps", "3", "--batch", "8", "--out", str(out)])
