@@ -161,6 +161,10 @@ class ModelConfig:
     over_layers: list[int] = field(
         default_factory=lambda: [256, 128]
     )  # every backbone's final MLP (then a Linear to 1)
+    # DLRM: the content vectors also go to the over-arch as they are, beside their pairwise dot
+    # products (as DLRM passes its dense vector); False = dot products only, where a per-item
+    # content effect must find a partner vector to show through.
+    dlrm_raw_content: bool = False
     cross_layers: int = 3  # DCN-v2
     cross_low_rank: int = 32  # DCN-v2 low-rank cross projection
     attention_hidden: list[int] = field(default_factory=lambda: [64, 32])  # DIN attention MLP

@@ -52,7 +52,10 @@ class DLRMBackbone(nn.Module):
 
     TorchRec's ``InteractionArch`` takes the target item ID embedding as its "dense" vector and the
     rest (pooled features, mean-pooled history IDs, content vectors) as its "sparse" vectors; its
-    output ``[target_id, all pairwise dots]`` goes through ``OverArch(over_layers + [1])``.
+    output ``[target_id, all pairwise dots]`` goes through ``OverArch(over_layers + [1])``. With
+    ``raw_content`` the content vectors join that output as they are, as the dense vector does: a
+    per-item content effect (an item bias, say) then reaches the over-arch directly instead of only
+    through dot products with vectors that vary by user.
 
     Args:
         num_pooled (int): ``F``.
@@ -60,20 +63,33 @@ class DLRMBackbone(nn.Module):
         dim (int): ``D``.
         over_layers (list[int]): over-arch hidden sizes.
         dropout (float): on the over-arch input.
+        raw_content (bool): also pass the ``C`` content vectors to the over-arch.
     """
 
-    def __init__(self, num_pooled: int, num_content: int, dim: int, over_layers: list[int], dropout: float) -> None:
+    def __init__(
+        self,
+        num_pooled: int,
+        num_content: int,
+        dim: int,
+        over_layers: list[int],
+        dropout: float,
+        raw_content: bool = False,
+    ) -> None:
         super().__init__()
         num_vectors = num_pooled + 1 + num_content  # + the mean-pooled history
         self.inter_arch = InteractionArch(num_sparse_features=num_vectors)
+        self._raw_content = raw_content
         self._dropout = nn.Dropout(dropout)
-        self.over_arch = OverArch(dim + (num_vectors + 1) * num_vectors // 2, over_layers + [1])
+        raw = dim * (1 + (num_content if raw_content else 0))
+        self.over_arch = OverArch(raw + (num_vectors + 1) * num_vectors // 2, over_layers + [1])
 
     def forward(self, inputs: RankingInputs) -> torch.Tensor:
         """Returns ``(B,)`` logits."""
         history = masked_mean(inputs.history_ids, inputs.history_mask).unsqueeze(1)  # (B, 1, D)
         vectors = torch.cat([inputs.pooled, history, inputs.content], dim=1)  # (B, F + 1 + C, D)
         interactions = self.inter_arch(inputs.target_id, vectors)  # (B, D + (F+2 choose 2))
+        if self._raw_content:
+            interactions = torch.cat([inputs.content.flatten(1), interactions], dim=1)  # (B, C*D + ...)
         return self.over_arch(self._dropout(interactions)).squeeze(-1)  # (B,)
 
 
@@ -164,7 +180,7 @@ def build_backbone(config: ModelConfig, num_pooled: int, num_content: int) -> nn
     """The backbone named by ``config.backbone`` for ``F = num_pooled`` and ``C = num_content``."""
     D = config.embedding_dim
     if config.backbone == "dlrm":
-        return DLRMBackbone(num_pooled, num_content, D, config.over_layers, config.dropout)
+        return DLRMBackbone(num_pooled, num_content, D, config.over_layers, config.dropout, config.dlrm_raw_content)
     if config.backbone == "dcn":
         return DCNBackbone(
             num_pooled,

@@ -162,13 +162,17 @@ def test_catalogue_items_join_cic_and_train_their_id_rows(meta, data_config, mod
     assert plain.id_arch.embedding_collection.embeddings["item"].weight.grad[outside].abs().sum() == 0
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
-def test_em3_starts_at_the_frozen_baseline(meta, data_config, batch, model_config, backbone):
+@pytest.mark.parametrize("backbone,raw", [(b, False) for b in BACKBONES] + [("dlrm", True)])
+def test_em3_starts_at_the_frozen_baseline(meta, data_config, batch, model_config, backbone, raw):
     # With the baseline's weights, EM3's logits at initialisation are the two-stage baseline's,
     # exactly: the Q-Former's gate starts at 0 and the pooled projection is the baseline's Linear.
-    em3 = build_model(model_config(backbone=backbone, content="em3", seq_content_mode="lora"), meta, data_config)
+    em3 = build_model(
+        model_config(backbone=backbone, content="em3", seq_content_mode="lora", dlrm_raw_content=raw), meta, data_config
+    )
     frozen = build_model(
-        model_config(backbone=backbone, content="frozen", seq_content_mode="frozen"), meta, data_config
+        model_config(backbone=backbone, content="frozen", seq_content_mode="frozen", dlrm_raw_content=raw),
+        meta,
+        data_config,
     )
     state = {
         k.replace("content_tower.projection.", "content_tower.pooled_base."): v for k, v in frozen.state_dict().items()
