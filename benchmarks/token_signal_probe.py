@@ -19,7 +19,6 @@ its test rows, cold items (no train row) and warm ones apart, of the generator's
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -27,17 +26,14 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from torch import nn
 from torchmetrics.functional.classification import binary_auroc
 
+from benchmarks.content_probes import content_probes, fit, without_dropout
 from data_prep.synthetic import SyntheticConfig, World, logit_terms, world_of
 from em3rec.config import load_config
-from em3rec.modules.fusion_qformer import FusionQFormer
 
 
 def latent(folder: Path) -> tuple[SyntheticConfig, World]:
@@ -88,31 +84,6 @@ def headroom(cfg: SyntheticConfig, world: World, rows: Path, estimate: torch.Ten
     return out
 
 
-def fit(
-    model: nn.Module,
-    predict: Callable[[torch.Tensor], torch.Tensor],
-    q: torch.Tensor,
-    train: torch.Tensor,
-    held_out: torch.Tensor,
-    steps: int,
-    batch: int,
-    lr: float,
-    weight_decay: float,
-) -> tuple[float, float]:
-    """AdamW on the squared error of ``predict(items) (n,)`` against ``q``; R² on train and held-out."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    model.train()
-    for _ in range(steps):
-        items = train[torch.randint(len(train), (batch,))]
-        loss = (predict(items) - q[items]).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        return tuple(float(1 - (predict(s) - q[s]).pow(2).mean() / q[s].var()) for s in (train, held_out))
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="a set made with data_prep.synthetic --token-signal")
@@ -143,32 +114,10 @@ def main(argv: list[str] | None = None) -> None:
 
     qformer_config = load_config(args.config, args.set).model.qformer
     if not args.keep_dropout:
-        qformer_config = dataclasses.replace(qformer_config, token_dropout=0.0, attention_dropout=0.0, ffn_dropout=0.0)
+        qformer_config = without_dropout(qformer_config)
+    label = f"`{args.config}`'s" + ("" if args.keep_dropout else ", no dropout")
+    probes = content_probes(modality, tokens, mask, pooled, qformer_config, label)
     width = tokens.shape[-1]
-    qformer = FusionQFormer({modality: width}, qformer_config, out_dim=qformer_config.dim)
-    head = nn.Linear(qformer_config.dim, 1)
-    linear = nn.Linear(width, 1)
-    mlp = nn.Sequential(nn.Linear(width, 256), nn.ReLU(), nn.Linear(256, 1))
-    per_token = nn.Sequential(nn.Linear(width, 64), nn.ReLU(), nn.Linear(64, 64))  # DeepSets' phi
-    set_head = nn.Linear(64, 1)
-
-    def deep_sets(s: torch.Tensor) -> torch.Tensor:
-        """A per-token MLP, then the masked mean over the tokens, then a Linear: ``(n,)``."""
-        m = mask[s].unsqueeze(-1).float()  # (n, T, 1)
-        return set_head((per_token(tokens[s]) * m).sum(1) / m.sum(1).clamp(min=1)).squeeze(-1)
-
-    probes = {
-        f"Fusion-Q-Former over the tokens (`{args.config}`'s{'' if args.keep_dropout else ', no dropout'}) + Linear": (
-            nn.ModuleList([qformer, head]),
-            lambda s: head(qformer({modality: tokens}, {modality: mask}, s).pooled).squeeze(-1),
-        ),
-        "DeepSets over the tokens (per-token MLP 64-64, mean, Linear)": (
-            nn.ModuleList([per_token, set_head]),
-            deep_sets,
-        ),
-        "pooled vector, Linear": (linear, lambda s: linear(pooled[s]).squeeze(-1)),
-        "pooled vector, MLP (256 hidden)": (mlp, lambda s: mlp(pooled[s]).squeeze(-1)),
-    }
     estimate = oracle_estimate(tokens, mask, world.signal_direction, q, train)
     rows = [
         "| oracle: knows the direction, least squares on the log variance along it per token count | "
