@@ -68,6 +68,7 @@ def test_probe_writes_every_row(tmp_path: Path) -> None:
     rows = [line for line in text.splitlines() if line.startswith("| title |")]
     assert len(rows) == 6, "two ridge rows and four trained probes"
     assert all(np.isfinite(float(r.split(" | ")[3].strip("*").split(" ± ")[0])) for r in rows)
+    assert rows[0].split(" | ")[4] == "0.000 ± 0.000", "the pooled ridge against itself"
     assert "split-half reliability" in text
 
 
