@@ -92,14 +92,18 @@ def ridge(
     return r2(best, train), r2(best, held_out)
 
 
-def token_moments(tokens: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-    """``(I, 2W)``: each item's token mean and per-dimension standard deviation over its real tokens."""
-    m = mask.unsqueeze(-1).double()  # (I, T, 1)
-    x = tokens.double()
-    count = m.sum(1).clamp(min=1)
-    mean = (x * m).sum(1) / count
-    std = (((x - mean[:, None]) * m).pow(2).sum(1) / count).sqrt()
-    return torch.cat([mean, std], dim=1).numpy()
+def token_moments(tokens: torch.Tensor, mask: torch.Tensor, chunk: int = 4096) -> np.ndarray:
+    """``(I, 2W)``: each item's token mean and per-dimension standard deviation over its real
+    tokens, ``chunk`` items at a time (float64)."""
+    parts = []
+    for start in range(0, len(tokens), chunk):
+        m = mask[start : start + chunk].unsqueeze(-1).double()  # (c, T, 1)
+        x = tokens[start : start + chunk].double()
+        count = m.sum(1).clamp(min=1)
+        mean = (x * m).sum(1) / count
+        std = (((x - mean[:, None]) * m).pow(2).sum(1) / count).sqrt()
+        parts.append(torch.cat([mean, std], dim=1))
+    return torch.cat(parts).numpy()
 
 
 def mean_std(values: list[float]) -> str:
@@ -135,7 +139,6 @@ def main(argv: list[str] | None = None) -> None:
     eligible = np.flatnonzero(count >= args.min_rows)
     if len(eligible) < 50:
         raise SystemExit(f"{args.data}: {len(eligible)} items with >= {args.min_rows} train rows; need 50")
-    target = torch.from_numpy(target_np).float()  # (I,)
     modalities = args.modalities or [m.name for m in meta.modalities]
     unknown = sorted(set(modalities) - {m.name for m in meta.modalities})
     if unknown:
@@ -152,22 +155,27 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     seconds: dict[tuple[str, str], float] = {}
     for modality in modalities:
+        # Only the taking-part items' rows are read (bx: ~120,000 items of up to 32 x 384 tokens);
+        # from here on an item is its position in `usable`.
         folder = args.data / "items"
-        tokens = torch.from_numpy(np.load(folder / f"{modality}.tokens.npy"))  # (I, T, W), fp16 as stored
-        mask = torch.from_numpy(np.load(folder / f"{modality}.mask.npy"))  # (I, T)
-        pooled = torch.from_numpy(np.load(folder / f"{modality}.pooled.npy"))  # (I, W)
-        usable = torch.from_numpy(eligible)[mask[eligible].any(1)]  # items with at least one token
+        mask_all = np.load(folder / f"{modality}.mask.npy", mmap_mode="r")  # (I, T)
+        usable = eligible[np.asarray(mask_all[eligible]).any(1)]  # items with at least one token
+        mask = torch.from_numpy(np.asarray(mask_all[usable]))  # (n, T)
+        tokens = torch.from_numpy(np.load(folder / f"{modality}.tokens.npy", mmap_mode="r")[usable])  # (n, T, W) fp16
+        pooled = torch.from_numpy(np.load(folder / f"{modality}.pooled.npy", mmap_mode="r")[usable])  # (n, W)
+        target = torch.from_numpy(target_np[usable]).float()  # (n,)
+        ridge_features = {
+            POOLED_RIDGE: pooled.double().numpy(),
+            "token mean and per-dimension std, ridge (the same)": token_moments(tokens, mask),
+        }
         for seed in args.seeds:
             torch.manual_seed(seed)
-            order = usable[torch.randperm(len(usable))]
+            order = torch.randperm(len(usable))
             n = len(order)
             train, valid, held_out = order[: n * 7 // 10], order[n * 7 // 10 : n * 8 // 10], order[n * 8 // 10 :]
             splits = (train.numpy(), valid.numpy(), held_out.numpy())
-            for name, features in (
-                (POOLED_RIDGE, pooled.double().numpy()),
-                ("token mean and per-dimension std, ridge (the same)", token_moments(tokens, mask)),
-            ):
-                results.setdefault((modality, name), []).append(ridge(features, target_np, *splits))
+            for name, features in ridge_features.items():
+                results.setdefault((modality, name), []).append(ridge(features, target_np[usable], *splits))
                 seconds[(modality, name)] = 0.0
             for name, (model, predict) in content_probes(modality, tokens, mask, pooled, qformer_config, label).items():
                 started = time.perf_counter()
