@@ -1,3 +1,4 @@
+import dataclasses
 import itertools
 
 import pytest
@@ -31,6 +32,22 @@ def test_every_variant_runs_and_trains_every_parameter(meta, data_config, batch,
     missing = [n for n, p in train.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing
     assert all(torch.isfinite(p.grad).all() for p in train.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("content", ["none", "frozen", "em3"])
+def test_dlrm_raw_content_trains_every_parameter(meta, data_config, batch, content, model_config):
+    config = model_config(backbone="dlrm", content=content, seq_content_mode="lora", dlrm_raw_content=True)
+    model = build_model(config, meta, data_config)
+    plain = build_model(dataclasses.replace(config, dlrm_raw_content=False), meta, data_config)
+    C = {"none": 0, "frozen": 2, "em3": 2}[content]  # target content and content interest
+
+    def over_arch_inputs(m: EM3Model) -> int:
+        return m.backbone.over_arch.model[0]._mlp[0]._linear.in_features
+
+    assert over_arch_inputs(model) - over_arch_inputs(plain) == 16 * C
+    loss, _ = EM3Train(model)(batch)
+    loss.backward()
+    assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
 
 
 def test_only_the_modules_a_variant_uses_are_built(meta, data_config, model_config):
