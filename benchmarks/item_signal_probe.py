@@ -154,12 +154,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ceiling (split-half reliability): {mean_std(reliability)}", flush=True)
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     seconds: dict[tuple[str, str], float] = {}
+    with_tokens: dict[str, int] = {}  # modality -> taking-part items with at least one token
     for modality in modalities:
         # Only the taking-part items' rows are read (bx: ~120,000 items of up to 32 x 384 tokens);
         # from here on an item is its position in `usable`.
         folder = args.data / "items"
         mask_all = np.load(folder / f"{modality}.mask.npy", mmap_mode="r")  # (I, T)
         usable = eligible[np.asarray(mask_all[eligible]).any(1)]  # items with at least one token
+        with_tokens[modality] = len(usable)
         mask = torch.from_numpy(np.asarray(mask_all[usable]))  # (n, T)
         tokens = torch.from_numpy(np.load(folder / f"{modality}.tokens.npy", mmap_mode="r")[usable])  # (n, T, W) fp16
         pooled = torch.from_numpy(np.load(folder / f"{modality}.pooled.npy", mmap_mode="r")[usable])  # (n, W)
@@ -218,7 +220,9 @@ def main(argv: list[str] | None = None) -> None:
             f"Target: an item's mean of `label - user rate` over its train rows (user rate shrunk by "
             f"{args.prior_rows:g} pseudo-rows), for the {len(eligible):,} items with >= {args.min_rows} train rows "
             f"(of {meta.num_items - 1:,}); per seed 70 % train, 10 % pick the stopping step (R² scored every "
-            f"{args.eval_every} steps), 20 % held out. AdamW lr {args.lr}, at most {args.steps} steps of {args.batch} items, weight "
+            f"{args.eval_every} steps), 20 % held out; of them, with at least one token (the rest sit out that modality): "
+            + ", ".join(f"{m} {n:,}" for m, n in with_tokens.items())
+            + f". AdamW lr {args.lr}, at most {args.steps} steps of {args.batch} items, weight "
             f"decay {args.weight_decay}; seeds {args.seeds} (split and initialisation); Q-Former {qformer_config}.",
             "",
             f"Ceiling: the target's split-half reliability (Spearman-Brown) {mean_std(reliability)}: the share of "
