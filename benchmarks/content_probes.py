@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -109,3 +114,26 @@ def fit(
         model.load_state_dict(best_state)
     model.eval()
     return r_squared(predict, target, train), r_squared(predict, target, held_out)
+
+
+def report_head(title: str, module: str, argv: list[str] | None) -> list[str]:
+    """A results file's first lines: ``title``, the command that ran ``module`` with ``argv``
+    (None: this process's arguments) and the machine."""
+    command = f"python -m {module} " + shlex.join(sys.argv[1:] if argv is None else argv)
+    return [
+        f"# {title}",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"torch {torch.__version__}.",
+        "",
+    ]
+
+
+def emit(report: str, out: Path | None) -> None:
+    """Write ``report`` to ``out``, or print it when there is none."""
+    if out is None:
+        print(report)
+        return
+    out.write_text(report)
+    print(f"wrote {out}")

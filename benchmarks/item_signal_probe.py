@@ -21,11 +21,7 @@ their mean that these models can learn from this many items.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -33,7 +29,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from benchmarks.content_probes import content_probes, fit, without_dropout
+from benchmarks.content_probes import content_probes, emit, fit, report_head, without_dropout
 from em3rec.config import load_config
 from em3rec.data.schema import DatasetMeta
 
@@ -208,15 +204,9 @@ def main(argv: list[str] | None = None) -> None:
         f"| {versus_pooled(modality, scores)} | {seconds[(modality, name)]:.0f} |"
         for (modality, name), scores in results.items()
     ]
-    command = "python -m benchmarks.item_signal_probe " + shlex.join(sys.argv[1:] if argv is None else argv)
     report = "\n".join(
         [
-            f"# Item-signal probe: {args.data.name}",
-            "",
-            f"Command: `{command}`  ",
-            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-            f"torch {torch.__version__}.",
-            "",
+            *report_head(f"Item-signal probe: {args.data.name}", "benchmarks.item_signal_probe", argv),
             f"Target: an item's mean of `label - user rate` over its train rows (user rate shrunk by "
             f"{args.prior_rows:g} pseudo-rows), for the {len(eligible):,} items with >= {args.min_rows} train rows "
             f"(of {meta.num_items - 1:,}); per seed 70 % train, 10 % pick the stopping step (R² scored every "
@@ -235,11 +225,7 @@ def main(argv: list[str] | None = None) -> None:
             "",
         ]
     )
-    if args.out:
-        args.out.write_text(report)
-        print(f"wrote {args.out}")
-    else:
-        print(report)
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

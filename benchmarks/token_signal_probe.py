@@ -20,10 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 import numpy as np
@@ -31,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
-from benchmarks.content_probes import content_probes, fit, without_dropout
+from benchmarks.content_probes import content_probes, emit, fit, report_head, without_dropout
 from data_prep.synthetic import SyntheticConfig, World, logit_terms, world_of
 from em3rec.config import load_config
 
@@ -130,15 +126,9 @@ def main(argv: list[str] | None = None) -> None:
         r2_train, r2_held = fit(model, predict, q, train, held_out, args.steps, args.batch, args.lr, args.weight_decay)
         rows.append(f"| {name} | {r2_train:.3f} | {r2_held:.3f} | {time.perf_counter() - started:.0f} |")
         print(rows[-1], flush=True)
-    command = "python -m benchmarks.token_signal_probe " + shlex.join(sys.argv[1:] if argv is None else argv)
     report = "\n".join(
         [
-            f"# Token-signal probe: {args.data.name}",
-            "",
-            f"Command: `{command}`  ",
-            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-            f"torch {torch.__version__}.",
-            "",
+            *report_head(f"Token-signal probe: {args.data.name}", "benchmarks.token_signal_probe", argv),
             f"Set: {cfg.items:,} items, token signal S = {cfg.token_signal}, modality `{modality}` "
             f"{cfg.tokens[0]} x {width}; {len(train):,} training and {len(held_out):,} held-out items. "
             f"Target: the latent q itself (no clicks, no IDs); AdamW lr {args.lr}, {args.steps} steps of "
@@ -164,9 +154,7 @@ def main(argv: list[str] | None = None) -> None:
                 "",
             ]
         )
-    if args.out:
-        args.out.write_text(report)
-        print(f"wrote {args.out}")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":
