@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from em3rec.config import QFORMER_ATTENTIONS, QFormerConfig
+from em3rec.modules.shape_buckets import bucket_size, pad_index, wants_buckets
 
 
 @dataclass
@@ -50,6 +51,10 @@ class TokenContext:
     def detach(self) -> TokenContext:
         return TokenContext([(k.detach(), v.detach()) for k, v in self.keys_values], self.token_mask)
 
+    def head(self, n: int) -> TokenContext:
+        """The first ``n`` items (views, no copy)."""
+        return TokenContext([(k[:n], v[:n]) for k, v in self.keys_values], self.token_mask[:n])
+
     @staticmethod
     def cat(parts: list[TokenContext]) -> TokenContext:
         """The items of ``parts`` one after the other (same layers, ``T`` and dtype)."""
@@ -73,6 +78,11 @@ class QFormerOutput:
     query_embeddings: torch.Tensor
     pooled: torch.Tensor
     context: TokenContext | None = None
+
+    def head(self, n: int) -> QFormerOutput:
+        """The first ``n`` items (views, no copy)."""
+        context = None if self.context is None else self.context.head(n)
+        return QFormerOutput(self.query_embeddings[:n], self.pooled[:n], context)
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -387,13 +397,18 @@ class FusionQFormer(nn.Module):
         source_rows = rows if index is None else index[:, None]  # (U, 1)
         values, positions = [], []
         offset = 0
+        buckets = wants_buckets(token_mask_all)
         for i, (m, mask) in enumerate(zip(self._modalities, masks)):
             x = tokens[m]  # (N, T_m, W_m)
             T_m = x.shape[1]
             slots = torch.arange(T_m, device=device)  # (T_m,)
             flat = x.reshape(-1, x.shape[-1])  # (N * T_m, W_m)
-            real = flat.index_select(0, (source_rows * T_m + slots)[mask])  # (R_m, W_m): real tokens only
-            values.append(self.token_proj[m](self._cast_tokens(real)) + self.modality_embedding[i])  # (R_m, d)
+            rows_m = (source_rows * T_m + slots)[mask]  # (R_m,) the real tokens
+            R_m = rows_m.shape[0]
+            if buckets:  # project a bucketed row count (extra rows repeat the first, then are dropped)
+                rows_m = pad_index(rows_m, bucket_size(R_m))
+            projected = self.token_proj[m](self._cast_tokens(flat.index_select(0, rows_m)))[:R_m]  # (R_m, d)
+            values.append(projected + self.modality_embedding[i])  # (R_m, d)
             positions.append((rows * T + offset + slots)[mask])  # (R_m,) flat positions in (U, T)
             offset += T_m
         packed = dropout(torch.cat(values), self._token_dropout.p, self.training)  # (R, d)
@@ -439,7 +454,22 @@ class FusionQFormer(nn.Module):
         """The token side of the items (only where :attr:`separable`). Args: as :meth:`forward`."""
         if not self.separable:
             raise ValueError("a self-attention Q-Former with several layers has no separate token side")
-        return self._context(*self._embed(tokens, token_mask, index))
+        U, rows = self._bucketed_rows(token_mask, index)
+        context = self._context(*self._embed(tokens, token_mask, rows))
+        return context if rows is index else context.head(U)
+
+    def _bucketed_rows(
+        self, token_mask: dict[str, torch.Tensor], index: torch.Tensor | None
+    ) -> tuple[int, torch.Tensor | None]:
+        """``U`` (the items asked for) and the rows to encode: ``index`` itself, or where matmuls
+        build a kernel per shape (:mod:`~em3rec.modules.shape_buckets`) padded to a bucketed count
+        (the caller keeps the first ``U`` results)."""
+        mask = next(iter(token_mask.values()))  # (N, T_m)
+        U = mask.shape[0] if index is None else index.shape[0]
+        if not wants_buckets(mask) or bucket_size(U) == U:
+            return U, index
+        rows = torch.arange(U, device=mask.device) if index is None else index
+        return U, pad_index(rows, bucket_size(U))
 
     def _embed(self, tokens, token_mask, index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`embed_tokens`, or its dense reference under torch.compile (the packed path has
@@ -458,9 +488,14 @@ class FusionQFormer(nn.Module):
 
     def decode(self, context: TokenContext) -> QFormerOutput:
         """The query side over the items' token side: queries, their layers, the head and gate."""
+        U = context.token_mask.shape[0]
+        if wants_buckets(context.token_mask) and bucket_size(U) != U:  # see _bucketed_rows
+            padded = context.select(pad_index(torch.arange(U, device=context.token_mask.device), bucket_size(U)))
+            out = self.decode(padded).head(U)
+            return QFormerOutput(out.query_embeddings, out.pooled, context)
         # A copy, not a view: under no_grad a view of a parameter keeps requires_grad without a
         # grad_fn, which module hooks that track gradients (torch's FlopCounterMode) reject.
-        queries = self.queries.expand(context.token_mask.shape[0], -1, -1).contiguous()  # (U, Q, d)
+        queries = self.queries.expand(U, -1, -1).contiguous()  # (U, Q, d)
         for layer, keys_values in zip(self.layers, context.keys_values):
             queries = layer.decode(queries, keys_values, context.token_mask)  # (U, Q, d)
         return self._output(queries, context)
@@ -495,6 +530,9 @@ class FusionQFormer(nn.Module):
         """
         if context is not None:
             return self.decode(context)
+        U, rows = self._bucketed_rows(token_mask, index)
+        if rows is not index:
+            return self.forward(tokens, token_mask, rows).head(U)
         x_tokens, token_mask_all = self._embed(tokens, token_mask, index)
         if self.separable:
             return self.decode(self._context(x_tokens, token_mask_all))

@@ -1,0 +1,92 @@
+"""Before/after training throughput of two ``em3rec`` source trees: real training epochs, alternating.
+
+Each round trains one epoch of every config from each tree (``python -m em3rec.train``, 1 process,
+real loader, fresh batches, evaluation excluded from the rate) and reads ``train_samples_per_s`` from
+the run's ``metrics.json``. Unlike ``throughput_ab`` (fixed in-memory batches), this is what a user
+pays per epoch, loader included. Sides alternate, so both see the same machine load on average.
+
+Example::
+
+    git worktree add /tmp/before HEAD && ln -s "$PWD/data" /tmp/before/data   # before the change
+    python -m benchmarks.train_ab --before /tmp/before --configs din_em3 din_frozen --rounds 2 \\
+        --out benchmarks/results/train_ab_shape_buckets_ml100k.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.machine import describe_machine
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def one_epoch(tree: Path, config: str, overrides: list[str]) -> dict:
+    """Train ``config`` for one epoch with the ``em3rec`` of ``tree``; its metrics.json."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        args = ["--config", config, "--set", "train.epochs=1", "--set", "train.run_name=ab"]
+        args += ["--set", f"train.run_dir={run_dir}"] + [a for o in overrides for a in ("--set", o)]
+        subprocess.run(
+            [sys.executable, "-m", "em3rec.train", *args],
+            cwd=tree,
+            env={**os.environ, "PYTHONPATH": str(tree)},
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return json.loads(next(Path(run_dir).rglob("metrics.json")).read_text())
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--before", required=True, type=Path, help="the 'before' source tree (with the same data/)")
+    p.add_argument("--configs", nargs="+", default=["din_em3", "din_frozen"])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--out", default="", help="write the Markdown table here")
+    args = p.parse_args(argv)
+    sides = {"before": args.before.resolve(), "after": ROOT}
+    rates: dict[tuple[str, str], list[float]] = {}
+    aucs: dict[tuple[str, str], list[float]] = {}
+    for r in range(args.rounds):
+        for config in args.configs:
+            for side, tree in sides.items():
+                m = one_epoch(tree, config, args.set)
+                rates.setdefault((config, side), []).append(m["train_samples_per_s"])
+                aucs.setdefault((config, side), []).append(m["valid"]["auc"])
+                print(f"round {r + 1} {config} {side}: {m['train_samples_per_s']:.0f} samples/s", flush=True)
+    lines = [
+        "| config | before samples/s (per round) | after samples/s (per round) | after / before (median) "
+        "| valid AUC after 1 epoch, before / after |",
+        "|---|---|---|---:|---|",
+    ]
+    for config in args.configs:
+        b, a = rates[(config, "before")], rates[(config, "after")]
+        auc = f"{statistics.mean(aucs[(config, 'before')]):.4f} / {statistics.mean(aucs[(config, 'after')]):.4f}"
+        lines.append(
+            f"| {config} | {', '.join(f'{x:.0f}' for x in b)} | {', '.join(f'{x:.0f}' for x in a)} "
+            f"| {statistics.median(a) / statistics.median(b):.2f}x | {auc} |"
+        )
+    info = describe_machine({}, watched=["em3rec", "benchmarks/train_ab.py"])
+    text = (
+        f"Command: `python -m benchmarks.train_ab {' '.join(shlex.quote(x) for x in (argv or sys.argv[1:]))}`  \n"
+        f"Machine: {info['nproc']} CPUs ({info['cpu']}); torch {info['torch']}; {info['date']}; commit {info['commit']} (after); load average at the "
+        f"end {info['load']}. One training epoch per cell (1 process, the bundled config), sides alternating.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
