@@ -20,8 +20,9 @@ from torch import nn
 from em3rec.data.batch import Batch
 from em3rec.modules.content_io import ContentOutput, DistinctTargets, place_history
 from em3rec.modules.frozen_content import PooledContentProjection
-from em3rec.modules.fusion_qformer import FusionQFormer
+from em3rec.modules.fusion_qformer import FusionQFormer, QFormerOutput
 from em3rec.modules.history_encoders import HistoryEncoder, HistoryItems
+from em3rec.modules.shape_buckets import bucket_size, pad_index, wants_buckets
 
 
 class ContentTower(nn.Module):
@@ -101,7 +102,7 @@ class ContentTower(nn.Module):
         # The distinct targets and the catalogue sample through the target branch in one call.
         V = targets.index.shape[0]
         rows = torch.cat([targets.index, batch.catalogue_content_index])  # (V + K,)
-        target = self.qformer(tokens, token_mask, rows)
+        target = self._target_branch(tokens, token_mask, rows)
         encoded = target.pooled  # (V + K, D)
         target_content = encoded[:V]  # (V, D): the Q-Former part, which the history branch may reuse
         if base is not None:
@@ -122,6 +123,17 @@ class ContentTower(nn.Module):
         return ContentOutput(
             target=item_content[targets.inverse], history=history, item_content=item_content, catalogue=catalogue
         )
+
+    def _target_branch(
+        self, tokens: dict[str, torch.Tensor], token_mask: dict[str, torch.Tensor], rows: torch.Tensor
+    ) -> QFormerOutput:
+        """The Q-Former over ``rows (N,)``. On CPU in bf16 over a bucketed number of rows (see
+        :mod:`~em3rec.modules.shape_buckets`), here as well as inside the Q-Former: a compiled
+        Q-Former skips its own padding, and its matmuls build a kernel per shape all the same."""
+        n = rows.shape[0]
+        if wants_buckets(rows) and bucket_size(n) != n:
+            return self.qformer(tokens, token_mask, pad_index(rows, bucket_size(n))).head(n)
+        return self.qformer(tokens, token_mask, rows)
 
     def _pooled_base(self, batch: Batch) -> torch.Tensor | None:
         """``(U, D)`` the pooled base of the batch's distinct items: from the stored pooled vectors

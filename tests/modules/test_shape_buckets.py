@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from em3rec.modules import fusion_qformer, shape_buckets
+from em3rec.modules import content_tower, fusion_qformer, shape_buckets
 from em3rec.modules.content_io import DistinctTargets
 from em3rec.modules.shape_buckets import bucket_size, pad_index, wants_buckets
 from tests.modules.test_content_tower import QUERY_SIDE_LORA, _grads, _loss, _tower
@@ -49,8 +49,9 @@ def test_bucketed_rows_change_no_value_and_no_gradient(batch, monkeypatch, mode,
         padded_to.append((index.shape[0], size))
         return pad_index(index, size)
 
-    monkeypatch.setattr(fusion_qformer, "wants_buckets", lambda x: True)
-    monkeypatch.setattr(fusion_qformer, "pad_index", spy)
+    for module in (fusion_qformer, content_tower):
+        monkeypatch.setattr(module, "wants_buckets", lambda x: True)
+        monkeypatch.setattr(module, "pad_index", spy)
     out = bucketed(batch, targets)
     _loss(out).backward()
     assert any(size > n for n, size in padded_to)  # rows were padded
