@@ -19,14 +19,15 @@ SMALLEST = 64  # counts up to this are rounded up to a multiple of 8
 
 
 def bucket_size(n: int, per_octave: int = PER_OCTAVE) -> int:
-    """The smallest bucket ``>= n``: a multiple of ``2^floor(log2 n) / per_octave``.
+    """The smallest bucket ``>= n``: a multiple of ``2^floor(log2 n) / per_octave`` (of 8 up to
+    ``SMALLEST``; 0 stays 0, so nothing is padded to encode nothing).
 
     Example::
 
-        [bucket_size(n) for n in (1, 100, 1000, 1025, 17330)]  # [8, 104, 1024, 1152, 18432]
+        [bucket_size(n) for n in (0, 1, 100, 1000, 1025, 17330)]  # [0, 8, 104, 1024, 1152, 18432]
     """
     if n <= SMALLEST:
-        return max(8, -(-n // 8) * 8)
+        return -(-n // 8) * 8
     step = max(1, (1 << (n.bit_length() - 1)) // per_octave)
     return -(-n // step) * step
 

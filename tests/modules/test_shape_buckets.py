@@ -13,6 +13,7 @@ def test_bucket_sizes_cover_every_count_with_little_padding():
         assert b >= n and bucket_size(b) == b, n  # a bucket is its own bucket
         assert b - n < max(8, n / shape_buckets.PER_OCTAVE), n
     assert len({bucket_size(n) for n in range(1025, 2049)}) == shape_buckets.PER_OCTAVE  # (1024, 2048]
+    assert bucket_size(0) == 0  # nothing to encode: no padding (and no endless re-padding)
 
 
 def test_pad_index_repeats_the_first_row():
@@ -61,3 +62,15 @@ def test_bucketed_rows_change_no_value_and_no_gradient(batch, monkeypatch, mode,
     assert grads.keys() == grads_plain.keys() and grads
     for name in grads:
         torch.testing.assert_close(grads[name], grads_plain[name], rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_no_items_need_no_padding(monkeypatch):
+    # A batch whose histories are all empty asks the history branch to decode 0 items.
+    from tests.modules.test_fusion_qformer import _inputs, _qformer
+
+    monkeypatch.setattr(fusion_qformer, "wants_buckets", lambda x: True)
+    qformer = _qformer("self", num_layers=1)
+    tokens, mask = _inputs()
+    context = qformer.context(tokens, mask, torch.zeros(0, dtype=torch.long))
+    assert qformer.decode(context).pooled.shape == (0, 16)
+    assert qformer(tokens, mask, torch.tensor([3, 1, 3])).pooled.shape == (3, 16)  # padded to 8, cut to 3
