@@ -54,3 +54,27 @@ def describe_machine(versions: dict[str, str], watched: list[str]) -> dict[str, 
         "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def results_head(module: str, argv: list[str] | None, watched: list[str], note: str = "") -> str:
+    """A results file's first lines: the command that ran ``module`` with ``argv`` (None: this
+    process's arguments), then the machine (CPU and what torch reports of it, torch, date, commit of
+    the ``watched`` paths, load average) and ``note``."""
+    import shlex
+    import sys
+
+    info = describe_machine({}, watched)
+    command = f"python -m {module} " + shlex.join(sys.argv[1:] if argv is None else argv)
+    return (
+        f"Command: `{command}`  \n"
+        f"Machine: {info['nproc']} CPUs ({info['cpu']}; torch reports {torch.backends.cpu.get_cpu_capability()}, "
+        f"AMX tiles: {torch.cpu._is_amx_tile_supported()}); torch {info['torch']}; {info['date']}; commit "
+        f"{info['commit']}; load average at the end {info['load']}. {note}\n\n"
+    )
+
+
+def write_results(text: str, out: str) -> None:
+    """Print ``text`` and write it to ``out`` (when given)."""
+    print(text)
+    if out:
+        Path(out).write_text(text)

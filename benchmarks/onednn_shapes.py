@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-from benchmarks.machine import describe_machine
+from benchmarks.machine import results_head, write_results
 from em3rec.modules.shape_buckets import bucket_size
 
 
@@ -58,20 +56,12 @@ def main(argv: list[str] | None = None) -> None:
             f"| {str(dtype).removeprefix('torch.')} | {seen:.2f} ms | {fresh:.2f} ms | {again:.2f} ms | "
             f"{bucketed:.2f} ms ({len(set(bucket_rows))} buckets for {n} counts) |"
         )
-    info = describe_machine({}, watched=["em3rec/modules/shape_buckets.py", "benchmarks/onednn_shapes.py"])
-    text = (
-        f"Matmul pair (forward and weight gradient of a {args.width} -> {args.out_width} Linear, about "
-        f"{args.rows} rows), median of {n} calls, {args.threads} thread(s).  \n"
-        f"Machine: {info['nproc']} CPUs ({info['cpu']}, torch reports "
-        f"{torch.backends.cpu.get_cpu_capability()}, AMX tiles: {torch.cpu._is_amx_tile_supported()}); torch "
-        f"{info['torch']}; {info['date']}; commit {info['commit']}.\n\n" + "\n".join(lines) + "\n"
+    note = (
+        f"Matmul pair: the forward and weight gradient of a {args.width} -> {args.out_width} Linear at about "
+        f"{args.rows} rows, median of {n} calls, {args.threads} thread(s)."
     )
-    print(text)
-    if args.out:
-        Path(args.out).write_text(
-            f"Command: `python -m benchmarks.onednn_shapes {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
-            + text
-        )
+    watched = ["em3rec/modules/shape_buckets.py", "benchmarks/onednn_shapes.py"]
+    write_results(results_head("benchmarks.onednn_shapes", argv, watched, note) + "\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

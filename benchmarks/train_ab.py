@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.machine import describe_machine
+from benchmarks.machine import results_head, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,17 +74,9 @@ def main(argv: list[str] | None = None) -> None:
             f"| {config} | {', '.join(f'{x:.0f}' for x in b)} | {', '.join(f'{x:.0f}' for x in a)} "
             f"| {statistics.median(a) / statistics.median(b):.2f}x | {auc} |"
         )
-    info = describe_machine({}, watched=["em3rec", "benchmarks/train_ab.py"])
-    text = (
-        f"Command: `python -m benchmarks.train_ab {' '.join(shlex.quote(x) for x in (argv or sys.argv[1:]))}`  \n"
-        f"Machine: {info['nproc']} CPUs ({info['cpu']}); torch {info['torch']}; {info['date']}; commit {info['commit']} (after); load average at the "
-        f"end {info['load']}. One training epoch per cell (1 process, the bundled config), sides alternating.\n\n"
-        + "\n".join(lines)
-        + "\n"
-    )
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    note = "One training epoch per cell (1 process, the bundled config), the two trees alternating."
+    head = results_head("benchmarks.train_ab", argv, ["em3rec", "benchmarks/train_ab.py"], note)
+    write_results(head + "\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":
