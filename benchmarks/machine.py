@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -60,9 +62,6 @@ def results_head(module: str, argv: list[str] | None, watched: list[str], note: 
     """A results file's first lines: the command that ran ``module`` with ``argv`` (None: this
     process's arguments), then the machine (CPU and what torch reports of it, torch, date, commit of
     the ``watched`` paths, load average) and ``note``."""
-    import shlex
-    import sys
-
     info = describe_machine({}, watched)
     command = f"python -m {module} " + shlex.join(sys.argv[1:] if argv is None else argv)
     return (

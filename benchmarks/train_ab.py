@@ -3,7 +3,8 @@
 Each round trains one epoch of every config from each tree (``python -m em3rec.train``, 1 process,
 real loader, fresh batches, evaluation excluded from the rate) and reads ``train_samples_per_s`` from
 the run's ``metrics.json``. Unlike ``throughput_ab`` (fixed in-memory batches), this is what a user
-pays per epoch, loader included. Sides alternate, so both see the same machine load on average.
+pays per epoch, loader included. Sides alternate, and which goes first alternates by round, so both
+see the same machine load on average.
 
 Example::
 
@@ -33,14 +34,17 @@ def one_epoch(tree: Path, config: str, overrides: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         args = ["--config", config, "--set", "train.epochs=1", "--set", "train.run_name=ab"]
         args += ["--set", f"train.run_dir={run_dir}"] + [a for o in overrides for a in ("--set", o)]
-        subprocess.run(
+        run = subprocess.run(
             [sys.executable, "-m", "em3rec.train", *args],
             cwd=tree,
             env={**os.environ, "PYTHONPATH": str(tree)},
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
         )
+        if run.returncode:
+            raise SystemExit(
+                f"{config} from {tree} failed (exit {run.returncode}); its output ends:\n{run.stdout[-3000:]}{run.stderr[-3000:]}"
+            )
         return json.loads(next(Path(run_dir).rglob("metrics.json")).read_text())
 
 
@@ -52,12 +56,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out", default="", help="write the Markdown table here")
     args = p.parse_args(argv)
+    if not (args.before / "em3rec").is_dir():
+        raise SystemExit(
+            f"--before {args.before}: no em3rec package there (expected a source tree, e.g. a git worktree)"
+        )
     sides = {"before": args.before.resolve(), "after": ROOT}
     rates: dict[tuple[str, str], list[float]] = {}
     aucs: dict[tuple[str, str], list[float]] = {}
     for r in range(args.rounds):
+        order = list(sides.items()) if r % 2 == 0 else list(reversed(sides.items()))  # who goes first alternates
         for config in args.configs:
-            for side, tree in sides.items():
+            for side, tree in order:
                 m = one_epoch(tree, config, args.set)
                 rates.setdefault((config, side), []).append(m["train_samples_per_s"])
                 aucs.setdefault((config, side), []).append(m["valid"]["auc"])
