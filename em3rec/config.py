@@ -63,6 +63,10 @@ class DataConfig:
     max_history: int = 50  # history positions fed to the model (<= the dataset's)
     modalities: list[str] = field(default_factory=lambda: ["title", "meta"])
     pooled_content: bool = False  # one pooled vector per modality instead of its tokens
+    # Item token tables up to this size (MB per process, in the dtype the model computes in) are
+    # converted once and held in memory, so a batch's tokens are one gather, with no cast; larger
+    # ones are memory-mapped (shared by a machine's ranks) and cast batch by batch. 0 = never.
+    resident_tokens_mb: float = 1024.0
     # Splits up to this many rows are value-checked (labels, ids, nulls) when opened; larger ones
     # batch by batch as they are read, so a bad row stops the job when its rank reaches it.
     scan_rows: int = 1_000_000

@@ -46,11 +46,17 @@ def checkpoint_manager(config: Config) -> CheckpointManager:
     return CheckpointManager(run_dir(config) / "checkpoints", config.train.keep_checkpoints)
 
 
-def open_item_store(config: Config, meta: DatasetMeta) -> ItemStore | None:
-    """The item content arrays, validated against ``meta``; None for an ID-only model."""
+def open_item_store(config: Config, meta: DatasetMeta, device: torch.device) -> ItemStore | None:
+    """The item content arrays, validated against ``meta``; None for an ID-only model. A model that
+    reads tokens gets them held in memory in the dtype it computes in on ``device``
+    (``data.resident_tokens_mb``)."""
     if config.model.content == "none":
         return None
-    return ItemStore(config.data.path, config.data.modalities, meta)
+    resident = None if config.data.pooled_content else Precision.resolve(config.train.precision, device).dtype
+    return ItemStore(
+        config.data.path, config.data.modalities, meta,
+        resident_dtype=resident, resident_max_mb=config.data.resident_tokens_mb,
+    )  # fmt: skip
 
 
 def open_loader(config: Config, split: str, env: DistEnv, item_store: ItemStore | None) -> ImpressionLoader:
@@ -205,7 +211,7 @@ def load_trained(config: Config, checkpoint: str | Path = "") -> TrainedModel:
     setup_logging(env.rank)
     allowed_sharding_types(config.sharding, env.device)
     meta = DatasetMeta.load(config.data.path)
-    item_store = open_item_store(config, meta)
+    item_store = open_item_store(config, meta, env.device)
     cold_items = cold_item_mask(config.data.path, meta)
     cold_users = cold_user_mask(config.data.path, meta)
     model = build_sharded_model(config, meta, env, cold_items, cold_users)

@@ -97,7 +97,7 @@ class Recipe:
         # only after training).
         allowed_sharding_types(config.sharding, env.device)
         self.meta = DatasetMeta.load(config.data.path)
-        item_store = factory.open_item_store(config, self.meta)
+        item_store = factory.open_item_store(config, self.meta, env.device)
         self._loaders = {split: factory.open_loader(config, split, env, item_store) for split in SPLITS}
         self.cold_items = cold_item_mask(config.data.path, self.meta)
         self.cold_users = cold_user_mask(config.data.path, self.meta)

@@ -246,8 +246,9 @@ class ImpressionLoader(IterableDataset):
         pooled_content: one pooled vector per modality (``T = 1``) instead of its tokens.
         pooled_vectors: with the tokens, also each item's stored pooled vector per modality
             (``Batch.content_pooled``; EM3's pooled base reads it instead of pooling every step).
-        token_dtype: the dtype the content tower computes in (``Precision.dtype``): tokens are cast
-            to it here, in the loader (its prefetch thread), not in every training step; None keeps
+        token_dtype: the dtype the content tower computes in (``Precision.dtype``): tokens arrive
+            in it, read from the store's resident tables when it holds them in that dtype, else
+            cast here, in the loader (its prefetch thread), not in every training step; None keeps
             the store's float16.
         history_tokens: False = tokens only of the targets and the catalogue sample, which then
             come first among the distinct items (``Batch.content_tokens`` has ``U_t <= U`` rows);
@@ -604,9 +605,9 @@ class ImpressionLoader(IterableDataset):
         history_index[history_mask] = inverse[B : len(inverse) - len(catalogue)]  # row-major = the values' order
         tokens, token_mask, pooled = ({}, {}, {})
         if self._items is not None:
-            tokens, token_mask = self._items.gather(content_ids[:with_tokens], self.modalities, self.pooled_content)
-            if self._token_dtype is not None:
-                tokens = {m: t.to(self._token_dtype) for m, t in tokens.items()}
+            tokens, token_mask = self._items.gather(
+                content_ids[:with_tokens], self.modalities, self.pooled_content, dtype=self._token_dtype
+            )
             if self._pooled_vectors:
                 pooled = self._items.gather_pooled(content_ids, self.modalities)
 
