@@ -66,6 +66,10 @@ ABLATIONS: dict[str, tuple[str, list[str]]] = {
         "EM3, history content from the pooled base alone and CIC over the batch's targets only",
         ["model.seq_content_mode=pooled", "model.cic.catalogue_samples=0"],
     ),
+    "hist_context_bank": (
+        "EM3, the LoRA history's token side from a per-item bank refreshed every 10 steps",
+        ["model.lora.context_refresh_steps=10"],
+    ),
     "pooled": ("EM3 over the pooled vectors (one token per modality)", ["data.pooled_content=true"]),
     # The bundled EM3 as the code now has it, paired with the reference's runs of an earlier form
     # (e.g. after a change to a default, against the runs of the table made before it):

@@ -120,6 +120,10 @@ class LoraConfig:
     # adapters' gradients through an (out, in) weight gradient); false runs peft's low-rank forward
     # (x W^T + s (x A^T) B^T). The same values and gradients either way; dropout > 0 needs peft's.
     merge: bool = True
+    # With adapters on the query side only: 0 = the history items' token side computed fresh every
+    # step; N > 0 = read from a per-item bank (em3rec.modules.context_bank) whose entries are
+    # rewritten from the target branch each step and recomputed once older than N steps.
+    context_refresh_steps: int = 0
 
 
 @dataclass

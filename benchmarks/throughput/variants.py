@@ -65,6 +65,7 @@ def _variants() -> dict[str, Variant]:
         Variant("em3", "em3", "lora", bundled="din_em3"),
         Variant("em3-no-catalogue", "em3", "lora", bundled="din_em3", extra=("model.cic.catalogue_samples=0",)),
         Variant("em3-hist-cached", "em3", "cached", bundled="din_em3", extra=("model.seq_content_mode=cached",)),
+        Variant("em3-context-bank", "em3", "lora", bundled="din_em3", extra=("model.lora.context_refresh_steps=10",)),
         Variant("em3-unmerged", "em3", "lora", bundled="din_em3", extra=("model.lora.merge=false",)),
     ]
     out += [replace(v, name=f"{v.name}@{p}", precision=p) for v in list(out) for p in ("fp32", "bf16")]

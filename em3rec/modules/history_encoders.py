@@ -28,6 +28,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from em3rec.config import LoraConfig
+from em3rec.modules.context_bank import ContextBank
 from em3rec.modules.fusion_qformer import FusionQFormer, TokenContext
 
 HISTORY_ADAPTER = "history"
@@ -144,9 +145,16 @@ class LoraHistory(nn.Module):
     without the token side's second forward and its backward. Adapters on ``token_proj`` or on the
     token keys/values take the full call.
 
+    With ``config.context_refresh_steps = N > 0`` (and a shared token side) training reads the
+    token side of history items from a :class:`~em3rec.modules.context_bank.ContextBank`: the
+    targets' entries fresh from the target branch, the others up to ``N`` steps old. Evaluation
+    computes it fresh.
+
     Args:
         qformer (FusionQFormer): the Q-Former to adapt in place.
-        config (LoraConfig): ``rank``, ``alpha``, ``dropout``, ``target_modules``.
+        config (LoraConfig): ``rank``, ``alpha``, ``dropout``, ``target_modules``,
+            ``context_refresh_steps``.
+        num_items (int): the item vocabulary size (the bank's rows; needed with a bank only).
 
     Example::
 
@@ -156,7 +164,7 @@ class LoraHistory(nn.Module):
 
     mode = "lora"
 
-    def __init__(self, qformer: FusionQFormer, config: LoraConfig) -> None:
+    def __init__(self, qformer: FusionQFormer, config: LoraConfig, num_items: int = 0) -> None:
         super().__init__()
         targets = lora_target_names(qformer, config.target_modules)
         peft_config = peft.LoraConfig(
@@ -177,6 +185,15 @@ class LoraHistory(nn.Module):
         self.merge = config.merge and config.dropout == 0.0
         # Adapters on the query side only: a history item's token side is the target branch's.
         self.shares_context = qformer.separable and not set(targets) & qformer.token_side_linears()
+        self.bank = None
+        if config.context_refresh_steps > 0:
+            if not self.shares_context:
+                raise ValueError(
+                    "model.lora.context_refresh_steps > 0 needs a token side the adapters do not change: adapters "
+                    f"on the query side only (target_modules {config.target_modules} adapt {sorted(targets)}) and "
+                    "one self-attention layer or cross-attention"
+                )
+            self.bank = ContextBank(num_items, config.context_refresh_steps)
 
     def _call(self, qformer: FusionQFormer, args: tuple, kwargs: dict) -> torch.Tensor:
         """``qformer(*args, **kwargs).pooled`` with the base weights detached and the adapters on."""
@@ -200,6 +217,14 @@ class LoraHistory(nn.Module):
     def forward(self, qformer: FusionQFormer, items: HistoryItems) -> torch.Tensor:
         if not self.shares_context or items.target_context is None:
             return self.encode(qformer, items.tokens, items.token_mask, items.index)
+        if self.bank is not None and self.training:
+            context = self.bank(
+                items.item_ids[items.target_index],
+                items.target_context,
+                items.item_ids[items.index],
+                lambda rows: qformer.context(items.tokens, items.token_mask, items.index[rows]),
+            )
+            return self._call(qformer, (), {"context": context})  # (H, D)
         # The token side (projections, keys and values: most of the work) is the base weights'
         # alone: history items that are also targets take the target branch's, detached; the
         # others' is computed without gradient. Only the query side runs with the adapters.

@@ -254,7 +254,7 @@ def build_history_encoder(model_config: ModelConfig, qformer: FusionQFormer, num
     if mode == "full":
         return FullHistory()
     if mode == "lora":
-        return LoraHistory(qformer, model_config.lora)
+        return LoraHistory(qformer, model_config.lora, num_items)
     if mode == "pooled":
         return PooledHistory()
     return CachedHistory(num_items, qformer.head.out_features, model_config.cache_refresh_steps)

@@ -212,6 +212,61 @@ def test_cached_refreshes_stale_entries(batch):
     torch.testing.assert_close(out.history, fresh)
 
 
+@pytest.mark.parametrize("attention", ["self", "cross"])
+def test_lora_token_side_bank_matches_the_fresh_token_side_and_ages(batch, attention):
+    # While the base weights stay put, the bank's token sides equal fresh ones: values and every
+    # gradient (float64). Once they move, history-only items keep the old token side until it is
+    # older than context_refresh_steps; targets are rewritten from the target branch every step.
+    targets = DistinctTargets.of(batch.target_content_index, batch.weights)
+    lora = dataclasses.replace(QUERY_SIDE_LORA, context_refresh_steps=2)
+    banked = _tower("lora", attention=attention, num_layers=1, num_items=41, lora=lora).double().train()
+    fresh = _tower("lora", attention=attention, num_layers=1, lora=QUERY_SIDE_LORA).double().train()
+    fresh.load_state_dict(banked.state_dict())
+    assert fresh.history.bank is None
+    assert not any(k.startswith("history.bank") for k in banked.state_dict())  # per rank, not checkpointed
+    history_items = batch.content_item_ids[torch.unique(batch.history_content_index[batch.history_mask])]
+    history_only = history_items[~torch.isin(history_items, batch.item_ids)]
+    assert 0 < history_only.numel() < history_items.numel()
+
+    for step in (0, 1):  # step 0 computes the history-only items; step 1 reads them all from the bank
+        banked.zero_grad()
+        fresh.zero_grad()
+        out_banked, out_fresh = banked(batch, targets), fresh(batch, targets)
+        assert banked.history.bank.last_refresh_count == (history_only.numel() if step == 0 else 0)
+        torch.testing.assert_close(out_banked.history, out_fresh.history, rtol=1e-12, atol=1e-12)
+        _loss(out_banked).backward()
+        _loss(out_fresh).backward()
+        grads_banked, grads_fresh = _grads(banked), _grads(fresh)
+        assert grads_banked.keys() == grads_fresh.keys() and any("lora_" in n for n in grads_banked)
+        for name in grads_banked:
+            torch.testing.assert_close(grads_banked[name], grads_fresh[name], rtol=1e-10, atol=1e-10, msg=name)
+
+    with torch.no_grad():  # move the base weights of the token side: the bank now holds stale entries
+        for tower in (banked, fresh):
+            torch.manual_seed(1)
+            for name, p in tower.qformer.named_parameters():
+                if "token_proj" in name and "lora_" not in name:
+                    p.add_(0.2 * torch.randn_like(p))
+    position_item = batch.content_item_ids[batch.history_content_index]  # (B, L)
+    keep = torch.isin(position_item, history_only) & batch.history_mask
+    moved = torch.isin(position_item, batch.item_ids) & batch.history_mask
+    out_banked, out_fresh = banked(batch, targets), fresh(batch, targets)  # step 2: entries 2 steps old
+    assert banked.history.bank.last_refresh_count == 0
+    assert not torch.allclose(out_banked.history[keep], out_fresh.history[keep])
+    torch.testing.assert_close(out_banked.history[moved], out_fresh.history[moved], rtol=1e-12, atol=1e-12)
+    out_banked = banked(batch, targets)  # step 3: 3 steps old -> recomputed
+    assert banked.history.bank.last_refresh_count == history_only.numel()
+    torch.testing.assert_close(out_banked.history, out_fresh.history.detach(), rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # evaluation computes the token side fresh
+        torch.testing.assert_close(banked.eval()(batch, targets).history, fresh.eval()(batch, targets).history)
+
+
+def test_lora_token_side_bank_needs_a_shared_token_side():
+    lora = LoraConfig(rank=2, alpha=4.0, target_modules=["attn"], context_refresh_steps=5)
+    with pytest.raises(ValueError, match="context_refresh_steps > 0 needs a token side the adapters do not change"):
+        _tower("lora", num_layers=1, num_items=41, lora=lora)
+
+
 def test_cached_needs_dedup():
     with pytest.raises(ValueError, match="dedup"):
         _tower("cached", dedup=False, num_items=41)
