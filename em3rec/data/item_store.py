@@ -10,10 +10,9 @@ of the loader's time (``benchmarks/results/README.md``, Cost).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Sequence
-
-import logging
 
 import numpy as np
 import torch
@@ -35,8 +34,8 @@ class ItemStore:
         meta: the folder's meta, if already loaded.
         resident_dtype: hold every opened modality's token table in memory in this dtype (the one
             the model computes in), converted once here; None = memory-mapped only.
-        resident_max_mb: ... if the tables together take at most this many MB in that dtype; larger
-            ones stay memory-mapped and are cast batch by batch (the choice is logged).
+        resident_max_mb: the most MB (in that dtype, all modalities together) held so; larger
+            tables stay memory-mapped and are cast batch by batch (the choice is logged).
 
     Example::
 
