@@ -97,8 +97,8 @@ class ContextBank(nn.Module):
             TokenContext: ``H`` rows, in ``history_ids``' order.
         """
         self._write(target_ids, target_context.head(target_ids.shape[0]))
-        age = self.step - self._written_at[history_ids]  # (H,)
-        stale = ((self._written_at[history_ids] < 0) | (age > self.refresh_steps)).nonzero().squeeze(1)  # (R,)
+        written = self._written_at[history_ids]  # (H,) step of each entry's write, -1 = never
+        stale = ((written < 0) | (self.step - written > self.refresh_steps)).nonzero().squeeze(1)  # (R,)
         self.last_refresh_count = stale.shape[0]
         if self.last_refresh_count:
             with torch.no_grad():
