@@ -57,7 +57,7 @@ def _worker(args: argparse.Namespace) -> None:
     names = args.variants.split(",")
     from em3rec.data.item_store import ItemStore
 
-    store = ItemStore(base.data.path, base.data.modalities, meta)
+    store = ItemStore(base.data.path, base.data.modalities, meta, token_window=base.data.token_window)
     runners, batches, cursor = {}, {}, {}
     fake = argparse.Namespace(
         set=args.set,

@@ -63,6 +63,9 @@ class DataConfig:
     max_history: int = 50  # history positions fed to the model (<= the dataset's)
     modalities: list[str] = field(default_factory=lambda: ["title", "meta"])
     pooled_content: bool = False  # one pooled vector per modality instead of its tokens
+    # Each modality's tokens averaged in windows of this many consecutive positions (the mask-aware
+    # mean), T -> ceil(T / token_window): fewer tokens for the Q-Former to read. 1 = as stored.
+    token_window: int = 1
     # Item token tables up to this size (MB per process, in the dtype the model computes in) are
     # converted once and held in memory, so a batch's tokens are one gather, with no cast; larger
     # ones are memory-mapped (shared by a machine's ranks) and cast batch by batch. 0 = never.
@@ -416,6 +419,7 @@ def validate_config(config: Config) -> None:
         ("train.nan_skip_limit", train.nan_skip_limit, 0),
         ("train.collective_timeout_s", train.collective_timeout_s, 1),
         ("data.scan_rows", config.data.scan_rows, 0),
+        ("data.token_window", config.data.token_window, 1),
     ):
         if value < low:
             raise ConfigError(f"{key} = {value}; expected >= {low}")

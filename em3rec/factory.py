@@ -56,6 +56,7 @@ def open_item_store(config: Config, meta: DatasetMeta, device: torch.device) -> 
     return ItemStore(
         config.data.path, config.data.modalities, meta,
         resident_dtype=resident, resident_max_mb=config.data.resident_tokens_mb,
+        token_window=config.data.token_window,
     )  # fmt: skip
 
 

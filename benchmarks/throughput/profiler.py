@@ -30,7 +30,6 @@ def profile_variants(args: argparse.Namespace, argv: list[str] | None = None) ->
     meta = DatasetMeta.load(base.data.path)
     from em3rec.data.item_store import ItemStore
 
-    store = ItemStore(base.data.path, base.data.modalities, meta) if meta.modalities else None
     L = min(args.history[0], meta.max_history)
     lines = [
         f"# Profile: {args.name}, L={L}, batch {args.batch_size}, {torch.get_num_threads()} thread(s)",
@@ -47,6 +46,8 @@ def profile_variants(args: argparse.Namespace, argv: list[str] | None = None) ->
     for name in args.variants:
         v = resolve(args, VARIANTS[name])
         config = variant_config(args, v)
+        window = config.data.token_window
+        store = ItemStore(base.data.path, base.data.modalities, meta, token_window=window) if meta.modalities else None
         batches = load_batches(config, L, v.level, args.warmup + args.steps, env, store)
         runner = build_runner(v, config, meta, env)
         for b in batches[: args.warmup]:

@@ -80,7 +80,7 @@ from benchmarks.throughput.variants import (
     variant_config,
 )
 from em3rec import cli, factory
-from em3rec.config import Device, choices
+from em3rec.config import Config, Device, choices
 from em3rec.data.batch import Batch
 from em3rec.data.schema import DatasetMeta
 from em3rec.distributed import DistEnv, init_distributed
@@ -131,11 +131,21 @@ def run_world(args: argparse.Namespace, env: DistEnv) -> dict[str, Any] | None:
     # variant's batches carry: item features (level) and the catalogue sample for CIC.
     from em3rec.data.item_store import ItemStore
 
-    store = ItemStore(base.data.path, base.data.modalities, meta) if meta.modalities else None
+    stores: dict[int, ItemStore] = {}  # by data.token_window
+
+    def store_for(config: Config) -> ItemStore | None:
+        window = config.data.token_window
+        if meta.modalities and window not in stores:
+            stores[window] = ItemStore(base.data.path, base.data.modalities, meta, token_window=window)
+        return stores.get(window)
 
     def feed(v: Variant) -> tuple[str, tuple[tuple[str, Any], ...]]:
-        """What ``v``'s batches carry: its level, the model's batch options, the token dtype."""
-        options = factory.batch_options(configs[v.name].model, "train") | {"tokens": precisions[v.name].name}
+        """What ``v``'s batches carry: its level, the model's batch options, the token dtype and window."""
+        config = configs[v.name]
+        options = factory.batch_options(config.model, "train") | {
+            "tokens": precisions[v.name].name,
+            "token_window": config.data.token_window,
+        }
         return v.level, tuple(sorted(options.items()))
 
     feeds = {feed(v): configs[v.name] for v in variants + tower_variants}
@@ -143,7 +153,7 @@ def run_world(args: argparse.Namespace, env: DistEnv) -> dict[str, Any] | None:
     started = time.perf_counter()
     for L in histories:
         for key, config in feeds.items():
-            batches[(L, key)] = load_batches(config, L, key[0], count, env, store)
+            batches[(L, key)] = load_batches(config, L, key[0], count, env, store_for(config))
     widest = max(feeds, key=lambda k: (k[0] == "tokens", dict(k[1]).get("history_tokens", True)))
     stats = {L: batch_stats(batches[(L, widest)]) for L in histories}
     log(f"loaded {len(batches)} x {count} batches in {time.perf_counter() - started:.1f}s; stats {stats}")

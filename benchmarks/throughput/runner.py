@@ -190,7 +190,7 @@ def load_batches(
     loader = ImpressionLoader(
         data.path, "train", batch_size=data.batch_size, max_history=history,
         modalities=[] if level == "none" else data.modalities, pooled_content=level == "pooled",
-        shuffle_buffer=min(data.shuffle_buffer, max(8 * data.batch_size * count, 4096)),
+        token_window=data.token_window, shuffle_buffer=min(data.shuffle_buffer, max(8 * data.batch_size * count, 4096)),
         seed=config.train.seed, rank=env.rank, world_size=env.world_size, max_batches=count, prefetch=0,
         item_store=item_store if level != "none" else None,
         token_dtype=Precision.resolve(config.train.precision, env.device).dtype,

@@ -33,7 +33,7 @@ class Variant:
         compile: ``model.qformer.compile`` on (``<name>+compile`` of every EM3 variant): the
             Q-Former under torch.compile; the warm-up steps pay the compile.
         extra: further config overrides (``em3-no-catalogue``: the bundled EM3 without CIC's
-            catalogue sample).
+            catalogue sample; ``em3-window<w>``: its tokens averaged in windows of ``w``).
     """
 
     name: str
@@ -67,6 +67,10 @@ def _variants() -> dict[str, Variant]:
         Variant("em3-hist-cached", "em3", "cached", bundled="din_em3", extra=("model.seq_content_mode=cached",)),
         Variant("em3-context-bank", "em3", "lora", bundled="din_em3", extra=("model.lora.context_refresh_steps=10",)),
         Variant("em3-unmerged", "em3", "lora", bundled="din_em3", extra=("model.lora.merge=false",)),
+    ]
+    out += [  # the bundled EM3 over tokens averaged in windows of w positions (1: as stored)
+        Variant(f"em3-window{w}", "em3", "lora", bundled="din_em3", extra=(f"data.token_window={w}",))
+        for w in (1, 2, 4, 8)
     ]
     out += [replace(v, name=f"{v.name}@{p}", precision=p) for v in list(out) for p in ("fp32", "bf16")]
     for level, suffix in (("tokens", ""), ("pooled", "/pooled")):

@@ -244,6 +244,8 @@ class ImpressionLoader(IterableDataset):
         max_history: history positions ``L`` (default: the dataset's); the most recent are kept.
         modalities: item modalities to attach (empty: no content tensors).
         pooled_content: one pooled vector per modality (``T = 1``) instead of its tokens.
+        token_window: tokens averaged in windows of this many positions (``ItemStore``); an
+            ``item_store`` passed in must have the same.
         pooled_vectors: with the tokens, also each item's stored pooled vector per modality
             (``Batch.content_pooled``; EM3's pooled base reads it instead of pooling every step).
         token_dtype: the dtype the content tower computes in (``Precision.dtype``): tokens arrive
@@ -288,6 +290,7 @@ class ImpressionLoader(IterableDataset):
         max_history: int | None = None,
         modalities: Sequence[str] = (),
         pooled_content: bool = False,
+        token_window: int = 1,
         pooled_vectors: bool = False,
         history_tokens: bool = True,
         token_dtype: torch.dtype | None = None,
@@ -350,7 +353,16 @@ class ImpressionLoader(IterableDataset):
         self._token_dtype = token_dtype
         self._items = None
         if self.modalities:
-            self._items = item_store if item_store is not None else ItemStore(path, self.modalities, self.meta)
+            self._items = (
+                item_store
+                if item_store is not None
+                else ItemStore(path, self.modalities, self.meta, token_window=token_window)
+            )
+            if self._items.token_window != token_window:
+                raise ValueError(
+                    f"item_store averages tokens in windows of {self._items.token_window}; this loader was asked "
+                    f"for data.token_window = {token_window}"
+                )
 
         rows = self._info.rows
         self._lo, self._hi = shard_bounds(rows, world_size, self.training)[rank]
@@ -388,7 +400,7 @@ class ImpressionLoader(IterableDataset):
         options: dict[str, object] = dict(
             batch_size=config.rank_batch_size(world_size) if training else config.eval_batch_size,
             max_history=config.max_history, modalities=config.modalities, pooled_content=config.pooled_content,
-            shuffle_buffer=config.shuffle_buffer,
+            token_window=config.token_window, shuffle_buffer=config.shuffle_buffer,
         )  # fmt: skip
         options.update(kwargs)  # e.g. modalities=() for an ID-only model
         return cls(config.path, split, training=training, seed=seed, rank=rank, world_size=world_size, **options)

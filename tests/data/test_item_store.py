@@ -1,4 +1,4 @@
-"""ItemStore's resident token tables: the same tokens as the memory map cast per batch."""
+"""ItemStore: resident token tables give what the memory map gives; tokens averaged in windows."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from em3rec.data.item_store import ItemStore
+from em3rec.data.item_store import ItemStore, window_tokens
 from em3rec.data.loader import ImpressionLoader
 
 IDS = np.array([0, 3, 3, 17, 200, 42])  # the reserved item, a repeat, the last item
@@ -59,3 +59,52 @@ def test_loader_batches_do_not_depend_on_residency(tiny_dataset: Path) -> None:
             assert b.content_tokens[name].dtype == torch.bfloat16
             assert torch.equal(a.content_tokens[name], b.content_tokens[name])
             assert torch.equal(a.content_token_mask[name], b.content_token_mask[name])
+
+
+def test_window_tokens_is_the_mean_of_each_windows_real_tokens() -> None:
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(5, 7, 3, generator=g, dtype=torch.float64)
+    mask = torch.rand(5, 7, generator=g) < 0.6
+    mask[2] = False  # an item without tokens
+    mask[3, :4] = False  # a first window without tokens
+    means, window_mask = window_tokens(tokens, mask, 3)
+    assert means.shape == (5, 3, 3) and window_mask.shape == (5, 3)  # windows [0, 3), [3, 6), [6, 7)
+    for u in range(5):
+        for w, (lo, hi) in enumerate([(0, 3), (3, 6), (6, 7)]):
+            real = mask[u, lo:hi]
+            assert bool(window_mask[u, w]) == bool(real.any())
+            expected = tokens[u, lo:hi][real].mean(0) if real.any() else torch.zeros(3, dtype=torch.float64)
+            torch.testing.assert_close(means[u, w].double(), expected, rtol=1e-6, atol=1e-6)
+    same, same_mask = window_tokens(tokens, mask, 1)
+    assert torch.equal(same_mask, mask)
+    torch.testing.assert_close(same.double(), tokens * mask[..., None], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_windowed_store_gathers_the_windowed_tokens(tiny_dataset: Path, dtype: torch.dtype) -> None:
+    stored = ItemStore(tiny_dataset)
+    mapped = ItemStore(tiny_dataset, token_window=4)
+    resident = ItemStore(tiny_dataset, resident_dtype=dtype, resident_max_mb=1.0, token_window=4)
+    assert resident.resident_dtype == dtype
+    tokens, mask = stored.gather(IDS)
+    expected = {name: window_tokens(tokens[name], mask[name], 4) for name in ("title", "meta")}
+    for store in (mapped, resident):
+        got_tokens, got_mask = store.gather(IDS, dtype=dtype)
+        for name, (values, value_mask) in expected.items():
+            assert got_tokens[name].shape == (len(IDS), -(-tokens[name].shape[1] // 4), tokens[name].shape[2])
+            torch.testing.assert_close(got_tokens[name], values.to(dtype), rtol=0, atol=0)
+            assert torch.equal(got_mask[name], value_mask)
+
+
+def test_loader_rejects_a_store_with_another_window(tiny_dataset: Path) -> None:
+    with pytest.raises(ValueError, match="data.token_window = 2"):
+        ImpressionLoader(
+            tiny_dataset,
+            "train",
+            batch_size=64,
+            modalities=["title"],
+            item_store=ItemStore(tiny_dataset),
+            token_window=2,
+        )
+    with pytest.raises(ValueError, match="token_window = 0"):
+        ItemStore(tiny_dataset, token_window=0)

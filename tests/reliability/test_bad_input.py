@@ -192,6 +192,7 @@ def test_truncated_item_array(data: Path, tmp_path: Path) -> None:
         ("train.nan_policy=ignore", r"train.nan_policy = 'ignore'; expected one of \('stop', 'skip'\)"),
         ("train.log_every=0", r"train.log_every = 0; expected >= 1"),
         ("train.keep_checkpoints=0", r"train.keep_checkpoints = 0; expected >= 1"),
+        ("data.token_window=0", r"data.token_window = 0; expected >= 1"),
         ("train.epochs=two", r"train.epochs: expected int, got 'two'"),
         ('sharding.types=["diagonal"]', r"sharding.types: 'diagonal' is not one of \('data_parallel', "),
     ],
