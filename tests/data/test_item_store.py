@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from em3rec import factory
+from em3rec.config import load_config
 from em3rec.data.item_store import ItemStore, window_tokens
 from em3rec.data.loader import ImpressionLoader
+from em3rec.data.schema import DatasetMeta
 
 IDS = np.array([0, 3, 3, 17, 200, 42])  # the reserved item, a repeat, the last item
 
@@ -108,3 +111,24 @@ def test_loader_rejects_a_store_with_another_window(tiny_dataset: Path) -> None:
         )
     with pytest.raises(ValueError, match="token_window = 0"):
         ItemStore(tiny_dataset, token_window=0)
+
+
+def test_the_configs_token_window_reaches_the_batches(tiny_dataset: Path) -> None:
+    config = load_config(
+        "din_em3", [f"data.path={tiny_dataset}", "data.token_window=3", "data.batch_size=64", "data.max_history=20"]
+    )
+    meta = DatasetMeta.load(tiny_dataset)
+    store = factory.open_item_store(config, meta, torch.device("cpu"))
+    assert store is not None and store.token_window == 3
+    loader = ImpressionLoader.from_config(
+        config.data,
+        "train",
+        item_store=store,
+        max_batches=1,
+        prefetch=0,
+        **factory.batch_options(config.model, "train"),
+    )
+    batch = next(iter(loader))
+    for m in meta.modalities:
+        assert batch.content_tokens[m.name].shape[1] == -(-m.tokens // 3)
+        assert batch.content_token_mask[m.name].shape[1] == -(-m.tokens // 3)
