@@ -156,6 +156,11 @@ class ItemStore:
         """Rows of every array: the item vocabulary size (row 0 = reserved/padding item)."""
         return self._meta.features_of("item")[0].vocab_size
 
+    def array(self, modality: str, kind: str) -> np.ndarray:
+        """The stored memory map (not windowed): kind ``tokens`` (V, T, W), ``mask`` (V, T) or
+        ``pooled`` (V, W)."""
+        return self._arrays[self._check_modality(modality)][kind]
+
     def gather(
         self,
         item_ids: np.ndarray,
