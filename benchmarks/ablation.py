@@ -71,9 +71,14 @@ ABLATIONS: dict[str, tuple[str, list[str]]] = {
         ["model.lora.context_refresh_steps=10"],
     ),
     "pooled": ("EM3 over the pooled vectors (one token per modality)", ["data.pooled_content=true"]),
-    "window2": ("EM3 over tokens averaged in windows of 2 positions", ["data.token_window=2"]),
-    "window4": ("EM3 over tokens averaged in windows of 4 positions", ["data.token_window=4"]),
-    "window8": ("EM3 over tokens averaged in windows of 8 positions", ["data.token_window=8"]),
+    "tokens": ("EM3 over the token-level features", ["data.pooled_content=false"]),
+    **{
+        f"window{w}": (
+            f"EM3 over tokens averaged in windows of {w} positions",
+            ["data.pooled_content=false", f"data.token_window={w}"],
+        )
+        for w in (2, 4, 8)
+    },
     # The bundled EM3 as the code now has it, paired with the reference's runs of an earlier form
     # (e.g. after a change to a default, against the runs of the table made before it):
     "rerun": ("the bundled EM3, rerun with the current code", []),

@@ -371,8 +371,9 @@ def _legend() -> list[str]:
         "catalogue sample (`model.cic.catalogue_samples = 0`) / history content from the `cached` bank "
         "(`model.seq_content_mode = cached`) / the history adapters through peft's low-rank forward instead of "
         "folded into their Linears (`model.lora.merge = false`).",
-        "- `em3-window<w>`: the bundled `em3` with its item tokens averaged in windows of `w` consecutive "
-        "positions per modality (`data.token_window = w`; 1 = the tokens as stored).",
+        "- `em3-window<w>`: the bundled `em3` over token-level item features (`data.pooled_content = false`), "
+        "averaged in windows of `w` consecutive positions per modality (`data.token_window = w`; 1 = the tokens "
+        "as stored).",
         "- `id-pipeline`: `id` stepped by TorchRec's `TrainPipelineSparseDist`, as the recipe trains (the next "
         "batch's input all-to-all is started before this step's forward and waited on after it).",
         "- `em3-<mode>`: EM3 (Fusion-Q-Former + CIC) with `seq_content_mode = <mode>` on token-level item "

@@ -68,8 +68,14 @@ def _variants() -> dict[str, Variant]:
         Variant("em3-context-bank", "em3", "lora", bundled="din_em3", extra=("model.lora.context_refresh_steps=10",)),
         Variant("em3-unmerged", "em3", "lora", bundled="din_em3", extra=("model.lora.merge=false",)),
     ]
-    out += [  # the bundled EM3 over tokens averaged in windows of w positions (1: as stored)
-        Variant(f"em3-window{w}", "em3", "lora", bundled="din_em3", extra=(f"data.token_window={w}",))
+    out += [  # the bundled EM3 over token-level features averaged in windows of w positions (1: as stored)
+        Variant(
+            f"em3-window{w}",
+            "em3",
+            "lora",
+            bundled="din_em3",
+            extra=("data.pooled_content=false", f"data.token_window={w}"),
+        )
         for w in (1, 2, 4, 8)
     ]
     out += [replace(v, name=f"{v.name}@{p}", precision=p) for v in list(out) for p in ("fp32", "bf16")]

@@ -11,8 +11,8 @@ from em3rec.config import load_config
 @pytest.mark.parametrize("name", sorted(n for n in ABLATIONS if n != "rerun"))
 def test_every_ablation_is_a_valid_change_of_the_bundled_em3(name: str) -> None:
     _, overrides = ABLATIONS[name]
-    assert load_config("din_em3", overrides) != load_config("din_em3")
-    load_config("bx_din_em3", overrides)  # bx's form accepts it too (some equal bx's own values)
+    changed = [load_config(n, overrides) != load_config(n) for n in ("din_em3", "bx_din_em3")]
+    assert any(changed)  # each form accepts it; some equal one form's own values (`pooled`: ml-100k's)
 
 
 def test_only_the_rerun_is_the_bundled_em3_itself() -> None:
