@@ -115,7 +115,14 @@ def test_loader_rejects_a_store_with_another_window(tiny_dataset: Path) -> None:
 
 def test_the_configs_token_window_reaches_the_batches(tiny_dataset: Path) -> None:
     config = load_config(
-        "din_em3", [f"data.path={tiny_dataset}", "data.token_window=3", "data.batch_size=64", "data.max_history=20"]
+        "din_em3",
+        [
+            f"data.path={tiny_dataset}",
+            "data.pooled_content=false",
+            "data.token_window=3",
+            "data.batch_size=64",
+            "data.max_history=20",
+        ],
     )
     meta = DatasetMeta.load(tiny_dataset)
     store = factory.open_item_store(config, meta, torch.device("cpu"))

@@ -82,13 +82,18 @@ def items_without_content(folder: Path) -> np.ndarray:
 
 
 def poison_item(folder: Path, item: int, value: float = float("nan"), modality: str = "title") -> None:
-    """Write ``value`` into every real token of ``item`` in ``items/<modality>.tokens.npy``."""
+    """Write ``value`` into every real token of ``item`` in ``items/<modality>.tokens.npy``, and into
+    its pooled vector (``<modality>.pooled.npy``, the tokens' mean, which such tokens would give)."""
     path = folder / "items" / f"{modality}.tokens.npy"
     tokens = np.load(path)
     mask = np.load(folder / "items" / f"{modality}.mask.npy")
     assert mask[item].any(), f"item {item} has no {modality} token to poison"
     tokens[item, mask[item]] = value
     np.save(path, tokens)
+    pooled_path = folder / "items" / f"{modality}.pooled.npy"
+    pooled = np.load(pooled_path)
+    pooled[item] = value
+    np.save(pooled_path, pooled)
 
 
 def torchrun(nproc: int, args: list[str], max_restarts: int = 0, resume: bool = False) -> list[str]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from em3rec.data.item_store import ItemStore
@@ -16,19 +18,21 @@ from em3rec.modules.model import uses_pooled_vectors
 from em3rec.train import Recipe
 
 
-def test_export_matches_forward_item_content(recipe: Recipe, tmp_path: Path) -> None:
+@pytest.mark.parametrize("pooled_content", [True, False], ids=["pooled-content", "tokens"])
+def test_export_matches_forward_item_content(recipe: Recipe, tmp_path: Path, pooled_content: bool) -> None:
     model = local_model(recipe.model)
-    store = ItemStore(recipe.config.data.path, recipe.config.data.modalities, recipe.meta)
+    data = dataclasses.replace(recipe.config.data, pooled_content=pooled_content)
+    store = ItemStore(data.path, data.modalities, recipe.meta)
     pooled_vectors = uses_pooled_vectors(recipe.config.model)
     assert pooled_vectors  # EM3 with the pooled base: the export must read what training reads
     embeddings = item_embeddings(
-        model, store, pooled=False, device=torch.device("cpu"), chunk=64, pooled_vectors=pooled_vectors
+        model, store, pooled=pooled_content, device=torch.device("cpu"), chunk=64, pooled_vectors=pooled_vectors
     )
     assert embeddings.shape == (store.num_rows, recipe.config.model.embedding_dim)
 
     # The store's float16 tokens as they are (the recipe's loader casts them to its precision's dtype),
     # so that the forward and the export both compute in fp32 and agree to float32 rounding.
-    loader = ImpressionLoader.from_config(recipe.config.data, "valid", **batch_options(recipe.config.model, "valid"))
+    loader = ImpressionLoader.from_config(data, "valid", **batch_options(recipe.config.model, "valid"))
     batch = next(iter(loader))
     assert batch.content_tokens[recipe.config.data.modalities[0]].dtype == torch.float16
     model.eval()
