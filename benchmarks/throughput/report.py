@@ -365,7 +365,7 @@ def _legend() -> list[str]:
         "## Variants",
         "",
         "- `id`: ID features only (the bundled `din_id`); `frozen`: ID + frozen content (`din_frozen`, the "
-        "baseline); `em3`: the bundled `din_em3` exactly (its history mode, CIC and catalogue sample, precision): "
+        "baseline); `em3`: the bundled `din_em3` exactly (its content form, history mode, CIC and catalogue sample, precision): "
         "what a user pays (with `--bundled-prefix bx_`: `bx_din_id`, ...).",
         "- `em3-no-catalogue` / `em3-hist-cached` / `em3-unmerged`: the bundled `em3` with one override: no CIC "
         "catalogue sample (`model.cic.catalogue_samples = 0`) / history content from the `cached` bank "
