@@ -26,8 +26,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from benchmarks.throughput.variants import Variant
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def block_variant(args: argparse.Namespace, name: str) -> Variant:
+    """The variant a block ``name`` (``em3``, ``tower:em3``) runs, with the batches' level (pooled
+    vectors or tokens), history mode and dedup that its bundled config reads. (Imported here: a
+    worker must not import ``em3rec`` before it picks its tree.)"""
+    from benchmarks.throughput.variants import VARIANTS, resolve
+
+    return resolve(args, VARIANTS[name.removeprefix("tower:")])
 
 
 def _worker(args: argparse.Namespace) -> None:
@@ -38,7 +51,7 @@ def _worker(args: argparse.Namespace) -> None:
     import torch
 
     from benchmarks.throughput.runner import build_runner, build_tower_runner, load_batches, quiet, sync
-    from benchmarks.throughput.variants import VARIANTS, variant_config
+    from benchmarks.throughput.variants import variant_config
     from em3rec.config import load_config
     from em3rec.data.schema import DatasetMeta
     from em3rec.distributed import init_distributed
@@ -68,7 +81,7 @@ def _worker(args: argparse.Namespace) -> None:
     )
     for name in names:
         tower = name.startswith("tower:")
-        variant = VARIANTS[name.removeprefix("tower:")]
+        variant = block_variant(fake, name)
         cfg = variant_config(fake, variant)
         for L in histories:
             if (L, variant.level) not in batches:
@@ -84,7 +97,7 @@ def _worker(args: argparse.Namespace) -> None:
     for line in sys.stdin:
         _, name, L = line.split()
         key = (name, int(L))
-        level = VARIANTS[name.removeprefix("tower:")].level
+        level = block_variant(fake, name).level
         start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(args.steps):
             runners[key].step(batches[(key[1], level)][cursor[key]])

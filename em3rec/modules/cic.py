@@ -130,12 +130,11 @@ class ContentIDContrastive(nn.Module):
         offsets = torch.randint(1, N, (N, K), device=z_id.device)
         negatives = (torch.arange(N, device=z_id.device)[:, None] + offsets) % N  # (N, K)
         masked = (item_ids[negatives] == item_ids[:, None]) | ~valid[negatives]  # (N, K)
-        # index_select, not z[negatives]: its backward is an index_add, not a sorting index_put.
-        flat = negatives.reshape(-1)  # (N*K,)
-        content_negatives = z_content.index_select(0, flat).view(N, K, -1)  # (N, K, C)
-        id_negatives = z_id.index_select(0, flat).view(N, K, -1)  # (N, K, C)
-        id_to_content = torch.einsum("nc,nkc->nk", z_id, content_negatives) / self._temperature  # (N, K)
-        content_to_id = torch.einsum("nc,nkc->nk", z_content, id_negatives) / self._temperature  # (N, K)
+        # Every ID-content similarity in one matmul, then the sampled ones read from it: cheaper than
+        # gathering (N, K, C) negatives and N small matrix products (N is ~10^3, C ~64).
+        similarity = z_id @ z_content.T  # (N, N): row i = ID i vs content j
+        id_to_content = similarity.gather(1, negatives) / self._temperature  # (N, K)
+        content_to_id = similarity.T.gather(1, negatives) / self._temperature  # (N, K): content i vs ID j
         losses = []
         for negative_logits in (id_to_content, content_to_id):
             logits = torch.cat([positive, negative_logits.masked_fill(masked, float("-inf"))], dim=1)  # (N, 1 + K)

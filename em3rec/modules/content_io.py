@@ -56,6 +56,15 @@ class ContentOutput:
     catalogue: torch.Tensor
 
 
+def distinct_rows(index: torch.Tensor, num_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(index, return_inverse=True)`` for ``index (P,)`` with values in
+    ``[0, num_rows)``: the distinct values ascending ``(H,)`` and each entry's position among them
+    ``(P,)``. By a presence mask over the rows instead of a sort: O(P + num_rows)."""
+    present = index.new_zeros(num_rows, dtype=torch.bool).index_fill_(0, index, True)  # (num_rows,)
+    rank = present.cumsum(0) - 1  # (num_rows,): a present row's position among the present rows
+    return present.nonzero().squeeze(1), rank.index_select(0, index)  # (H,), (P,)
+
+
 def place_history(values: torch.Tensor, history_mask: torch.Tensor) -> torch.Tensor:
     """``values (P, D)`` for the ``P`` True positions of ``history_mask (B, L)`` -> ``(B, L, D)``."""
     B, L = history_mask.shape

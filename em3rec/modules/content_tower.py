@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from em3rec.data.batch import Batch
-from em3rec.modules.content_io import ContentOutput, DistinctTargets, place_history
+from em3rec.modules.content_io import ContentOutput, DistinctTargets, distinct_rows, place_history
 from em3rec.modules.frozen_content import PooledContentProjection
 from em3rec.modules.fusion_qformer import FusionQFormer, QFormerOutput
 from em3rec.modules.history_encoders import HistoryEncoder, HistoryItems
@@ -105,23 +105,28 @@ class ContentTower(nn.Module):
         target = self._target_branch(tokens, token_mask, rows)
         encoded = target.pooled  # (V + K, D)
         target_content = encoded[:V]  # (V, D): the Q-Former part, which the history branch may reuse
+        # index_select, not base[rows]: its backward is an index_add (indexing's is a sorting index_put).
         if base is not None:
-            encoded = encoded + base[rows]
+            encoded = encoded + base.index_select(0, rows)
         item_content, catalogue = encoded[:V], encoded[V:]  # (V, D), (K, D)
         history = None
         if self.history is not None:
             # Only the items at real history positions: (H,) distinct, (P,) one per real position.
-            history_index, position_item = torch.unique(batch.history_content_index[mask], return_inverse=True)
+            history_index, position_item = distinct_rows(
+                batch.history_content_index[mask], batch.content_item_ids.shape[0]
+            )
             items = HistoryItems(
                 tokens, token_mask, batch.content_item_ids, history_index, targets.index, target_content, target.context
             )
             history_items = self.history(self.qformer, items)  # (H, D)
             if base is not None:
-                history_items = history_items + base[history_index]
-            # index_select: its backward is an index_add (history_items[...]'s is a sorting index_put).
+                history_items = history_items + base.index_select(0, history_index)
             history = place_history(history_items.index_select(0, position_item), mask)  # (B, L, D)
         return ContentOutput(
-            target=item_content[targets.inverse], history=history, item_content=item_content, catalogue=catalogue
+            target=item_content.index_select(0, targets.inverse),
+            history=history,
+            item_content=item_content,
+            catalogue=catalogue,
         )
 
     def _target_branch(

@@ -84,11 +84,12 @@ class FrozenContentTower(nn.Module):
         history = None
         if self._use_history:
             mask = batch.history_mask  # (B, L)
-            history = place_history(items[batch.history_content_index[mask]], mask)  # (B, L, D)
-        item_content = items[targets.index]  # (V, D)
+            history = place_history(items.index_select(0, batch.history_content_index[mask]), mask)  # (B, L, D)
+        # index_select, not indexing: its backward is an index_add (indexing's is a sorting index_put).
+        item_content = items.index_select(0, targets.index)  # (V, D)
         return ContentOutput(
-            target=item_content[targets.inverse],
+            target=item_content.index_select(0, targets.inverse),
             history=history,
             item_content=item_content,
-            catalogue=items[batch.catalogue_content_index],  # (K, D)
+            catalogue=items.index_select(0, batch.catalogue_content_index),  # (K, D)
         )

@@ -96,6 +96,13 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` by :func:`dropout` (its faster CPU mask; the same distribution)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """``softmax(q k^T / sqrt(d_h)) v`` written out: two batched matmuls in the inputs' dtype, the
     softmax in at least fp32. The values of ``F.scaled_dot_product_attention`` up to rounding.
@@ -219,8 +226,8 @@ class SelfAttentionLayer(nn.Module):
         self.attn = MultiHeadAttention(dim, num_heads)
         self.ln_mlp = nn.LayerNorm(dim)
         self.mlp = FeedForward(dim, mlp_ratio)
-        self._attention_dropout = nn.Dropout(attention_dropout)
-        self._ffn_dropout = nn.Dropout(ffn_dropout)
+        self._attention_dropout = Dropout(attention_dropout)
+        self._ffn_dropout = Dropout(ffn_dropout)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor, num_out: int | None = None) -> torch.Tensor:
         """
@@ -274,8 +281,8 @@ class CrossAttentionLayer(nn.Module):
         self.cross_attn = MultiHeadAttention(dim, num_heads)
         self.ln_mlp = nn.LayerNorm(dim)
         self.mlp = FeedForward(dim, mlp_ratio)
-        self._attention_dropout = nn.Dropout(attention_dropout)
-        self._ffn_dropout = nn.Dropout(ffn_dropout)
+        self._attention_dropout = Dropout(attention_dropout)
+        self._ffn_dropout = Dropout(ffn_dropout)
 
     def keys_values(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The cross-attention's keys and values ``(U, H, T, d/H)`` of ``tokens (U, T, d)``."""
@@ -350,7 +357,7 @@ class FusionQFormer(nn.Module):
         self.token_proj = nn.ModuleDict({m: nn.Linear(w, d) for m, w in modality_widths.items()})
         self.modality_embedding = nn.Parameter(torch.randn(len(modality_widths), d) * 0.02)  # (M, d)
         self.queries = nn.Parameter(torch.randn(Q, d) * 0.02)  # (Q, d)
-        self._token_dropout = nn.Dropout(config.token_dropout)
+        self._token_dropout = Dropout(config.token_dropout)
         layer = CrossAttentionLayer if self._cross else SelfAttentionLayer
         self.layers = nn.ModuleList(
             [
@@ -411,7 +418,7 @@ class FusionQFormer(nn.Module):
             values.append(projected + self.modality_embedding[i])  # (R_m, d)
             positions.append((rows * T + offset + slots)[mask])  # (R_m,) flat positions in (U, T)
             offset += T_m
-        packed = dropout(torch.cat(values), self._token_dropout.p, self.training)  # (R, d)
+        packed = self._token_dropout(torch.cat(values))  # (R, d)
         d = packed.shape[-1]
         x_tokens = packed.new_zeros(U * T, d).index_copy(0, torch.cat(positions), packed)
         return x_tokens.view(U, T, d), token_mask_all  # (U, T, d), (U, T)

@@ -197,6 +197,16 @@ def test_ablated_em3_variants_are_the_bundled_em3_with_one_change(name: str, fie
     assert ablated == bundled
 
 
+@pytest.mark.parametrize(("name", "level"), [("em3", "pooled"), ("tower:em3", "pooled"), ("frozen", "pooled")])
+def test_before_after_blocks_read_the_batches_their_bundled_config_reads(name: str, level: str) -> None:
+    from benchmarks.throughput_ab import block_variant
+
+    args = argparse.Namespace(set=[], data="data/ml100k", batch_size=512, bundled_prefix="", config="din_em3")
+    assert block_variant(args, name).level == level  # din_em3 reads the pooled vectors, not the tokens
+    args.set = ["data.pooled_content=false"]
+    assert block_variant(args, "em3").level == "tokens"
+
+
 @pytest.mark.slow
 def test_before_after_harness_runs_two_trees(tiny_dataset: Path, tmp_path: Path):
     from benchmarks.throughput_ab import ROOT

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from em3rec.config import LoraConfig, ModelConfig, QFormerConfig
-from em3rec.modules.content_io import DistinctTargets
+from em3rec.modules.content_io import DistinctTargets, distinct_rows
 from em3rec.modules.content_tower import ContentTower
 from em3rec.modules.frozen_content import FrozenContentTower, PooledContentProjection
 from em3rec.modules.fusion_qformer import FusionQFormer
@@ -386,3 +386,13 @@ def test_pooled_history_reads_no_history_tokens(meta, items):
         torch.testing.assert_close(getattr(out_poisoned, field), getattr(out, field), rtol=0, atol=0, msg=field)
     mask = batch.history_mask
     torch.testing.assert_close(out.history[mask], base[batch.history_content_index[mask]], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("num_rows", [1, 7, 40])
+def test_distinct_rows_equal_torch_unique(num_rows: int):
+    torch.manual_seed(num_rows)
+    index = torch.randint(0, num_rows, (3 * num_rows,))  # some rows repeated, some absent
+    distinct, inverse = distinct_rows(index, num_rows)
+    expected, expected_inverse = torch.unique(index, return_inverse=True)
+    assert torch.equal(distinct, expected) and torch.equal(inverse, expected_inverse)
+    assert distinct_rows(index[:0], num_rows)[0].numel() == 0
