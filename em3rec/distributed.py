@@ -199,17 +199,22 @@ def build_optimizer(model: DistributedModelParallel, config: OptimConfig) -> Com
     dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
     content = {name: p for name, p in dense_params.items() if ".content_tower." in f".{name}"}
     rest = {name: p for name, p in dense_params.items() if name not in content}
+    # torch's fused AdamW (one kernel over all tensors; on CPU ~4.5x faster than the per-tensor loop
+    # for the ~30 small tensors of a Q-Former) where every parameter's device has it.
+    fused = all(p.device.type in ("cpu", "cuda") for p in dense_params.values())
     optimizers = [
         model.fused_optimizer,
         KeyedOptimizerWrapper(
-            rest, lambda params: torch.optim.AdamW(params, lr=config.dense_lr, weight_decay=config.weight_decay)
+            rest,
+            lambda params: torch.optim.AdamW(params, lr=config.dense_lr, weight_decay=config.weight_decay, fused=fused),
         ),
     ]
     if content:  # the content tower's own AdamW settings (optim.content_lr / content_weight_decay)
         lr = config.content_lr or config.dense_lr
         optimizers.append(
             KeyedOptimizerWrapper(
-                content, lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=config.content_weight_decay)
+                content,
+                lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=config.content_weight_decay, fused=fused),
             )
         )
     return CombinedOptimizer(optimizers)
