@@ -70,6 +70,7 @@ class TargetAttention(nn.Module):
         Returns:
             torch.Tensor: ``(B, D)`` the weighted sum of the real positions.
         """
+        keys, query = _in_autocast_dtype(keys, query)
         scores = self.scores(keys, query)  # (B, L)
         if self._softmax:
             scores = scores.masked_fill(~mask, float("-inf"))
@@ -79,3 +80,14 @@ class TargetAttention(nn.Module):
             scores = scores.softmax(dim=1)  # (B, L)
         weights = torch.where(mask, scores, torch.zeros_like(scores))  # (B, L)
         return torch.bmm(weights.unsqueeze(1), keys).squeeze(1)  # (B, D)
+
+
+def _in_autocast_dtype(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Under autocast, the tensors cast once to its dtype (bf16): the ``(B, L, 2D)`` per-position
+    features and the pooling then run in it, as autocast would have cast them for each matmul
+    anyway, at half the memory traffic. (Not while torch.fx traces: TorchRec's train pipeline.)"""
+    first = tensors[0]
+    if isinstance(first, torch.fx.Proxy) or not torch.is_autocast_enabled(first.device.type):
+        return tensors
+    dtype = torch.get_autocast_dtype(first.device.type)
+    return tuple(t.to(dtype) for t in tensors)

@@ -63,3 +63,17 @@ def test_expanded_first_layer_matches_the_reference(hidden):
         torch.testing.assert_close(fast[1][name], slow[1][name], rtol=1e-10, atol=1e-12, msg=name)
     torch.testing.assert_close(fast[2], slow[2], rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(fast[3], slow[3], rtol=1e-10, atol=1e-12)
+
+
+def test_under_autocast_pools_in_its_dtype_close_to_fp32():
+    torch.manual_seed(0)
+    attention = TargetAttention(16, [32, 16])
+    keys, query = torch.randn(8, 10, 16, requires_grad=True), torch.randn(8, 16)
+    mask = torch.rand(8, 10) > 0.3
+    reference = attention(keys, query, mask)
+    with torch.autocast("cpu", torch.bfloat16):
+        pooled = attention(keys, query, mask)
+    assert pooled.dtype == torch.bfloat16
+    torch.testing.assert_close(pooled.float(), reference, rtol=0.05, atol=0.05)
+    pooled.float().sum().backward()
+    assert keys.grad.dtype == torch.float32 and (keys.grad[~mask] == 0).all()
