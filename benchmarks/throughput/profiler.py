@@ -60,15 +60,21 @@ def profile_variants(args: argparse.Namespace, argv: list[str] | None = None) ->
                 if module is None:
                     continue
                 ranges: list = []
+                # Eager hooks (dynamo.disable): a compiled module (model.compile_backbone) would
+                # otherwise trace them into its graph, where the ranges are never entered.
                 hooks.append(
                     module.register_forward_pre_hook(
-                        lambda m, a, part=part, ranges=ranges: ranges.append(
-                            record_function(f"## forward {part}").__enter__()
+                        torch._dynamo.disable(
+                            lambda m, a, part=part, ranges=ranges: ranges.append(
+                                record_function(f"## forward {part}").__enter__()
+                            )
                         )
                     )
                 )
                 hooks.append(
-                    module.register_forward_hook(lambda m, a, o, ranges=ranges: ranges.pop().__exit__(None, None, None))
+                    module.register_forward_hook(
+                        torch._dynamo.disable(lambda m, a, o, ranges=ranges: ranges.pop().__exit__(None, None, None))
+                    )
                 )
         with profile(activities=activities, record_shapes=True) as prof:
             for b in batches[args.warmup :]:

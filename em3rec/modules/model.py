@@ -324,6 +324,10 @@ def build_model(
                 content_interest = TargetAttention(D, model_config.attention_hidden, model_config.attention_softmax)
                 num_content = 2
         backbone = build_backbone(model_config, num_pooled, num_content)
+        if model_config.compile_backbone:  # in place: module names and state_dict keys unchanged
+            backbone.compile()
+            if content_interest is not None:
+                content_interest.compile()
         item_id_dropout = user_id_dropout = None
         if model_config.id_dropout > 0:
             if unseen_items is None:

@@ -147,6 +147,7 @@ def test_profile_mode_writes_a_table(tiny_dataset: Path, tmp_path: Path):
     )
     text = (tmp_path / "throughput_profile_tiny.md").read_text()
     assert "## em3-lora" in text and "| content_tower |" in text and "Top operators" in text
+    assert "| backbone |" in text  # compiled (model.compile_backbone in the bundled base): its range still recorded
     assert "--profile" in text  # the command line is recorded
 
 

@@ -227,3 +227,29 @@ def test_compiled_qformer_gives_the_eager_values_and_gradients(meta, data_config
     assert grads[0].keys() == grads[1].keys() and any("lora_" in n for n in grads[0])
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_compiled_backbone_gives_the_eager_values_and_gradients(meta, data_config, batch, model_config, backbone):
+    """``model.compile_backbone``: torch.compile of the backbone and the content-interest attention,
+    in place; same loss and gradients, same state_dict keys."""
+    eager = build_model(model_config(backbone=backbone, content="frozen", seq_content_mode="frozen"), meta, data_config)
+    compiled = build_model(
+        model_config(backbone=backbone, content="frozen", seq_content_mode="frozen", compile_backbone=True),
+        meta,
+        data_config,
+    )
+    compiled.load_state_dict(eager.state_dict())  # strict: compiling in place renames nothing
+    assert compiled.backbone._compiled_call_impl is not None and eager.backbone._compiled_call_impl is None
+    assert compiled.content_interest._compiled_call_impl is not None
+    losses = []
+    for model in (eager, compiled):
+        loss, _ = EM3Train(model.eval())(batch)  # eval: no dropout draws
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    grads = [{n: p.grad for n, p in m.named_parameters() if p.grad is not None} for m in (eager, compiled)]
+    assert grads[0].keys() == grads[1].keys() and any(n.startswith("backbone.") for n in grads[0])
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-5, msg=name)
