@@ -371,6 +371,9 @@ def _legend() -> list[str]:
         "catalogue sample (`model.cic.catalogue_samples = 0`) / history content from the `cached` bank "
         "(`model.seq_content_mode = cached`) / the history adapters through peft's low-rank forward instead of "
         "folded into their Linears (`model.lora.merge = false`).",
+        "- `em3-no-cic` / `em3-hist-pooled` / `em3-hist-pooled-no-cic`: the bundled `em3` with CIC off "
+        "(`model.cic.weight = 0`, so no catalogue sample either) / its history content from the pooled base "
+        "(`model.seq_content_mode = pooled`) / both: where EM3's step goes, part by part.",
         "- `em3-window<w>`: the bundled `em3` over token-level item features (`data.pooled_content = false`), "
         "averaged in windows of `w` consecutive positions per modality (`data.token_window = w`; 1 = the tokens "
         "as stored).",

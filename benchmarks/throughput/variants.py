@@ -67,6 +67,16 @@ def _variants() -> dict[str, Variant]:
         Variant("em3-hist-cached", "em3", "cached", bundled="din_em3", extra=("model.seq_content_mode=cached",)),
         Variant("em3-context-bank", "em3", "lora", bundled="din_em3", extra=("model.lora.context_refresh_steps=10",)),
         Variant("em3-unmerged", "em3", "lora", bundled="din_em3", extra=("model.lora.merge=false",)),
+        # EM3's parts switched off in turn, to read where its step goes
+        Variant("em3-no-cic", "em3", "lora", bundled="din_em3", extra=("model.cic.weight=0",)),
+        Variant("em3-hist-pooled", "em3", "pooled", bundled="din_em3", extra=("model.seq_content_mode=pooled",)),
+        Variant(
+            "em3-hist-pooled-no-cic",
+            "em3",
+            "pooled",
+            bundled="din_em3",
+            extra=("model.seq_content_mode=pooled", "model.cic.weight=0"),
+        ),
     ]
     out += [  # the bundled EM3 over token-level features averaged in windows of w positions (1: as stored)
         Variant(

@@ -177,7 +177,12 @@ def test_counting_flops_leaves_a_compiled_qformer_compiled():
 
 @pytest.mark.parametrize(
     ("name", "field", "value"),
-    [("em3-no-catalogue+compile", "cic.catalogue_samples", 0), ("em3-hist-cached", "seq_content_mode", "cached")],
+    [
+        ("em3-no-catalogue+compile", "cic.catalogue_samples", 0),
+        ("em3-hist-cached", "seq_content_mode", "cached"),
+        ("em3-no-cic", "cic.weight", 0),
+        ("em3-hist-pooled", "seq_content_mode", "pooled"),
+    ],
 )
 def test_ablated_em3_variants_are_the_bundled_em3_with_one_change(name: str, field: str, value: object) -> None:
     args = argparse.Namespace(set=[], data="data/ml100k", batch_size=512, bundled_prefix="", config="din_em3")
