@@ -50,8 +50,6 @@ def profile_variants(args: argparse.Namespace, argv: list[str] | None = None) ->
         store = ItemStore(base.data.path, base.data.modalities, meta, token_window=window) if meta.modalities else None
         batches = load_batches(config, L, v.level, args.warmup + args.steps, env, store)
         runner = build_runner(v, config, meta, env)
-        for b in batches[: args.warmup]:
-            runner.step(b)
         hooks = []
         if not v.reference:
             model = runner.model
@@ -76,6 +74,9 @@ def profile_variants(args: argparse.Namespace, argv: list[str] | None = None) ->
                         torch._dynamo.disable(lambda m, a, o, ranges=ranges: ranges.pop().__exit__(None, None, None))
                     )
                 )
+        # Warm up with the hooks in: a compiled module recompiles once hooks are added.
+        for b in batches[: args.warmup]:
+            runner.step(b)
         with profile(activities=activities, record_shapes=True) as prof:
             for b in batches[args.warmup :]:
                 with record_function("## step"):
