@@ -192,7 +192,7 @@ class ModelConfig:
     # torch.compile the backbone and the content-interest target attention in place (the ranker's
     # dense path; TorchRec's lookups stay eager; checkpoints unchanged). The same values up to float
     # rounding; the first training and evaluation steps pay the compile (seconds). On a 2-core CPU
-    # the DIN steps of every variant take 0.64-0.72x as long (benchmarks/results/README.md, Cost).
+    # the DIN steps take 0.70x (frozen) to 0.82x (em3) as long (benchmarks/results/README.md, Cost).
     compile_backbone: bool = False
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
