@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from em3rec.config import CICConfig
+from em3rec.modules.shape_buckets import bucket_rows
 
 
 @dataclass
@@ -89,9 +90,11 @@ class ContentIDContrastive(nn.Module):
             id_embeddings = id_embeddings.detach()
         if not self._content_gradient:
             content_embeddings = content_embeddings.detach()
-        z_id = F.normalize(self.id_head(id_embeddings), dim=-1)  # (N, C)
-        z_content = F.normalize(self.content_head(content_embeddings), dim=-1)  # (N, C)
-        N = z_id.shape[0]
+        # On CPU in bf16 the heads and the similarity matmul run over a bucketed row count M >= N
+        # (N changes with every batch: :mod:`~em3rec.modules.shape_buckets`); only N rows are read.
+        z_id = F.normalize(self.id_head(bucket_rows(id_embeddings)), dim=-1)  # (M, C)
+        z_content = F.normalize(self.content_head(bucket_rows(content_embeddings)), dim=-1)  # (M, C)
+        N = item_ids.shape[0]
         valid = torch.ones(N, dtype=torch.bool, device=z_id.device) if weights is None else weights > 0  # (N,)
 
         if self._num_negatives > 0:
@@ -108,8 +111,9 @@ class ContentIDContrastive(nn.Module):
     def _in_batch(
         self, z_id: torch.Tensor, z_content: torch.Tensor, item_ids: torch.Tensor, valid: torch.Tensor
     ) -> torch.Tensor:
-        N = z_id.shape[0]
-        logits = z_id @ z_content.T / self._temperature  # (N, N): row i = ID i vs content j
+        """``z_id``, ``z_content`` ``(M, C)`` with ``M >= N``; ``item_ids``, ``valid`` ``(N,)``. Returns ``(N,)``."""
+        N = item_ids.shape[0]
+        logits = (z_id @ z_content.T)[:N, :N] / self._temperature  # (N, N): row i = ID i vs content j
         eye = torch.eye(N, dtype=torch.bool, device=z_id.device)
         invalid = ~valid[:, None] | ~valid[None, :]
         masked = ((item_ids[:, None] == item_ids[None, :]) | invalid) & ~eye  # (N, N), symmetric
@@ -122,8 +126,9 @@ class ContentIDContrastive(nn.Module):
     def _sampled(
         self, z_id: torch.Tensor, z_content: torch.Tensor, item_ids: torch.Tensor, valid: torch.Tensor
     ) -> torch.Tensor:
-        N, K = z_id.shape[0], self._num_negatives
-        positive = (z_id * z_content).sum(-1, keepdim=True) / self._temperature  # (N, 1)
+        """As :meth:`_in_batch`, against ``K`` sampled negatives per row."""
+        N, K = item_ids.shape[0], self._num_negatives
+        positive = (z_id[:N] * z_content[:N]).sum(-1, keepdim=True) / self._temperature  # (N, 1)
         if N < 2:
             return 0.0 * positive.squeeze(-1)  # no negatives: loss 0, still attached to the graph
         # Row i's negatives: (i + offset) mod N with offset uniform in [1, N-1]: never i itself.
@@ -132,7 +137,7 @@ class ContentIDContrastive(nn.Module):
         masked = (item_ids[negatives] == item_ids[:, None]) | ~valid[negatives]  # (N, K)
         # Every ID-content similarity in one matmul, then the sampled ones read from it: cheaper than
         # gathering (N, K, C) negatives and N small matrix products (N is ~10^3, C ~64).
-        similarity = z_id @ z_content.T  # (N, N): row i = ID i vs content j
+        similarity = z_id @ z_content.T  # (M, M): row i = ID i vs content j; rows and columns >= N unread
         id_to_content = similarity.gather(1, negatives) / self._temperature  # (N, K)
         content_to_id = similarity.T.gather(1, negatives) / self._temperature  # (N, K): content i vs ID j
         losses = []

@@ -11,6 +11,7 @@ from torch import nn
 
 from em3rec.data.batch import Batch
 from em3rec.modules.content_io import ContentOutput, DistinctTargets, place_history
+from em3rec.modules.shape_buckets import bucket_rows
 
 
 class PooledContentProjection(nn.Module):
@@ -46,12 +47,19 @@ class PooledContentProjection(nn.Module):
             w = mask.to(self.proj.weight.dtype).unsqueeze(-1)  # (U, T_m, 1)
             x = x.to(self.proj.weight.dtype)  # (U, T_m, W_m)
             pooled.append((x * w).sum(1) / w.sum(1).clamp_min(1.0))  # (U, W_m)
-        return self.proj(torch.cat(pooled, dim=-1))  # (U, D)
+        return self._project(torch.cat(pooled, dim=-1))  # (U, D)
 
     def project(self, pooled: dict[str, torch.Tensor]) -> torch.Tensor:
         """modality -> ``(U, W_m)`` stored pooled vectors (0 for a missing modality, as the item
         store keeps them) -> ``(U, D)``: :meth:`forward` on pre-pooled tokens, without their masks."""
-        return self.proj(torch.cat([pooled[m].to(self.proj.weight.dtype) for m in self._modalities], dim=-1))
+        return self._project(torch.cat([pooled[m].to(self.proj.weight.dtype) for m in self._modalities], dim=-1))
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        """``(U, sum W_m)`` -> ``(U, D)``; ``U`` changes with every batch, so on CPU in bf16 over a
+        bucketed row count (:mod:`~em3rec.modules.shape_buckets`)."""
+        padded = bucket_rows(x)
+        y = self.proj(padded)
+        return y if padded is x else y[: x.shape[0]]
 
 
 class FrozenContentTower(nn.Module):

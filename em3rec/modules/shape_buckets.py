@@ -47,3 +47,13 @@ def pad_index(index: torch.Tensor, size: int) -> torch.Tensor:
     if n == 0 or size <= n:
         return index
     return torch.cat([index, index[:1].expand(size - n)])
+
+
+def bucket_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x (n, ...)`` padded to ``(bucket_size(n), ...)`` by repeating its first row where
+    :func:`wants_buckets` (else ``x`` itself, the same object): for a matmul whose row count changes
+    from batch to batch. The caller keeps the first ``n`` rows of the result."""
+    n = x.shape[0] if wants_buckets(x) else 0
+    if n == 0 or bucket_size(n) == n:
+        return x
+    return torch.cat([x, x[:1].expand(bucket_size(n) - n, *x.shape[1:])])

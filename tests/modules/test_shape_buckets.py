@@ -1,8 +1,11 @@
 import pytest
 import torch
 
+from em3rec.config import CICConfig
 from em3rec.modules import content_tower, fusion_qformer, shape_buckets
+from em3rec.modules.cic import ContentIDContrastive
 from em3rec.modules.content_io import DistinctTargets
+from em3rec.modules.frozen_content import PooledContentProjection
 from em3rec.modules.shape_buckets import bucket_size, pad_index, wants_buckets
 from tests.modules.test_content_tower import QUERY_SIDE_LORA, _grads, _loss, _tower
 
@@ -74,3 +77,49 @@ def test_no_items_need_no_padding(monkeypatch):
     context = qformer.context(tokens, mask, torch.zeros(0, dtype=torch.long))
     assert qformer.decode(context).pooled.shape == (0, 16)
     assert qformer(tokens, mask, torch.tensor([3, 1, 3])).pooled.shape == (3, 16)  # padded to 8, cut to 3
+
+
+def test_bucket_rows_pads_with_the_first_row_only_when_wanted(monkeypatch):
+    x = torch.arange(30.0).view(10, 3)
+    assert shape_buckets.bucket_rows(x) is x  # no autocast: no padding
+    monkeypatch.setattr(shape_buckets, "wants_buckets", lambda x: True)
+    padded = shape_buckets.bucket_rows(x)
+    assert padded.shape == (16, 3) and torch.equal(padded[:10], x) and torch.equal(padded[10:], x[:1].expand(6, 3))
+    assert shape_buckets.bucket_rows(torch.zeros(16, 3)).shape == (16, 3)
+    assert shape_buckets.bucket_rows(torch.zeros(0, 3)).shape == (0, 3)
+
+
+@pytest.mark.parametrize("num_negatives", [0, 5])
+def test_bucketed_cic_and_pooled_projection_change_no_value_and_no_gradient(monkeypatch, num_negatives):
+    # float64, buckets forced on: the heads, the similarity and the projection run over 16 rows for 10.
+    cic = ContentIDContrastive(6, 5, CICConfig(weight=0.5, dim=4, num_negatives=num_negatives)).double()
+    projection = PooledContentProjection({"title": 7, "meta": 3}, 6).double()
+    ids, content = torch.randn(10, 6, dtype=torch.float64), torch.randn(10, 5, dtype=torch.float64)
+    pooled = {"title": torch.randn(10, 7, dtype=torch.float64), "meta": torch.randn(10, 3, dtype=torch.float64)}
+    item_ids, weights = torch.tensor([0, 1, 2, 3, 1, 5, 6, 7, 8, 9]), torch.tensor([1.0] * 9 + [0.0])
+
+    def run() -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        for module in (cic, projection):
+            module.zero_grad()
+        a, b = ids.clone().requires_grad_(), content.clone().requires_grad_()
+        torch.manual_seed(0)  # the same sampled negatives
+        loss = cic(a, b, item_ids, weights).loss
+        projected = projection.project(pooled)
+        (loss + projected.square().sum()).backward()
+        grads = {n: p.grad.clone() for n, p in [*cic.named_parameters(), *projection.named_parameters()]}
+        return loss.detach(), projected.detach(), {"ids": a.grad, "content": b.grad, **grads}
+
+    plain = run()
+    widths = []
+    real_linear = torch.nn.functional.linear
+    monkeypatch.setattr(shape_buckets, "wants_buckets", lambda x: True)
+    monkeypatch.setattr(
+        torch.nn.functional, "linear", lambda x, *args: widths.append(x.shape[0]) or real_linear(x, *args)
+    )
+    bucketed = run()
+    assert widths == [16, 16, 16]  # both CIC heads and the projection saw the padded rows
+    torch.testing.assert_close(bucketed[0], plain[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(bucketed[1], plain[1], rtol=1e-12, atol=1e-12)
+    assert bucketed[2].keys() == plain[2].keys()
+    for name in plain[2]:
+        torch.testing.assert_close(bucketed[2][name], plain[2][name], rtol=1e-12, atol=1e-12, msg=name)
