@@ -11,7 +11,7 @@ from torch import nn
 
 from em3rec.data.batch import Batch
 from em3rec.modules.content_io import ContentOutput, DistinctTargets, place_history
-from em3rec.modules.shape_buckets import bucket_rows
+from em3rec.modules.shape_buckets import concat_into_bucket, wants_buckets
 
 
 class PooledContentProjection(nn.Module):
@@ -44,22 +44,31 @@ class PooledContentProjection(nn.Module):
         pooled = []
         for m in self._modalities:  # the module's own list: traceable by torch.fx (the train pipeline)
             mask, x = (token_mask[m], tokens[m]) if index is None else (token_mask[m][index], tokens[m][index])
+            if not isinstance(x, torch.fx.Proxy) and x.shape[1] == 1:
+                # One stored vector (the loader's pooled level): the mean is the vector itself, or 0
+                # where the modality is missing; kept in its dtype, not copied to fp32 and back.
+                pooled.append(x[:, 0] * mask.to(x.dtype))  # (U, W_m)
+                continue
             w = mask.to(self.proj.weight.dtype).unsqueeze(-1)  # (U, T_m, 1)
             x = x.to(self.proj.weight.dtype)  # (U, T_m, W_m)
             pooled.append((x * w).sum(1) / w.sum(1).clamp_min(1.0))  # (U, W_m)
-        return self._project(torch.cat(pooled, dim=-1))  # (U, D)
+        return self._project(pooled)  # (U, D)
 
     def project(self, pooled: dict[str, torch.Tensor]) -> torch.Tensor:
         """modality -> ``(U, W_m)`` stored pooled vectors (0 for a missing modality, as the item
         store keeps them) -> ``(U, D)``: :meth:`forward` on pre-pooled tokens, without their masks."""
-        return self._project(torch.cat([pooled[m].to(self.proj.weight.dtype) for m in self._modalities], dim=-1))
+        return self._project([pooled[m] for m in self._modalities])
 
-    def _project(self, x: torch.Tensor) -> torch.Tensor:
-        """``(U, sum W_m)`` -> ``(U, D)``; ``U`` changes with every batch, so on CPU in bf16 over a
-        bucketed row count (:mod:`~em3rec.modules.shape_buckets`)."""
-        padded = bucket_rows(x)
-        y = self.proj(padded)
-        return y if padded is x else y[: x.shape[0]]
+    def _project(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """modality parts ``(U, W_m)``, concatenated -> ``(U, D)``. ``U`` changes with every batch, so
+        on CPU in bf16 the parts go straight into a bf16 buffer of bucketed rows
+        (:func:`~em3rec.modules.shape_buckets.concat_into_bucket`): a repeating matmul shape, without
+        a padding copy or an fp32 copy of the ``(U, sum W_m)`` input (bx: ~12,000 rows a batch)."""
+        if not wants_buckets(parts[0]):
+            return self.proj(torch.cat([p.to(self.proj.weight.dtype) for p in parts], dim=-1))
+        autocast = torch.is_autocast_enabled("cpu")  # (wants_buckets: on CPU, and under autocast but in tests)
+        dtype = torch.get_autocast_dtype("cpu") if autocast else self.proj.weight.dtype
+        return self.proj(concat_into_bucket(parts, dtype))[: parts[0].shape[0]]
 
 
 class FrozenContentTower(nn.Module):

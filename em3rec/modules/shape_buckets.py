@@ -57,3 +57,18 @@ def bucket_rows(x: torch.Tensor) -> torch.Tensor:
     if n == 0 or bucket_size(n) == n:
         return x
     return torch.cat([x, x[:1].expand(bucket_size(n) - n, *x.shape[1:])])
+
+
+def concat_into_bucket(parts: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """``parts`` ``(n, W_i)`` concatenated on the last dim into a new ``(bucket_size(n), sum W_i)``
+    buffer of ``dtype`` (the dtype the matmul computes in), its padding rows 0: the input of a
+    matmul whose row count changes with every batch, written once (no separate padding copy, no
+    copy in another dtype). The caller keeps the first ``n`` rows of the matmul."""
+    n = parts[0].shape[0]
+    buffer = parts[0].new_empty(bucket_size(n), sum(p.shape[1] for p in parts), dtype=dtype)
+    buffer[n:].zero_()
+    start = 0
+    for p in parts:
+        buffer[:n, start : start + p.shape[1]].copy_(p)
+        start += p.shape[1]
+    return buffer

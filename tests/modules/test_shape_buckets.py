@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from em3rec.config import CICConfig
-from em3rec.modules import content_tower, fusion_qformer, shape_buckets
+from em3rec.modules import content_tower, frozen_content, fusion_qformer, shape_buckets
 from em3rec.modules.cic import ContentIDContrastive
 from em3rec.modules.content_io import DistinctTargets
 from em3rec.modules.frozen_content import PooledContentProjection
@@ -97,6 +97,7 @@ def test_bucketed_cic_and_pooled_projection_change_no_value_and_no_gradient(monk
     ids, content = torch.randn(10, 6, dtype=torch.float64), torch.randn(10, 5, dtype=torch.float64)
     pooled = {"title": torch.randn(10, 7, dtype=torch.float64), "meta": torch.randn(10, 3, dtype=torch.float64)}
     item_ids, weights = torch.tensor([0, 1, 2, 3, 1, 5, 6, 7, 8, 9]), torch.tensor([1.0] * 9 + [0.0])
+    masks = {"title": torch.ones(10, 1, dtype=torch.bool), "meta": torch.arange(10)[:, None] != 4}
 
     def run() -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         for module in (cic, projection):
@@ -105,19 +106,24 @@ def test_bucketed_cic_and_pooled_projection_change_no_value_and_no_gradient(monk
         torch.manual_seed(0)  # the same sampled negatives
         loss = cic(a, b, item_ids, weights).loss
         projected = projection.project(pooled)
-        (loss + projected.square().sum()).backward()
+        # The loader's pooled level: one token per modality; the missing one (mask 0) reads as 0.
+        forwarded = projection({m: v[:, None] for m, v in pooled.items()}, masks)
+        (loss + projected.square().sum() + forwarded.square().sum()).backward()
         grads = {n: p.grad.clone() for n, p in [*cic.named_parameters(), *projection.named_parameters()]}
-        return loss.detach(), projected.detach(), {"ids": a.grad, "content": b.grad, **grads}
+        return loss.detach(), torch.cat([projected, forwarded]).detach(), {"ids": a.grad, "content": b.grad, **grads}
 
     plain = run()
     widths = []
     real_linear = torch.nn.functional.linear
-    monkeypatch.setattr(shape_buckets, "wants_buckets", lambda x: True)
+    for module in (shape_buckets, frozen_content):
+        monkeypatch.setattr(module, "wants_buckets", lambda x: True)
     monkeypatch.setattr(
         torch.nn.functional, "linear", lambda x, *args: widths.append(x.shape[0]) or real_linear(x, *args)
     )
     bucketed = run()
-    assert widths == [16, 16, 16]  # both CIC heads and the projection saw the padded rows
+    assert widths == [16, 16, 16, 16]  # both CIC heads and both projections saw the padded rows
+    missing = {"title": pooled["title"], "meta": pooled["meta"] * masks["meta"]}
+    torch.testing.assert_close(plain[1][10:], projection.project(missing).detach(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(bucketed[0], plain[0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(bucketed[1], plain[1], rtol=1e-12, atol=1e-12)
     assert bucketed[2].keys() == plain[2].keys()
