@@ -247,7 +247,8 @@ class ImpressionLoader(IterableDataset):
         token_window: tokens averaged in windows of this many positions (``ItemStore``); an
             ``item_store`` passed in must have the same.
         pooled_vectors: with the tokens, also each item's stored pooled vector per modality
-            (``Batch.content_pooled``; EM3's pooled base reads it instead of pooling every step).
+            (``Batch.content_pooled``; EM3's pooled base reads it instead of pooling every step),
+            in ``token_dtype``.
         token_dtype: the dtype the content tower computes in (``Precision.dtype``): tokens arrive
             in it, read from the store's resident tables when it holds them in that dtype, else
             cast here, in the loader (its prefetch thread), not in every training step; None keeps
@@ -621,7 +622,7 @@ class ImpressionLoader(IterableDataset):
                 content_ids[:with_tokens], self.modalities, self.pooled_content, dtype=self._token_dtype
             )
             if self._pooled_vectors:
-                pooled = self._items.gather_pooled(content_ids, self.modalities)
+                pooled = self._items.gather_pooled(content_ids, self.modalities, dtype=self._token_dtype)
 
         weights = np.zeros(B, dtype=np.float32)
         weights[:real] = 1.0

@@ -29,6 +29,12 @@ def test_resident_tables_gather_what_the_memory_map_gives(tiny_dataset: Path, dt
         assert tokens[name].dtype == dtype
         torch.testing.assert_close(tokens[name], expected_tokens[name].to(dtype), rtol=0, atol=0)
         assert torch.equal(mask[name], expected_mask[name])
+    # The pooled vectors too (held beside the tokens), in the dtype asked for.
+    expected_pooled = mapped.gather_pooled(IDS)
+    pooled = resident.gather_pooled(IDS, dtype=dtype)
+    for name in ("title", "meta"):
+        assert pooled[name].dtype == dtype and expected_pooled[name].dtype == torch.float16
+        torch.testing.assert_close(pooled[name], expected_pooled[name].to(dtype), rtol=0, atol=0)
     # Another dtype, or none, is read from the memory map, not from the tables.
     as_stored, _ = resident.gather(IDS)
     assert as_stored["title"].dtype == torch.float16
@@ -49,7 +55,7 @@ def test_loader_batches_do_not_depend_on_residency(tiny_dataset: Path) -> None:
     def batches(store: ItemStore) -> list:
         loader = ImpressionLoader(
             tiny_dataset, "train", batch_size=64, seed=3, max_batches=4, prefetch=0, item_store=store,
-            modalities=["title", "meta"], token_dtype=torch.bfloat16,
+            modalities=["title", "meta"], token_dtype=torch.bfloat16, pooled_vectors=True,
         )  # fmt: skip
         return list(loader)
 
@@ -62,6 +68,8 @@ def test_loader_batches_do_not_depend_on_residency(tiny_dataset: Path) -> None:
             assert b.content_tokens[name].dtype == torch.bfloat16
             assert torch.equal(a.content_tokens[name], b.content_tokens[name])
             assert torch.equal(a.content_token_mask[name], b.content_token_mask[name])
+            assert a.content_pooled[name].dtype == b.content_pooled[name].dtype == torch.bfloat16
+            assert torch.equal(a.content_pooled[name], b.content_pooled[name])
 
 
 def test_window_tokens_is_the_mean_of_each_windows_real_tokens() -> None:
