@@ -143,7 +143,7 @@ def run_world(args: argparse.Namespace, env: DistEnv) -> dict[str, Any] | None:
         """What ``v``'s batches carry: its level, the model's batch options, the token dtype and window."""
         config = configs[v.name]
         options = factory.batch_options(config.model, "train") | {
-            "tokens": precisions[v.name].name,
+            "tokens": Precision.resolve(config.train.precision, env.device).name,  # also for a tower-only variant
             "token_window": config.data.token_window,
         }
         return v.level, tuple(sorted(options.items()))

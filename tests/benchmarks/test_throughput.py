@@ -92,7 +92,7 @@ def test_harness_runs_every_kind_of_block(tiny_dataset: Path, tmp_path: Path):
             "--variants",
             "id,id-pipeline,frozen,em3,em3@fp32,em3-lora,em3-cached/pooled,em3-full-nodedup,ref-sparse",
             "--tower-variants",
-            "em3",
+            "em3,em3-full",  # em3-full: a tower whose variant is not among --variants
             "--rounds",
             "1",
             "--steps",
@@ -110,10 +110,10 @@ def test_harness_runs_every_kind_of_block(tiny_dataset: Path, tmp_path: Path):
     )
     (world,) = worlds
     blocks = {(b["name"], b["L"]): b for b in world["blocks"]}
-    assert len(blocks) == 10 * 2
+    assert len(blocks) == 11 * 2
     assert all(len(b["seconds"]) == 1 and b["seconds"][0] > 0 for b in blocks.values())
     assert blocks[("em3-lora", 20)]["flops"]["tower_flops"] > 0
-    assert blocks[("tower:em3", 20)]["flops"]["tower_flops"] > 0
+    assert blocks[("tower:em3", 20)]["flops"]["tower_flops"] > 0 and blocks[("tower:em3-full", 20)]["seconds"][0] > 0
     # `em3` is the bundled din_em3 (a catalogue sample for CIC; the others' batches carry none)
     assert world["precision"]["em3"] in ("fp32", "bf16") and world["bf16_report"]
     assert world["precision"]["em3@fp32"] == "fp32"  # a precision compared in the same run
