@@ -66,7 +66,8 @@ class PooledContentProjection(nn.Module):
         a padding copy or an fp32 copy of the ``(U, sum W_m)`` input (bx: ~12,000 rows a batch)."""
         if not wants_buckets(parts[0]):
             return self.proj(torch.cat([p.to(self.proj.weight.dtype) for p in parts], dim=-1))
-        autocast = torch.is_autocast_enabled("cpu")  # (wants_buckets: on CPU, and under autocast but in tests)
+        # wants_buckets means CPU autocast, but for tests that force it (then: the weight's dtype).
+        autocast = torch.is_autocast_enabled("cpu")
         dtype = torch.get_autocast_dtype("cpu") if autocast else self.proj.weight.dtype
         return self.proj(concat_into_bucket(parts, dtype))[: parts[0].shape[0]]
 
