@@ -234,9 +234,11 @@ class TrainConfig:
     run_dir: str = "runs"
     run_name: str = ""  # default: the config file's stem
     max_steps_per_epoch: int = 0  # 0 = the whole split (for quick checks)
-    # A NaN/inf loss: "stop" raises NonFiniteLossError naming the step and the batch's ids; "skip"
-    # drops the batch before backward and the optimiser step (counted in metrics.json; needs the
-    # non-pipelined step, so it turns sharding.pipeline off).
+    # A NaN/inf loss: "stop" raises NonFiniteLossError naming the step and the batch's ids (the
+    # losses are read every log_every steps, before a checkpoint and at the epoch's end, so a step
+    # does not wait for the device); "skip" drops the batch before backward and the optimiser step
+    # (counted in metrics.json; reads each loss, and needs the non-pipelined step, so it turns
+    # sharding.pipeline off).
     nan_policy: NanPolicy = "stop"
     nan_skip_limit: int = 20  # "skip": stop after this many skipped batches in a row (0 = no limit)
     # Seconds a collective (all-reduce, all-to-all, barrier) may wait before the job fails. Under

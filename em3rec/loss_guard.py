@@ -2,7 +2,9 @@
 batch on every rank (``train.nan_policy``), decided the same way on all ranks.
 
 :class:`NonFiniteLossGuard` is the policy, :class:`TrackedBatches` keeps the ids of the batches a
-pipelined step has read ahead, so the guard can name the batch whose loss it sees.
+pipelined step has read ahead, so the guard can name the batch whose loss it sees. Under ``stop``
+the guard reads the losses in batches (:meth:`NonFiniteLossGuard.defer` / ``flush``): training
+does not wait for the device, nor all-reduce, every step.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -71,20 +73,26 @@ class TrackedBatches:
 
 
 class NonFiniteLossGuard:
-    """Checks each step's loss on every rank at once and applies ``train.nan_policy``.
+    """Checks the training loss on every rank at once and applies ``train.nan_policy``: ``skip``
+    each step before backward (:meth:`check`); ``stop`` every few steps (:meth:`defer`, then
+    :meth:`flush` at a log line, a checkpoint or the epoch's end), naming the first bad step.
 
     Args:
         policy: ``"stop"``: raise :class:`NonFiniteLossError` on every rank; ``"skip"``: the caller
             drops the batch (before backward) on every rank.
         skip_limit: with ``"skip"``, raise after this many skipped batches in a row (0 = no limit).
-        rank, world_size, device: this process's place in the group (one all-reduce of one float
-            per rank and step makes every rank reach the same decision).
+        rank, world_size, device: this process's place in the group (one all-reduce of a flag per
+            rank and checked step makes every rank reach the same decision).
 
     Example::
 
         guard = NonFiniteLossGuard("skip", skip_limit=20)
         if not guard.check(float(loss), BatchIds.of(batch), "step 7 (epoch 0, batch 7)", skipped_so_far=0):
             ...  # skip this batch: no backward, no optimiser step
+
+        guard = NonFiniteLossGuard("stop")
+        guard.defer(loss, BatchIds.of(batch), "step 7 (epoch 0, batch 7)")  # the loss stays on the device
+        guard.flush()  # every deferred loss read at once: raises at the first non-finite one
     """
 
     def __init__(
@@ -101,6 +109,7 @@ class NonFiniteLossGuard:
         self._world_size = world_size
         self._device = device if device is not None else torch.device("cpu")
         self._skipped_in_a_row = 0
+        self._deferred: list[tuple[torch.Tensor, BatchIds, str]] = []
 
     def nonfinite_ranks(self, value: float) -> list[int]:
         """The ranks whose loss this step is NaN or inf; every rank gets the same list."""
@@ -121,11 +130,7 @@ class NonFiniteLossGuard:
         if not bad:
             self._skipped_in_a_row = 0
             return True
-        where = f"{position} on rank(s) {bad}"
-        if self._rank in bad:
-            batch = f"loss {value} on rank {self._rank}, batch {ids.describe()}"
-        else:
-            batch = f"this rank's loss was finite ({value:.6g}); the batch ids are in rank {bad[0]}'s log"
+        where, batch = self._describe(bad, value, ids, position)
         if self._policy == "skip":
             self._skipped_in_a_row += 1
             if self._rank in bad or self._rank == 0:
@@ -141,6 +146,41 @@ class NonFiniteLossGuard:
                     f"{self._skip_limit}); the model has probably diverged. Last at {where}: {batch}"
                 )
             return False
+        self._stop(where, batch)
+
+    def defer(self, loss: torch.Tensor, ids: BatchIds, position: str) -> None:
+        """``stop``: keep this step's loss, a device scalar not read now, for the next :meth:`flush`."""
+        self._deferred.append((loss.detach(), ids, position))
+
+    def flush(self) -> None:
+        """``stop``: check the deferred losses at once, one read from the device and one all-reduce of
+        ``(ranks, steps)`` flags, and raise :class:`NonFiniteLossError` on every rank at the first
+        step where a rank's loss was not finite, naming it as :meth:`check` does. Every rank calls it
+        after the same steps (before a checkpoint, so none holds the weights of a non-finite step)."""
+        deferred, self._deferred = self._deferred, []
+        if not deferred:
+            return
+        losses = torch.stack([loss for loss, _, _ in deferred]).float()  # (S,)
+        flags = torch.zeros(self._world_size, len(deferred), device=self._device)  # (ranks, S)
+        flags[self._rank] = (~torch.isfinite(losses)).float().to(self._device)
+        if self._world_size > 1:
+            dist.all_reduce(flags)
+        flags_by_step = flags.t().tolist()  # (S, ranks)
+        first = next((i for i, row in enumerate(flags_by_step) if any(row)), None)
+        if first is None:
+            return
+        bad = [r for r, flag in enumerate(flags_by_step[first]) if flag]
+        _, ids, position = deferred[first]
+        self._stop(*self._describe(bad, float(losses[first]), ids, position))
+
+    def _describe(self, bad: list[int], value: float, ids: BatchIds, position: str) -> tuple[str, str]:
+        """(where: the step and the ranks, batch: this rank's loss and the batch's ids)."""
+        where = f"{position} on rank(s) {bad}"
+        if self._rank in bad:
+            return where, f"loss {value} on rank {self._rank}, batch {ids.describe()}"
+        return where, f"this rank's loss was finite ({value:.6g}); the batch ids are in rank {bad[0]}'s log"
+
+    def _stop(self, where: str, batch: str) -> NoReturn:
         message = f"non-finite loss at {where}: {batch}"
         log.error("%s", message)
         raise NonFiniteLossError(message)

@@ -42,6 +42,29 @@ def memory_mb(device: torch.device) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class LossWindow:
+    """The training losses since the last log line, summed where they were computed and read once
+    per line (:meth:`means`), so that a step does not wait for the device to log its loss."""
+
+    def __init__(self) -> None:
+        self._sums: torch.Tensor | None = None  # (3,): loss, bce, cic
+        self.steps = 0
+
+    def add(self, loss: torch.Tensor, aux: dict[str, torch.Tensor]) -> None:
+        """One step's ``loss`` (a scalar) and its parts ``aux`` ("bce"; "cic", 0 when absent)."""
+        loss = loss.detach().float()
+        parts = torch.stack([loss, aux.get("bce", loss).float(), aux.get("cic", torch.zeros_like(loss)).float()])
+        self._sums = parts if self._sums is None else self._sums + parts
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        """``{"loss", "bce", "cic"}``: means over the window's steps (NaN for an empty window); resets it."""
+        sums = self._sums.tolist() if self._sums is not None else [float("nan")] * 3
+        means = {k: v / max(self.steps, 1) for k, v in zip(("loss", "bce", "cic"), sums)}
+        self._sums, self.steps = None, 0
+        return means
+
+
 class MetricWriter:
     """TensorBoard event files under ``<run>/tb`` when ``tensorboard`` is installed; else nothing."""
 

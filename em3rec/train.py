@@ -44,7 +44,7 @@ from em3rec.distributed import DistEnv, allowed_sharding_types, describe_plan, i
 from em3rec.evaluation import cold_item_mask, cold_user_mask, evaluate
 from em3rec.loss_guard import BatchIds, NonFiniteLossError, NonFiniteLossGuard, TrackedBatches, check_predictions
 from em3rec.precision import Precision
-from em3rec.run_log import MetricWriter, format_metrics, memory_mb, setup_logging
+from em3rec.run_log import LossWindow, MetricWriter, format_metrics, memory_mb, setup_logging
 
 __all__ = ["NonFiniteLossError", "Progress", "Recipe", "main", "write_results"]
 
@@ -268,7 +268,7 @@ class Recipe:
             mininterval=2.0,
             file=sys.stderr,
         )
-        window: dict[str, float] = {"loss": 0.0, "bce": 0.0, "cic": 0.0, "n": 0}
+        window = LossWindow()
         window_start = epoch_start = time.perf_counter()
         steps_before = self.progress.step
         while True:
@@ -280,58 +280,54 @@ class Recipe:
             bar.update(1)
             if result is None:  # skipped: a non-finite loss under train.nan_policy = "skip"
                 continue
-            loss, aux = result
+            window.add(*result)
             self.progress.step += 1
-            window["loss"] += loss
-            window["bce"] += aux.get("bce", loss)
-            window["cic"] += aux.get("cic", 0.0)
-            window["n"] += 1
             if self.progress.step % cfg.log_every == 0:
+                self.guard.flush()  # "stop": this window's losses checked before they are logged
                 elapsed = time.perf_counter() - window_start
                 self._log_window(epoch, window, elapsed)
-                window = {"loss": 0.0, "bce": 0.0, "cic": 0.0, "n": 0}
                 window_start = time.perf_counter()
             if cfg.checkpoint_every and self.progress.step % cfg.checkpoint_every == 0:
+                self.guard.flush()  # no checkpoint holds the weights of a non-finite step
                 self._save(best=False)
+        self.guard.flush()
         bar.close()
         self.epoch_seconds += time.perf_counter() - epoch_start
         self.epoch_samples += (self.progress.step - steps_before) * self._global_batch
 
-    def _step(self, batches: Iterator[Batch]) -> tuple[float, dict[str, float]] | None:
-        """Train one batch; None if it was skipped for a non-finite loss (``nan_policy = "skip"``).
+    def _step(self, batches: Iterator[Batch]) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+        """Train one batch: its loss and parts (``aux``) as scalars on the device, not read here;
+        None if it was skipped for a non-finite loss (``nan_policy = "skip"``, which reads each loss
+        before backward). Under ``stop`` the guard reads the losses at its next ``flush()``.
 
         The pipelined step needs ``batches`` to be :class:`TrackedBatches` (to name the batch).
         """
-        if self.pipeline is not None:
+        position = (
+            f"step {self.progress.step + 1} (epoch {self.progress.epoch}, batch {self.progress.batches_done + 1})"
+        )
+        if self.pipeline is not None:  # "stop" only: the step is already taken
             assert isinstance(batches, TrackedBatches), "the pipelined step needs TrackedBatches"
             loss, _, _, aux = self.pipeline.progress(batches)  # it returns the model's second output
-            self._check_loss(float(loss), batches.trained())  # "stop" only: the step is already taken
+            self.guard.defer(loss, batches.trained(), position)
         else:
             batch = next(batches)
             ids = batches.trained() if isinstance(batches, TrackedBatches) else BatchIds.of(batch)
             with self.precision.autocast():
                 loss, (_, _, _, aux) = self.model(batch.to(self.env.device, non_blocking=True))
-            if not self._check_loss(float(loss.detach()), ids):
-                return None
+            if self.config.train.nan_policy == "skip":
+                if not self.guard.check(float(loss.detach()), ids, position, self.progress.skipped_batches):
+                    self.progress.skipped_batches += 1
+                    return None
+            else:
+                self.guard.defer(loss, ids, position)
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
-        return float(loss.detach()), {k: float(v) for k, v in aux.items()}
+        return loss.detach(), {k: v.detach() for k, v in aux.items()}
 
-    def _check_loss(self, value: float, ids: BatchIds) -> bool:
-        """The guard's verdict on this step's loss; a skipped batch is counted in the progress."""
-        position = (
-            f"step {self.progress.step + 1} (epoch {self.progress.epoch}, batch {self.progress.batches_done + 1})"
-        )
-        finite = self.guard.check(value, ids, position, self.progress.skipped_batches)
-        if not finite:
-            self.progress.skipped_batches += 1
-        return finite
-
-    def _log_window(self, epoch: int, window: dict[str, float], elapsed: float) -> None:
-        n = max(window["n"], 1)
-        rows = n * self._global_batch
-        parts = {k: window[k] / n for k in ("loss", "bce", "cic")}
+    def _log_window(self, epoch: int, window: LossWindow, elapsed: float) -> None:
+        rows = window.steps * self._global_batch
+        parts: dict[str, float] = window.means()
         parts["samples_per_s"] = rows / max(elapsed, 1e-9)
         parts["memory_mb"] = memory_mb(self.env.device)
         self.writer.scalars("train", parts, self.progress.step)

@@ -147,6 +147,22 @@ def test_exploding_learning_rate_stops_the_run(reliable_data: Path, tmp_path: Pa
         recipe.train()
 
 
+def test_stop_reads_the_losses_at_log_lines_and_checkpoints_not_every_step(
+    reliable_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ``stop`` a step hands its loss to the guard unread; the guard reads them in one go at
+    each log line (every 4 steps here), before each checkpoint (every 5) and at the epoch's end."""
+    recipe = in_process_recipe(reliable_data, tmp_path, "train.log_every=4")
+    guard = recipe.guard
+    monkeypatch.setattr(guard, "check", lambda *a, **k: pytest.fail("a per-step read under nan_policy = 'stop'"))
+    read: list[int] = []
+    flush = guard.flush
+    monkeypatch.setattr(guard, "flush", lambda: (read.append(len(guard._deferred)), flush())[1])
+    recipe._train_epoch(0)
+    assert read == [4, 1, 3, 2, 2, 0]  # steps 1-4 (log), 5 (checkpoint), 6-8, 9-10, 11-12, the end
+    assert recipe.progress.step == STEPS
+
+
 def test_skip_policy_stops_a_diverged_run_after_the_limit(reliable_data: Path, tmp_path: Path) -> None:
     recipe = in_process_recipe(
         reliable_data,
