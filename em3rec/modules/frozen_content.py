@@ -63,13 +63,22 @@ class PooledContentProjection(nn.Module):
         """modality parts ``(U, W_m)``, concatenated -> ``(U, D)``. ``U`` changes with every batch, so
         on CPU in bf16 the parts go straight into a bf16 buffer of bucketed rows
         (:func:`~em3rec.modules.shape_buckets.concat_into_bucket`): a repeating matmul shape, without
-        a padding copy or an fp32 copy of the ``(U, sum W_m)`` input (bx: ~12,000 rows a batch)."""
+        a padding copy or an fp32 copy of the ``(U, sum W_m)`` input (bx: ~12,000 rows a batch).
+        Elsewhere under autocast (CUDA) the parts go to the autocast dtype, which the Linear would
+        cast its input to anyway: one cast of each part, not one to fp32 and one back."""
         if not wants_buckets(parts[0]):
-            return self.proj(torch.cat([p.to(self.proj.weight.dtype) for p in parts], dim=-1))
+            return self.proj(torch.cat([p.to(self._input_dtype(parts[0])) for p in parts], dim=-1))
         # wants_buckets means CPU autocast, but for tests that force it (then: the weight's dtype).
         autocast = torch.is_autocast_enabled("cpu")
         dtype = torch.get_autocast_dtype("cpu") if autocast else self.proj.weight.dtype
         return self.proj(concat_into_bucket(parts, dtype))[: parts[0].shape[0]]
+
+    def _input_dtype(self, x: torch.Tensor) -> torch.dtype:
+        """The autocast dtype where autocast is on for ``x``'s device, else the weight's (also while
+        torch.fx traces: the traced graph keeps the weight's)."""
+        if not isinstance(x, torch.fx.Proxy) and torch.is_autocast_enabled(x.device.type):
+            return torch.get_autocast_dtype(x.device.type)
+        return self.proj.weight.dtype
 
 
 class FrozenContentTower(nn.Module):

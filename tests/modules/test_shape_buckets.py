@@ -129,3 +129,31 @@ def test_bucketed_cic_and_pooled_projection_change_no_value_and_no_gradient(monk
     assert bucketed[2].keys() == plain[2].keys()
     for name in plain[2]:
         torch.testing.assert_close(bucketed[2][name], plain[2][name], rtol=1e-12, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("stored", [torch.float16, torch.bfloat16])
+def test_off_the_buckets_the_projection_casts_once_to_the_autocast_dtype(monkeypatch, stored) -> None:
+    """Where autocast runs without buckets (CUDA; here CPU with buckets switched off) the parts go
+    straight to the autocast dtype: the same values as through fp32, and no fp32 copy of the input."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Casts(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.to: list[torch.dtype] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            if func is torch.ops.aten._to_copy.default and args[0].dim() == 2 and args[0].shape[0] == 37:
+                self.to.append(kwargs["dtype"])
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(frozen_content, "wants_buckets", lambda x: False)
+    torch.manual_seed(0)
+    projection = PooledContentProjection({"title": 24, "meta": 16}, out_dim=8)
+    pooled = {"title": torch.randn(37, 24).to(stored), "meta": torch.randn(37, 16).to(stored)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = projection.proj(torch.cat([pooled["title"].float(), pooled["meta"].float()], dim=-1))
+        with Casts() as casts:
+            out = projection.project(pooled)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
+    assert torch.float32 not in casts.to
