@@ -208,7 +208,7 @@ class OptimConfig:
     # The content tower's own AdamW group (Q-Former, its gate and adapters, the pooled projection).
     content_lr: float = 0.0  # 0 = dense_lr
     content_weight_decay: float = 1e-5
-    grad_clip: float = 0.0  # dense grad-norm clip; 0 = off
+    grad_clip: float = 0.0  # clip the dense gradients' global 2-norm to this before AdamW; 0 = off
 
 
 @dataclass

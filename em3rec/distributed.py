@@ -23,7 +23,8 @@ from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.types import ShardingPlan
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
-from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.clipping import GradientClipping, GradientClippingOptimizer
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim import RowWiseAdagrad
 
@@ -193,9 +194,11 @@ def shard_model(
     return DistributedModelParallel(module=model, device=env.device, plan=plan, sharders=get_default_sharders())
 
 
-def build_optimizer(model: DistributedModelParallel, config: OptimConfig) -> CombinedOptimizer:
+def build_optimizer(model: DistributedModelParallel, config: OptimConfig) -> KeyedOptimizer:
     """The fused embedding optimiser and AdamW over the dense parameters (the content tower in its
-    own AdamW, ``optim.content_lr``), stepped together."""
+    own AdamW, ``optim.content_lr``), stepped together; ``optim.grad_clip > 0`` clips the dense
+    gradients' global 2-norm first (TorchRec's ``GradientClippingOptimizer``; the fused embedding
+    optimiser has stepped inside backward)."""
     dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
     content = {name: p for name, p in dense_params.items() if ".content_tower." in f".{name}"}
     rest = {name: p for name, p in dense_params.items() if name not in content}
@@ -217,7 +220,14 @@ def build_optimizer(model: DistributedModelParallel, config: OptimConfig) -> Com
                 lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=config.content_weight_decay, fused=fused),
             )
         )
-    return CombinedOptimizer(optimizers)
+    combined = CombinedOptimizer(optimizers)
+    if config.grad_clip > 0:
+        # One norm over every gradient it holds: the dense ones, DDP-averaged, so the same on every
+        # rank (the fused embedding parameters have none). Wrapping the whole CombinedOptimizer, not
+        # the dense part inside it: an OptimizerWrapper's ``state`` is a snapshot taken when it is
+        # built, which a CombinedOptimizer around it would save (empty); its state_dict() is live.
+        return GradientClippingOptimizer(combined, clipping=GradientClipping.NORM, max_gradient=config.grad_clip)
+    return combined
 
 
 def describe_plan(plan: ShardingPlan) -> str:

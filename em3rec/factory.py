@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from torchrec.distributed.model_parallel import DistributedModelParallel
-from torchrec.optim.keyed import CombinedOptimizer
+from torchrec.optim.keyed import KeyedOptimizer
 
 from em3rec.checkpoint import CheckpointManager, load_checkpoint
 from em3rec.config import Config, ModelConfig
@@ -143,7 +143,7 @@ def build_training(
     env: DistEnv,
     cold_items: torch.Tensor | None = None,
     cold_users: torch.Tensor | None = None,
-) -> tuple[DistributedModelParallel, CombinedOptimizer]:
+) -> tuple[DistributedModelParallel, KeyedOptimizer]:
     """The sharded model and its optimiser (fused embedding optimiser + dense AdamW groups);
     ``cold_items`` / ``cold_users`` as in :func:`build_sharded_model`."""
     model = build_sharded_model(config, meta, env, cold_items, cold_users)

@@ -71,7 +71,7 @@ def _batch(rank: int, batch_size: int = 32) -> tuple[KeyedJaggedTensor, KeyedJag
     return pooled, sequence, labels
 
 
-def _train(rank: int, world_size: int, sharding_type: str) -> dict:
+def _train(rank: int, world_size: int, sharding_type: str, grad_clip: float = 0.0) -> dict:
     torch.manual_seed(0)
     env = DistEnv(rank, world_size, rank, torch.device("cpu"), "gloo")
     model = shard_model(
@@ -81,9 +81,10 @@ def _train(rank: int, world_size: int, sharding_type: str) -> dict:
         OptimConfig(embedding_optimizer="adagrad", embedding_lr=0.1, dense_lr=1e-2),
         batch_size=32,
     )
-    optimizer = build_optimizer(model, OptimConfig(dense_lr=1e-2))
+    optimizer = build_optimizer(model, OptimConfig(dense_lr=1e-2, grad_clip=grad_clip))
     pooled, sequence, labels = _batch(rank)
-    losses = []
+    losses, grad_norms = [], []
+    dense = [p for name, p in model.named_parameters() if ".mlp." in f".{name}"]
     for _ in range(30):
         logits = model(pooled, sequence)
         loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
@@ -91,9 +92,10 @@ def _train(rank: int, world_size: int, sharding_type: str) -> dict:
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+        grad_norms.append(float(torch.nn.utils.get_total_norm([p.grad for p in dense])))  # after any clipping
     types = {table: p.sharding_type for module_plan in model.plan.plan.values() for table, p in module_plan.items()}
     ddp = type(model._dmp_wrapped_module).__name__
-    return {"losses": losses, "types": types, "dense_wrapper": ddp}
+    return {"losses": losses, "grad_norms": grad_norms, "types": types, "dense_wrapper": ddp}
 
 
 @pytest.mark.multiprocess
@@ -105,6 +107,16 @@ def test_dmp_two_ranks_trains_with_requested_sharding(sharding_type: str) -> Non
         assert r["dense_wrapper"] == "DistributedDataParallel"
         first, last = sum(r["losses"][:3]) / 3, sum(r["losses"][-3:]) / 3
         assert last < 0.7 * first, r["losses"]
+
+
+@pytest.mark.multiprocess
+def test_grad_clip_bounds_the_dense_gradient_norm_on_every_rank() -> None:
+    free, clipped = run_ranks(_train, "table_wise"), run_ranks(_train, "table_wise", 0.05)
+    assert max(max(r["grad_norms"]) for r in free) > 0.1  # the bound below binds
+    for r in clipped:
+        assert max(r["grad_norms"]) <= 0.05 * (1 + 1e-4), r["grad_norms"]
+    assert clipped[0]["grad_norms"] == clipped[1]["grad_norms"]  # one DDP-averaged norm on both ranks
+    assert clipped[0]["losses"][-1] < clipped[0]["losses"][0]  # and it still trains
 
 
 def test_stack_is_consistent() -> None:

@@ -185,3 +185,20 @@ def test_full_disk_during_save_keeps_the_previous_checkpoint(two_checkpoints, so
     assert not (manager.folder / ".step_00000003.tmp").exists(), "the failed save's folder is removed"
     assert _latest(manager, solo) == latest and (manager.folder / "latest").read_text() == "step_00000002"
     load_checkpoint(latest, solo.model, solo.optimizer)
+
+
+def test_a_clipped_run_checkpoints_the_same_optimiser_state_and_resumes(
+    reliable_data: Path, solo: Recipe, tmp_path: Path
+) -> None:
+    """``optim.grad_clip`` wraps the dense AdamW in TorchRec's GradientClippingOptimizer: the
+    optimiser state keeps its keys, so checkpoints move between clipped and unclipped runs."""
+    clipped = in_process_recipe(reliable_data, tmp_path / "run", "optim.grad_clip=1.0")
+    batches = iter(clipped.loader("train"))
+    for _ in range(2):
+        clipped._step(batches)
+    assert clipped.optimizer.state_dict()["state"].keys() == solo.optimizer.state_dict()["state"].keys()
+    manager = CheckpointManager(tmp_path / "checkpoints", keep=2)
+    saved = manager.save("step_00000002", clipped.model, clipped.optimizer, {"step": 2})
+    assert _latest(manager, solo) == saved  # a clipped run's checkpoint loads into an unclipped one
+    assert _latest(manager, clipped) == saved  # and into a clipped one (resume)
+    assert clipped.optimizer.state_dict()["state"].keys() == solo.optimizer.state_dict()["state"].keys()
