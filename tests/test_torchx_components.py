@@ -34,6 +34,15 @@ def test_train_component_builds_a_torchrun_appdef() -> None:
     assert "-m em3rec.train --config din_em3 --resume --set model.backbone=dcn" in cmd
 
 
+def test_a_replica_gets_resources_for_each_of_its_processes() -> None:
+    c = _components()
+    node = c.train(j="4x8", gpu=8).roles[0].resource  # a node running 8 trainers
+    assert (node.cpu, node.gpu, node.memMB) == (16, 8, 65536)
+    given = c.train(j="4x8", gpu=8, cpu=48, memMB=400_000).roles[0].resource
+    assert (given.cpu, given.memMB) == (48, 400_000)
+    assert c.evaluate(j="1x1").roles[0].resource.memMB == 8192 and c.bench(j="1x2").roles[0].resource.cpu == 4
+
+
 def test_evaluate_and_bench_components() -> None:
     c = _components()
     ev = c.evaluate(config="dcn_em3", checkpoint="runs/x/checkpoints/step_00000010", split="valid")

@@ -20,6 +20,11 @@ import torchx
 import torchx.specs as specs
 from torchx.components import dist
 
+# A replica is a node running nproc_per_node trainers (each with a loader thread and up to
+# data.resident_tokens_mb of item tokens in memory): unless given, its resources scale with them.
+CPU_PER_PROCESS = 2
+MEM_MB_PER_PROCESS = 8192
+
 
 def _ddp(
     module: Optional[str],
@@ -27,9 +32,9 @@ def _ddp(
     args: List[str],
     name: str,
     j: str,
-    cpu: int,
+    cpu: Optional[int],
     gpu: int,
-    memMB: int,
+    memMB: Optional[int],
     h: Optional[str],
     image: str,
     env: Optional[Dict[str, str]],
@@ -42,15 +47,16 @@ def _ddp(
         # workers; a restarted group would then read the failed attempt's addresses
         # (pytorch/pytorch#135712).
         env = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", **(env or {})}
+    nproc_per_node = dist.parse_nnodes(j)[2]
     app = dist.ddp(
         *args,
         m=module,
         script=script,
         name=name,
         j=j,
-        cpu=cpu,
+        cpu=cpu if cpu is not None else CPU_PER_PROCESS * nproc_per_node,
         gpu=gpu,
-        memMB=memMB,
+        memMB=memMB if memMB is not None else MEM_MB_PER_PROCESS * nproc_per_node,
         h=h,
         image=image,
         env=env,
@@ -76,9 +82,9 @@ def train(
     config: str = "din_em3",
     resume: bool = False,
     j: str = "1x2",
-    cpu: int = 2,
+    cpu: Optional[int] = None,
     gpu: int = 0,
-    memMB: int = 8192,
+    memMB: Optional[int] = None,
     h: Optional[str] = None,
     image: str = torchx.IMAGE,
     env: Optional[Dict[str, str]] = None,
@@ -93,9 +99,9 @@ def train(
         config: a bundled config name (``em3rec/configs/<name>.toml``) or a TOML path
         resume: continue from the run's latest checkpoint
         j: {nnodes}x{nproc_per_node}
-        cpu: cpus per replica
+        cpu: cpus per replica (a node: its nproc_per_node processes); default 2 per process
         gpu: gpus per replica (0: CPU with gloo; >0: CUDA with nccl)
-        memMB: memory per replica in MB
+        memMB: memory per replica in MB; default 8192 per process
         h: a registered named resource (takes precedence over cpu, gpu, memMB)
         image: the image (container) to run in; local_cwd ignores it
         env: environment variables, e.g. ENV1=v1,ENV2=v2
@@ -131,9 +137,9 @@ def evaluate(
     checkpoint: str = "",
     split: str = "test",
     j: str = "1x1",
-    cpu: int = 2,
+    cpu: Optional[int] = None,
     gpu: int = 0,
-    memMB: int = 8192,
+    memMB: Optional[int] = None,
     h: Optional[str] = None,
     image: str = torchx.IMAGE,
     env: Optional[Dict[str, str]] = None,
@@ -147,9 +153,9 @@ def evaluate(
         checkpoint: checkpoint folder; default: the run's best (on valid AUC)
         split: valid or test
         j: {nnodes}x{nproc_per_node}
-        cpu: cpus per replica
+        cpu: cpus per replica (a node: its nproc_per_node processes); default 2 per process
         gpu: gpus per replica
-        memMB: memory per replica in MB
+        memMB: memory per replica in MB; default 8192 per process
         h: a registered named resource
         image: the image (container) to run in
         env: environment variables
@@ -169,9 +175,9 @@ def evaluate(
 def bench(
     *bench_args: str,
     j: str = "1x1",
-    cpu: int = 2,
+    cpu: Optional[int] = None,
     gpu: int = 0,
-    memMB: int = 8192,
+    memMB: Optional[int] = None,
     h: Optional[str] = None,
     image: str = torchx.IMAGE,
     env: Optional[Dict[str, str]] = None,
@@ -181,9 +187,9 @@ def bench(
     Args:
         bench_args: arguments for ``python -m benchmarks.throughput``
         j: {nnodes}x{nproc_per_node}
-        cpu: cpus per replica
+        cpu: cpus per replica (a node: its nproc_per_node processes); default 2 per process
         gpu: gpus per replica
-        memMB: memory per replica in MB
+        memMB: memory per replica in MB; default 8192 per process
         h: a registered named resource
         image: the image (container) to run in
         env: environment variables
