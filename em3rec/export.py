@@ -34,19 +34,24 @@ def item_embeddings(
     device: torch.device,
     chunk: int = 1024,
     pooled_vectors: bool = False,
+    rows: range | None = None,
+    show_progress: bool = True,
 ) -> np.ndarray:
-    """``(num_items, D)`` float32 content embeddings of every item row (row 0: the padding item);
-    ``pooled_vectors``: the model reads the stored pooled vectors beside the tokens, as in training."""
+    """``(N, D)`` float32 content embeddings of the item rows ``rows`` (default: every row, row 0
+    the padding item); ``pooled_vectors``: the model reads the stored pooled vectors beside the
+    tokens, as in training."""
     model.eval()
-    rows = []
-    for start in tqdm(range(0, store.num_rows, chunk), desc="items", unit="chunk"):
-        ids = np.arange(start, min(start + chunk, store.num_rows))
+    rows = rows if rows is not None else range(store.num_rows)
+    out = []
+    progress = tqdm(range(rows.start, rows.stop, chunk), desc="items", unit="chunk", disable=not show_progress)
+    for start in progress:
+        ids = np.arange(start, min(start + chunk, rows.stop))
         tokens, mask = store.gather(ids, pooled=pooled)
         tokens = {k: v.to(device) for k, v in tokens.items()}
         mask = {k: v.to(device) for k, v in mask.items()}
         vectors = {k: v.to(device) for k, v in store.gather_pooled(ids).items()} if pooled_vectors else None
-        rows.append(model.encode_items(tokens, mask, vectors).float().cpu().numpy())  # (chunk, D)
-    return np.concatenate(rows)
+        out.append(model.encode_items(tokens, mask, vectors).float().cpu().numpy())  # (chunk, D)
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)  # no rows: a share of 0
 
 
 def write_embeddings(path: Path, embeddings: np.ndarray, raw_item_ids: pa.Array | None) -> None:
@@ -82,17 +87,25 @@ def main(argv: list[str] | None = None) -> Path:
     trained = load_trained(config, args.checkpoint)
     env = trained.env
     out = Path(args.out) if args.out else trained.run_dir / "item_embeddings.parquet"
-    if env.is_main:
-        store = trained.item_store
-        assert store is not None  # a content model has its item store
-        with trained.precision.autocast():
-            embeddings = item_embeddings(
-                trained.em3_model,
-                store,
-                config.data.pooled_content,
-                env.device,
-                pooled_vectors=uses_pooled_vectors(config.model),
-            )
+    store = trained.item_store
+    assert store is not None  # a content model has its item store
+    # Each rank encodes its contiguous share of the catalogue (the content tower is replicated);
+    # rank 0 gathers the shares in rank order and writes the file.
+    share = range(env.rank * store.num_rows // env.world_size, (env.rank + 1) * store.num_rows // env.world_size)
+    with trained.precision.autocast():
+        part = item_embeddings(
+            trained.em3_model,
+            store,
+            config.data.pooled_content,
+            env.device,
+            pooled_vectors=uses_pooled_vectors(config.model),
+            rows=share,
+            show_progress=env.is_main,
+        )
+    parts: list[np.ndarray] | None = [np.empty(0)] * env.world_size if env.is_main else None
+    dist.gather_object(part, parts, dst=0)
+    if parts is not None:
+        embeddings = np.concatenate([p for p in parts if len(p)])
         write_embeddings(out, embeddings, raw_item_ids(Path(config.data.path), store.num_rows))
         print(f"wrote {embeddings.shape[0]} item embeddings of width {embeddings.shape[1]} to {out}", flush=True)
     dist.barrier()

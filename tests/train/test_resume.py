@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from em3rec.checkpoint import validate_checkpoint
@@ -40,3 +42,15 @@ def test_killed_run_resumes_exactly_and_reshards_to_one_rank(tiny_prepared: Path
     line = [x for x in out.stdout.splitlines() if x.startswith("test auc=")][-1]
     one_rank_auc = float(line.split()[1].split("=")[1])
     assert math.isclose(one_rank_auc, straight["test"]["auc"], abs_tol=1e-4), line
+
+    # Item embeddings exported by 2 ranks (each encodes half the catalogue) are those of 1 rank.
+    exported = {}
+    for nproc in (1, 2):
+        path = tmp_path / f"items_{nproc}.parquet"
+        run(
+            train_command(nproc, "din_em3", [*common, "train.run_name=straight"], module="em3rec.export")
+            + ["--out", str(path)]
+        )
+        exported[nproc] = np.stack(pq.read_table(path)["content_embedding"].to_numpy(zero_copy_only=False))
+    assert exported[1].shape == (301, 16)  # 300 items and the padding row
+    np.testing.assert_allclose(exported[2], exported[1], rtol=1e-5, atol=1e-6)
