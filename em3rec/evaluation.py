@@ -11,7 +11,7 @@ from torch import nn
 
 from em3rec.data.batch import Batch
 from em3rec.data.schema import DatasetMeta
-from em3rec.metrics import Predictions, compute_metrics, gather_predictions
+from em3rec.metrics import Predictions, metrics_on_every_rank
 
 
 def _never_in_train(folder: str | Path, meta: DatasetMeta, kind: str) -> torch.Tensor:
@@ -43,18 +43,19 @@ def predict(model: nn.Module, batches: Iterable[Batch], device: torch.device) ->
     """
     was_training = model.training
     model.eval()
-    parts = []
+    logits, real, rows = [], [], []
     for batch in batches:
-        _, (_, logits, _, _) = model(batch.to(device))
-        real = batch.weights > 0
-        parts.append(
-            Predictions(logits.float().cpu()[real], batch.labels[real], batch.user_ids[real], batch.item_ids[real])
-        )
+        _, (_, batch_logits, _, _) = model(batch.to(device))
+        logits.append(batch_logits.float())  # (B,) left on the device: one copy to the host at the end
+        keep = batch.weights > 0  # (B,) on the host
+        real.append(keep)
+        rows.append((batch.labels[keep], batch.user_ids[keep], batch.item_ids[keep]))
     model.train(was_training)
-    if not parts:
+    if not rows:
         empty = torch.empty(0)
         return Predictions(empty, empty, empty.long(), empty.long())
-    return Predictions.cat(parts)
+    labels, user_ids, item_ids = (torch.cat(column) for column in zip(*rows))
+    return Predictions(torch.cat(logits).cpu()[torch.cat(real)], labels, user_ids, item_ids)
 
 
 def evaluate(
@@ -66,4 +67,4 @@ def evaluate(
 ) -> dict[str, float]:
     """Metrics over all ranks' rows (every rank gets the same numbers); ``cold_items`` /
     ``cold_users`` as in :func:`~em3rec.metrics.compute_metrics`."""
-    return compute_metrics(gather_predictions(predict(model, batches, device)), cold_items, cold_users)
+    return metrics_on_every_rank(predict(model, batches, device), cold_items=cold_items, cold_users=cold_users)

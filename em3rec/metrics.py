@@ -111,12 +111,23 @@ def compute_metrics(
     return result
 
 
-def gather_predictions(local: Predictions) -> Predictions:
-    """All ranks' rows, on every rank (CPU tensors); uneven row counts are fine."""
+def gather_predictions(local: Predictions, dst: int = 0) -> Predictions | None:
+    """All ranks' rows (CPU tensors, in rank order) on rank ``dst``, None on the others; uneven row
+    counts are fine."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return local
-    parts: list[Predictions | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(
-        parts, Predictions(*(t.cpu() for t in (local.logits, local.labels, local.user_ids, local.item_ids)))
-    )
-    return Predictions.cat([p for p in parts if p is not None])
+    mine = Predictions(*(t.cpu() for t in (local.logits, local.labels, local.user_ids, local.item_ids)))
+    parts: list[Predictions | None] | None = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    dist.gather_object(mine, parts, dst=dst)
+    return Predictions.cat([p for p in parts if p is not None]) if parts is not None else None
+
+
+def metrics_on_every_rank(local: Predictions, **kwargs: torch.Tensor | None) -> dict[str, float]:
+    """:func:`compute_metrics` over all ranks' rows, computed once (rank 0) and sent to every rank
+    (each needs them: early stopping and the best checkpoint are decided on every rank)."""
+    gathered = gather_predictions(local)
+    result = [compute_metrics(gathered, **kwargs) if gathered is not None else None]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(result, src=0)
+    assert result[0] is not None
+    return result[0]

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> Path:
     with trained.precision.autocast():
         pred = gather_predictions(predict(trained.model, trained.loader(args.split), env.device))
     out = Path(args.out) if args.out else trained.run_dir / f"scores_{args.split}.parquet"
-    if env.is_main:
+    if pred is not None:  # rank 0: every rank's rows
         write_scores(out, pred)
         print(f"wrote {pred.labels.numel()} scores to {out}", flush=True)
     dist.barrier()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
 from em3rec.metrics import Predictions, auc, compute_metrics, group_auc
+from em3rec.testing.multiprocess import run_ranks
 
 
 def _pairwise_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -80,3 +82,33 @@ def test_compute_metrics_splits_rows_by_cold_users() -> None:
         and math.isnan(no_cold["cold_user_auc"])
         and math.isnan(no_cold["cold_user_gauc"])
     )
+
+
+def _rows(rank: int) -> Predictions:
+    """Uneven, overlapping users on each rank: rank 0 holds 7 rows, rank 1 holds 12."""
+    g = torch.Generator().manual_seed(rank)
+    n = 7 + 5 * rank
+    return Predictions(
+        torch.randn(n, generator=g),
+        torch.randint(0, 2, (n,), generator=g).float(),
+        torch.randint(0, 4, (n,), generator=g),
+        torch.randint(0, 6, (n,), generator=g),
+    )
+
+
+def _metrics_on_rank(rank: int, world_size: int) -> tuple[dict[str, float], bool]:
+    from em3rec.metrics import gather_predictions, metrics_on_every_rank
+
+    cold = torch.tensor([True, False, False, True, False, False])
+    gathered_here = gather_predictions(_rows(rank)) is not None
+    return metrics_on_every_rank(_rows(rank), cold_items=cold, cold_users=None), gathered_here
+
+
+@pytest.mark.multiprocess
+def test_metrics_over_two_ranks_are_those_of_all_rows_on_every_rank() -> None:
+    (first, on_0), (second, on_1) = run_ranks(_metrics_on_rank)
+    assert (on_0, on_1) == (True, False)  # the rows go to rank 0 only
+    cold = torch.tensor([True, False, False, True, False, False])
+    expected = compute_metrics(Predictions.cat([_rows(0), _rows(1)]), cold_items=cold)
+    assert first == second == pytest.approx(expected, nan_ok=True)
+    assert first["rows"] == 19
