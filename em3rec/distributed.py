@@ -150,13 +150,26 @@ def plan_sharding(model: nn.Module, env: DistEnv, config: ShardingConfig, batch_
     """An ``EmbeddingShardingPlanner`` plan restricted to the sharding types the device allows."""
     types = allowed_sharding_types(config, env.device)
     constraints = {name: ParameterConstraints(sharding_types=types) for name in embedding_tables(model)}
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
     topology = Topology(
         world_size=env.world_size,
-        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size)),
+        local_world_size=local_world_size,
         compute_device=env.device.type,
+        **memory_caps(env.device, local_world_size),
     )
     planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size, constraints=constraints, debug=False)
     return planner.collective_plan(model, get_default_sharders(), dist.GroupMember.WORLD)
+
+
+def memory_caps(device: torch.device, local_world_size: int) -> dict[str, int]:
+    """The planner's storage per rank, in bytes, as this machine has it (TorchRec's ``Topology``
+    otherwise assumes 32 GB of GPU memory and 128 GB of host memory per rank): ``hbm_cap`` the
+    GPU's memory on CUDA, ``ddr_cap`` the host's memory shared by its ``local_world_size`` ranks."""
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    caps = {"ddr_cap": host // local_world_size}
+    if device.type == "cuda":
+        caps["hbm_cap"] = torch.cuda.get_device_properties(device).total_memory
+    return caps
 
 
 def get_default_sharders() -> list[Any]:

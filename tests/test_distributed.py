@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -10,7 +12,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from em3rec.config import OptimConfig, ShardingConfig
-from em3rec.distributed import DistEnv, build_optimizer, shard_model
+from em3rec.distributed import DistEnv, build_optimizer, memory_caps, shard_model
 from em3rec.stack import check_stack
 from em3rec.testing.multiprocess import run_ranks
 
@@ -124,3 +126,8 @@ def test_stack_is_consistent() -> None:
     assert versions["torch"].startswith("2.13.0")
     assert versions["fbgemm_gpu"] == "1.8.0"
     assert versions["torchrec"] == "1.8.0"
+
+
+def test_the_planner_is_told_this_machines_memory() -> None:
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert memory_caps(torch.device("cpu"), local_world_size=2) == {"ddr_cap": host // 2}  # no GPU memory on CPU
