@@ -196,12 +196,14 @@ def shard_model(
     model: nn.Module,
     env: DistEnv,
     sharding: ShardingConfig,
-    optim: OptimConfig,
+    optim: OptimConfig | None,
     batch_size: int,
     plan: ShardingPlan | None = None,
 ) -> DistributedModelParallel:
-    """Fused optimiser on the embeddings, then ``DistributedModelParallel`` with a planner plan."""
-    apply_embedding_optimizer(model, optim)
+    """Fused optimiser on the embeddings (``optim``; None: inference, no optimiser state), then
+    ``DistributedModelParallel`` with a planner plan."""
+    if optim is not None:
+        apply_embedding_optimizer(model, optim)
     if plan is None:
         plan = plan_sharding(model, env, sharding, batch_size)
     return DistributedModelParallel(module=model, device=env.device, plan=plan, sharders=get_default_sharders())

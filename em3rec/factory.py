@@ -107,9 +107,11 @@ def build_sharded_model(
     env: DistEnv,
     cold_items: torch.Tensor | None = None,
     cold_users: torch.Tensor | None = None,
+    for_training: bool = True,
 ) -> DistributedModelParallel:
     """``EM3Train`` built with its embedding tables on ``meta``, given the fused embedding
-    optimiser and sharded by ``DistributedModelParallel``. Seeds torch with ``train.seed`` first, so
+    optimiser (``for_training``; inference needs none, and none of its state in memory) and
+    sharded by ``DistributedModelParallel``. Seeds torch with ``train.seed`` first, so
     every rank starts from the same dense weights. ``cold_items`` / ``cold_users``: ``(vocab_size,)``
     bool, the items / users without training rows that ``model.id_dropout`` /
     ``model.user_id_dropout`` need (read from the train split if not given)."""
@@ -134,7 +136,7 @@ def build_sharded_model(
     rank_batch = config.data.batch_size
     if config.data.batch_scope == "global":
         rank_batch = math.ceil(rank_batch / env.world_size)
-    return shard_model(model, env, config.sharding, config.optim, rank_batch)
+    return shard_model(model, env, config.sharding, config.optim if for_training else None, rank_batch)
 
 
 def build_training(
@@ -215,7 +217,7 @@ def load_trained(config: Config, checkpoint: str | Path = "") -> TrainedModel:
     item_store = open_item_store(config, meta, env.device)
     cold_items = cold_item_mask(config.data.path, meta)
     cold_users = cold_user_mask(config.data.path, meta)
-    model = build_sharded_model(config, meta, env, cold_items, cold_users)
+    model = build_sharded_model(config, meta, env, cold_items, cold_users, for_training=False)
     manager = checkpoint_manager(config)
     path = Path(checkpoint) if checkpoint else manager.best()
     if path is None:

@@ -55,3 +55,16 @@ def test_incomplete_and_corrupt_checkpoints_are_refused_and_skipped(recipe: Reci
         load_checkpoint(good, recipe.model)
     with pytest.raises(CheckpointError, match=r"every checkpoint was refused"):
         manager.load_latest(recipe.model, recipe.optimizer)
+
+
+def test_a_model_loaded_for_inference_holds_no_optimiser_state(recipe: Recipe) -> None:
+    """``load_trained`` (evaluate, export, score) shards the model without the fused embedding
+    optimiser, so no optimiser state is allocated, and loads the training checkpoint's weights."""
+    from em3rec.factory import load_trained
+
+    saved = recipe.checkpoints.save("step_00000003", recipe.model, recipe.optimizer, {"step": 3}, best=True)
+    assert _flat(recipe.model.fused_optimizer.state_dict()["state"])  # training: row-wise Adagrad state
+    trained = load_trained(recipe.config, saved)
+    assert not _flat(trained.model.fused_optimizer.state_dict()["state"])
+    weights, loaded = _flat(recipe.model.state_dict()), _flat(trained.model.state_dict())
+    assert weights.keys() == loaded.keys() and all(torch.equal(weights[k], loaded[k]) for k in weights)
