@@ -12,6 +12,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -135,21 +136,52 @@ def allowed_sharding_types(config: ShardingConfig, device: torch.device) -> list
     return list(config.types)
 
 
-def embedding_tables(model: nn.Module) -> list[str]:
-    """Names of all embedding tables in the model's EBC/EC modules."""
-    names = []
+def embedding_tables(model: nn.Module) -> dict[str, tuple[str, list[str]]]:
+    """Each embedding table of the model's EBC/EC modules -> (``"bag"`` or ``"sequence"``, the
+    features it serves in its order)."""
+    tables: dict[str, tuple[str, list[str]]] = {}
     for module in model.modules():
         if isinstance(module, EmbeddingBagCollection):
-            names += [t.name for t in module.embedding_bag_configs()]
+            tables.update({t.name: ("bag", list(t.feature_names)) for t in module.embedding_bag_configs()})
         elif isinstance(module, EmbeddingCollection):
-            names += [t.name for t in module.embedding_configs()]
-    return names
+            tables.update({t.name: ("sequence", list(t.feature_names)) for t in module.embedding_configs()})
+    return tables
 
 
-def plan_sharding(model: nn.Module, env: DistEnv, config: ShardingConfig, batch_size: int) -> ShardingPlan:
-    """An ``EmbeddingShardingPlanner`` plan restricted to the sharding types the device allows."""
+def sequence_sharding_types(types: list[str], table: str) -> list[str]:
+    """``types`` without ``data_parallel`` for an ``EmbeddingCollection`` table: TorchRec 1.8's
+    data-parallel sharded EmbeddingCollection returns its rows split wrongly (``split_with_sizes``
+    in its output dist: tests/test_distributed.py), so the planner never gets that choice."""
+    usable = [t for t in types if t != "data_parallel"]
+    if not usable:
+        raise ConfigError(
+            f"sharding.types {types}: the sequence table {table!r} (an EmbeddingCollection) cannot be "
+            "data_parallel in TorchRec 1.8; allow another type as well (e.g. table_wise)"
+        )
+    return usable
+
+
+def plan_sharding(
+    model: nn.Module,
+    env: DistEnv,
+    config: ShardingConfig,
+    batch_size: int,
+    lookups_per_sample: Mapping[str, float] | None = None,
+) -> ShardingPlan:
+    """An ``EmbeddingShardingPlanner`` plan restricted to the sharding types the device allows.
+
+    ``lookups_per_sample``: feature -> its mean ids per training row (the history's mean length;
+    1 for a feature not named), the planner's pooling factors: without them it costs the item
+    table's lookups and all-to-alls as one id per row, ~L times too few."""
     types = allowed_sharding_types(config, env.device)
-    constraints = {name: ParameterConstraints(sharding_types=types) for name in embedding_tables(model)}
+    lookups = lookups_per_sample or {}
+    constraints = {
+        table: ParameterConstraints(
+            sharding_types=types if kind == "bag" else sequence_sharding_types(types, table),
+            pooling_factors=[lookups.get(f, 1.0) for f in features],
+        )
+        for table, (kind, features) in embedding_tables(model).items()
+    }
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
     topology = Topology(
         world_size=env.world_size,
@@ -199,13 +231,15 @@ def shard_model(
     optim: OptimConfig | None,
     batch_size: int,
     plan: ShardingPlan | None = None,
+    lookups_per_sample: Mapping[str, float] | None = None,
 ) -> DistributedModelParallel:
     """Fused optimiser on the embeddings (``optim``; None: inference, no optimiser state), then
-    ``DistributedModelParallel`` with a planner plan."""
+    ``DistributedModelParallel`` with a planner plan (``lookups_per_sample`` as in
+    :func:`plan_sharding`)."""
     if optim is not None:
         apply_embedding_optimizer(model, optim)
     if plan is None:
-        plan = plan_sharding(model, env, sharding, batch_size)
+        plan = plan_sharding(model, env, sharding, batch_size, lookups_per_sample)
     return DistributedModelParallel(module=model, device=env.device, plan=plan, sharders=get_default_sharders())
 
 

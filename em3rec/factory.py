@@ -19,9 +19,11 @@ from torchrec.optim.keyed import KeyedOptimizer
 
 from em3rec.checkpoint import CheckpointManager, load_checkpoint
 from em3rec.config import Config, ModelConfig
+from em3rec.data.batch import CATALOGUE_FEATURE
 from em3rec.data.item_store import ItemStore
 from em3rec.data.loader import ImpressionLoader
 from em3rec.data.schema import DatasetMeta
+from em3rec.data.stats import mean_ids_per_row
 from em3rec.distributed import DistEnv, allowed_sharding_types, build_optimizer, init_distributed, shard_model
 from em3rec.errors import UsageError
 from em3rec.evaluation import cold_item_mask, cold_user_mask
@@ -136,7 +138,12 @@ def build_sharded_model(
     rank_batch = config.data.batch_size
     if config.data.batch_scope == "global":
         rank_batch = math.ceil(rank_batch / env.world_size)
-    return shard_model(model, env, config.sharding, config.optim if for_training else None, rank_batch)
+    # The planner's pooling factors: the history's mean length, and CIC's K catalogue ids a batch.
+    lookups = mean_ids_per_row(config.data.path, meta, config.data.max_history)
+    if uses_catalogue(config.model):
+        lookups[CATALOGUE_FEATURE] = config.model.cic.catalogue_samples / rank_batch
+    optim = config.optim if for_training else None
+    return shard_model(model, env, config.sharding, optim, rank_batch, lookups_per_sample=lookups)
 
 
 def build_training(
