@@ -20,8 +20,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.optim import _apply_optimizer_in_backward
 from torchrec.distributed.model_parallel import DistributedModelParallel
-from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.distributed.planner import EmbeddingShardingPlanner
+from torchrec.distributed.planner.types import (
+    HardwareConfig,
+    KernelConfig,
+    ParameterConstraints,
+    TopologyFactory,
+    TrainerConfig,
+)
 from torchrec.distributed.types import ShardingPlan
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.optim.clipping import GradientClipping, GradientClippingOptimizer
@@ -183,24 +189,23 @@ def plan_sharding(
         for table, (kind, features) in embedding_tables(model).items()
     }
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
-    topology = Topology(
-        world_size=env.world_size,
-        local_world_size=local_world_size,
-        compute_device=env.device.type,
-        **memory_caps(env.device, local_world_size),
+    topology = TopologyFactory.create_topology(
+        trainer_config=TrainerConfig(world_size=env.world_size, local_world_size=local_world_size),
+        hardware_config=HardwareConfig(**memory_caps(env.device, local_world_size)),
+        kernel_config=KernelConfig(compute_device=env.device.type),
     )
     planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size, constraints=constraints, debug=False)
     return planner.collective_plan(model, get_default_sharders(), dist.GroupMember.WORLD)
 
 
 def memory_caps(device: torch.device, local_world_size: int) -> dict[str, int]:
-    """The planner's storage per rank, in bytes, as this machine has it (TorchRec's ``Topology``
-    otherwise assumes 32 GB of GPU memory and 128 GB of host memory per rank): ``hbm_cap`` the
-    GPU's memory on CUDA, ``ddr_cap`` the host's memory shared by its ``local_world_size`` ranks."""
+    """The planner's storage per rank, in bytes, as this machine has it (TorchRec's topology
+    otherwise assumes 32 GB of GPU memory and 128 GB of host memory per rank): ``hbm_cap_bytes``
+    the GPU's memory on CUDA, ``ddr_cap_bytes`` the host's memory shared by its ranks."""
     host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    caps = {"ddr_cap": host // local_world_size}
+    caps = {"ddr_cap_bytes": host // local_world_size}
     if device.type == "cuda":
-        caps["hbm_cap"] = torch.cuda.get_device_properties(device).total_memory
+        caps["hbm_cap_bytes"] = torch.cuda.get_device_properties(device).total_memory
     return caps
 
 

@@ -166,7 +166,7 @@ def test_stack_is_consistent() -> None:
 
 def test_the_planner_is_told_this_machines_memory() -> None:
     host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    assert memory_caps(torch.device("cpu"), local_world_size=2) == {"ddr_cap": host // 2}  # no GPU memory on CPU
+    assert memory_caps(torch.device("cpu"), local_world_size=2) == {"ddr_cap_bytes": host // 2}  # no GPU memory on CPU
 
 
 def _pooling_factors(rank: int, world_size: int) -> dict[str, list[float]]:
