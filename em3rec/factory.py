@@ -62,10 +62,15 @@ def open_item_store(config: Config, meta: DatasetMeta, device: torch.device) -> 
     )  # fmt: skip
 
 
-def open_loader(config: Config, split: str, env: DistEnv, item_store: ItemStore | None) -> ImpressionLoader:
+def open_loader(
+    config: Config, split: str, env: DistEnv, item_store: ItemStore | None, training: bool | None = None
+) -> ImpressionLoader:
     """Open (and validate) this rank's loader for ``split``; ID-only models read no content tensors.
-    Training reads at most ``train.max_steps_per_epoch`` batches per epoch. Item tokens arrive in
-    the dtype the model computes in (``train.precision`` on this device), pinned for a CUDA device."""
+    ``training`` (default: ``split == "train"``): shuffled, whole batches, CIC's catalogue sample,
+    at most ``train.max_steps_per_epoch`` batches per epoch; else every row once, in file order
+    (inference reads the train split this way too). Item tokens arrive in the dtype the model
+    computes in (``train.precision`` on this device), pinned for a CUDA device."""
+    training = split == "train" if training is None else training
     data = config.data
     if config.model.content == "none":
         data = dataclasses.replace(data, modalities=[])
@@ -75,17 +80,19 @@ def open_loader(config: Config, split: str, env: DistEnv, item_store: ItemStore 
         rank=env.rank,
         world_size=env.world_size,
         seed=config.train.seed,
-        max_batches=(config.train.max_steps_per_epoch or None) if split == "train" else None,
+        training=training,
+        max_batches=(config.train.max_steps_per_epoch or None) if training else None,
         item_store=item_store,
         scan_rows=data.scan_rows,
         token_dtype=Precision.resolve(config.train.precision, env.device).dtype,
         pin_memory=env.device.type == "cuda",
-        **batch_options(config.model, split),
+        **batch_options(config.model, split, training),
     )
 
 
-def batch_options(model: ModelConfig, split: str) -> dict[str, Any]:
-    """What ``model`` needs in its batches of ``split``, as :class:`ImpressionLoader` options:
+def batch_options(model: ModelConfig, split: str, training: bool | None = None) -> dict[str, Any]:
+    """What ``model`` needs in its batches of ``split`` (read for ``training``; default: ``split ==
+    "train"``), as :class:`ImpressionLoader` options:
 
     - ``catalogue_samples``: None when the model samples no catalogue items for CIC, else
       ``model.cic.catalogue_samples`` in training and 0 in evaluation (the batches keep the feature
@@ -95,7 +102,7 @@ def batch_options(model: ModelConfig, split: str) -> dict[str, Any]:
     """
     catalogue = None
     if uses_catalogue(model):
-        catalogue = model.cic.catalogue_samples if split == "train" else 0
+        catalogue = model.cic.catalogue_samples if (split == "train" if training is None else training) else 0
     return {
         "catalogue_samples": catalogue,
         "pooled_vectors": uses_pooled_vectors(model),
@@ -204,9 +211,10 @@ class TrainedModel:
         return local_model(self.model)
 
     def loader(self, split: str) -> ImpressionLoader:
-        """This rank's loader for ``split``, opened and validated on first use."""
+        """This rank's loader for ``split`` (every row once, in file order, even the train split),
+        opened and validated on first use."""
         if split not in self._loaders:
-            self._loaders[split] = open_loader(self.config, split, self.env, self.item_store)
+            self._loaders[split] = open_loader(self.config, split, self.env, self.item_store, training=False)
         return self._loaders[split]
 
 

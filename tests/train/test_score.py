@@ -31,3 +31,21 @@ def test_scores_follow_file_order(recipe: Recipe, tmp_path: Path) -> None:
     assert auc(s.double(), torch.from_numpy(scores["label"].to_numpy())) == auc(
         torch.sigmoid(pred.logits.float()).double(), pred.labels
     )
+
+
+def test_the_train_split_scored_is_every_row_in_file_order(recipe: Recipe) -> None:
+    """Inference over the train split (``em3rec.score --split train``) reads it as evaluation does:
+    not shuffled, no remainder dropped, no ``train.max_steps_per_epoch`` cap, no catalogue sample."""
+    import dataclasses
+
+    from em3rec.factory import open_loader
+
+    config = dataclasses.replace(recipe.config, train=dataclasses.replace(recipe.config.train, max_steps_per_epoch=2))
+    loader = open_loader(config, "train", recipe.env, None, training=False)
+    batches = list(loader)
+    assert len(batches) > 2 and all(b.catalogue_content_index.numel() == 0 for b in batches)
+    item = recipe.meta.features_of("item")[0].column
+    rows = ds.dataset(Path(config.data.path) / "train", format="parquet").to_table(columns=[item])
+    read = torch.cat([b.item_ids[b.weights > 0] for b in batches])
+    assert read.tolist() == rows[item].to_pylist()
+    assert len(list(open_loader(config, "train", recipe.env, None))) == 2  # training: the cap holds
