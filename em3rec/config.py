@@ -325,15 +325,20 @@ def _merge(base: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def resolve_config_path(name: str | Path) -> Path:
-    """A path, or the stem of a bundled config (``din_em3`` -> em3rec/configs/din_em3.toml)."""
+def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Path:
+    """A path (also relative to ``relative_to``: an ``include`` from the including file's folder),
+    or the name of a bundled config (``din_em3`` or ``din_em3.toml`` -> em3rec/configs/din_em3.toml).
+    A path with a folder that does not exist is an error, never a bundled config of the same name."""
     path = Path(name)
-    if path.is_file():
-        return path
+    for candidate in (path, relative_to / path if relative_to is not None and not path.is_absolute() else None):
+        if candidate is not None and candidate.is_file():
+            return candidate
     bundled = CONFIG_DIR / f"{path.stem}.toml"
-    if bundled.is_file():
+    if path.parent == Path(".") and bundled.is_file():
         return bundled
     known = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+    if path.parent != Path("."):
+        raise ConfigError(f"config {str(name)!r}: no such file (a bundled config is named without a folder: {known})")
     raise ConfigError(f"config {str(name)!r} not found; bundled configs: {known}")
 
 
@@ -375,7 +380,7 @@ def _load_with_includes(file: Path) -> dict[str, Any]:
     include = values.pop("include", None)
     if include is None:
         return values
-    base = _load_with_includes(resolve_config_path(include))
+    base = _load_with_includes(resolve_config_path(include, relative_to=file.parent))
     _deep_update(base, values)
     return base
 
@@ -409,6 +414,11 @@ def validate_config(config: Config) -> None:
     if min(config.optim.content_lr, model.cic.weight, model.cic.warmup_steps, model.cic.catalogue_samples) < 0:
         raise ConfigError(
             "optim.content_lr, model.cic.weight, model.cic.warmup_steps and model.cic.catalogue_samples must be >= 0"
+        )
+    if model.cic.temperature <= 0 or model.cic.num_negatives < 0:
+        raise ConfigError(
+            f"model.cic.temperature = {model.cic.temperature} and model.cic.num_negatives = "
+            f"{model.cic.num_negatives}; expected a temperature > 0 and num_negatives >= 0 (0: every other row)"
         )
     if model.cic.weight > 0 and not (model.cic.id_gradient or model.cic.content_gradient):
         raise ConfigError(

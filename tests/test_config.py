@@ -31,3 +31,18 @@ def test_a_global_batch_that_does_not_split_evenly_is_refused() -> None:
     assert data.rank_batch_size(4) == 25
     with pytest.raises(ConfigError, match=r"data.batch_size = 100 with data.batch_scope = 'global'.*3 ranks"):
         data.rank_batch_size(3)
+
+
+def test_config_paths_never_fall_back_to_a_bundled_config_of_the_same_name(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    assert load_config("din_em3.toml") == load_config("din_em3")  # a bundled name, with or without .toml
+    with pytest.raises(ConfigError, match=r"config 'no/such/dir/din_em3.toml': no such file"):
+        load_config("no/such/dir/din_em3.toml")
+    # An include is read beside the including file first, then as a bundled name.
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "base.toml").write_text("[train]\nepochs = 5\n")
+    (tmp_path / "exp" / "run.toml").write_text('include = "base.toml"\n[train]\nseed = 3\n')
+    (tmp_path / "exp" / "bundled.toml").write_text('include = "din_em3"\n[train]\nseed = 4\n')
+    monkeypatch.chdir(tmp_path)  # not the including file's folder
+    run = load_config(tmp_path / "exp" / "run.toml")
+    assert (run.train.epochs, run.train.seed) == (5, 3)
+    assert load_config(tmp_path / "exp" / "bundled.toml").model == load_config("din_em3").model
