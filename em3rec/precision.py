@@ -32,8 +32,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 def fast_bf16(device: torch.device) -> tuple[bool, str]:
     """Whether ``device`` has fast bf16 matmuls, and what torch reported to say so."""
     if device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported()
-        return ok, f"CUDA {'supports' if ok else 'does not support'} bf16"
+        ok = torch.cuda.is_bf16_supported(including_emulation=False)  # pre-Ampere GPUs only emulate it
+        return ok, f"CUDA {'supports' if ok else 'does not support'} bf16 natively"
     if device.type == "cpu":
         if torch.cpu._is_amx_tile_supported():
             return True, "the CPU has AMX tiles"

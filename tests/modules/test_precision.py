@@ -62,3 +62,10 @@ def test_bf16_forward_stays_close_to_fp32_and_keeps_fp32_parameters(meta, data_c
         a, b = grads["bf16"][n].flatten(), grads["fp32"][n].flatten()
         if b.norm() > 1e-6:
             assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.5, n
+
+
+def test_auto_on_a_gpu_that_only_emulates_bf16_is_not_fast(monkeypatch):
+    """Pre-Ampere GPUs (V100, T4) report bf16 support through emulation: ``auto`` must not pick it."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    ok, why = fast_bf16(torch.device("cuda"))
+    assert not ok and why == "CUDA does not support bf16 natively"
