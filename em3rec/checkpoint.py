@@ -275,7 +275,7 @@ def _read_checksums(path: Path) -> dict[str, list[int]]:
         return {}
     try:
         return json.loads(file.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # garbled bytes are not even text
         raise CheckpointError(f"{file}: corrupt ({e})") from e
 
 
@@ -304,7 +304,7 @@ def validate_checkpoint(path: str | Path, verify_data: bool = True) -> dict[str,
         raise CheckpointError(f"{path}: incomplete checkpoint ({PROGRESS_FILE} missing)")
     try:
         progress = json.loads(progress_file.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # garbled bytes are not even text
         raise CheckpointError(f"{progress_file}: corrupt ({e})") from e
     try:
         metadata = dcp.FileSystemReader(str(path)).read_metadata()

@@ -195,6 +195,8 @@ def test_truncated_item_array(data: Path, tmp_path: Path) -> None:
         ("data.token_window=0", r"data.token_window = 0; expected >= 1"),
         ("train.epochs=two", r"train.epochs: expected int, got 'two'"),
         ('sharding.types=["diagonal"]', r"sharding.types: 'diagonal' is not one of \('data_parallel', "),
+        ("model.cic.temperature=0", r"model.cic.temperature = 0.0 and model.cic.num_negatives = 16; expected"),
+        ("model.cic.num_negatives=-3", r"model.cic.num_negatives = -3; expected a temperature > 0 and num_neg"),
     ],
 )
 def test_bad_config_is_refused_before_anything_runs(override: str, message: str) -> None:

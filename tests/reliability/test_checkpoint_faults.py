@@ -100,6 +100,8 @@ def test_crash_while_replacing_a_same_named_checkpoint_is_recovered(two_checkpoi
         ("truncate_metadata", r"step_00000002: unreadable DCP metadata"),
         ("corrupt_progress", r"step_00000002/progress.json: corrupt"),
         ("corrupt_checksums", r"step_00000002/checksums.json: corrupt"),
+        ("garble_progress", r"step_00000002/progress.json: corrupt \('utf-8' codec can't decode"),
+        ("garble_checksums", r"step_00000002/checksums.json: corrupt \('utf-8' codec can't decode"),
         ("grow_shard", r"step_00000002: file __0_0.distcp has \d+ bytes; checksums.json records \d+"),
     ],
 )
@@ -126,6 +128,8 @@ def test_damaged_checkpoint_is_refused_and_the_previous_one_used(
         (latest / "progress.json").write_text('{"step": 2, "epo')
     elif damage == "corrupt_checksums":
         (latest / "checksums.json").write_text("{")
+    elif damage in ("garble_progress", "garble_checksums"):  # bytes that are not even UTF-8 text
+        (latest / f"{damage.split('_')[1]}.json").write_bytes(b'{"step": \xff\xfe}')
     elif damage == "grow_shard":
         shard.write_bytes(shard.read_bytes() + b"\0" * 10)
     with pytest.raises(CheckpointError, match=message):
