@@ -326,12 +326,13 @@ def _merge(base: dict[str, Any], path: list[str], value: Any) -> None:
 
 
 def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Path:
-    """A path (also relative to ``relative_to``: an ``include`` from the including file's folder),
-    or the name of a bundled config (``din_em3`` or ``din_em3.toml`` -> em3rec/configs/din_em3.toml).
+    """A path (an ``include`` first relative to ``relative_to``, the including file's folder), or
+    the name of a bundled config (``din_em3`` or ``din_em3.toml`` -> em3rec/configs/din_em3.toml).
     A path with a folder that does not exist is an error, never a bundled config of the same name."""
     path = Path(name)
-    for candidate in (path, relative_to / path if relative_to is not None and not path.is_absolute() else None):
-        if candidate is not None and candidate.is_file():
+    near = [relative_to / path] if relative_to is not None and not path.is_absolute() else []
+    for candidate in (*near, path):
+        if candidate.is_file():
             return candidate
     bundled = CONFIG_DIR / f"{path.stem}.toml"
     if path.parent == Path(".") and bundled.is_file():

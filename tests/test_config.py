@@ -42,6 +42,7 @@ def test_config_paths_never_fall_back_to_a_bundled_config_of_the_same_name(tmp_p
     (tmp_path / "exp" / "base.toml").write_text("[train]\nepochs = 5\n")
     (tmp_path / "exp" / "run.toml").write_text('include = "base.toml"\n[train]\nseed = 3\n')
     (tmp_path / "exp" / "bundled.toml").write_text('include = "din_em3"\n[train]\nseed = 4\n')
+    (tmp_path / "base.toml").write_text("[train]\nepochs = 7\n")  # in the working directory: not read
     monkeypatch.chdir(tmp_path)  # not the including file's folder
     run = load_config(tmp_path / "exp" / "run.toml")
     assert (run.train.epochs, run.train.seed) == (5, 3)
