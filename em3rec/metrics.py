@@ -122,11 +122,13 @@ def gather_predictions(local: Predictions, dst: int = 0) -> Predictions | None:
     return Predictions.cat([p for p in parts if p is not None]) if parts is not None else None
 
 
-def metrics_on_every_rank(local: Predictions, **kwargs: torch.Tensor | None) -> dict[str, float]:
+def metrics_on_every_rank(
+    local: Predictions, cold_items: torch.Tensor | None = None, cold_users: torch.Tensor | None = None
+) -> dict[str, float]:
     """:func:`compute_metrics` over all ranks' rows, computed once (rank 0) and sent to every rank
     (each needs them: early stopping and the best checkpoint are decided on every rank)."""
     gathered = gather_predictions(local)
-    result = [compute_metrics(gathered, **kwargs) if gathered is not None else None]
+    result = [compute_metrics(gathered, cold_items, cold_users) if gathered is not None else None]
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.broadcast_object_list(result, src=0)
     assert result[0] is not None
