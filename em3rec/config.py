@@ -30,7 +30,6 @@ EmbeddingOptimizer = Literal["rowwise_adagrad", "adagrad", "adam", "sgd"]
 Device = Literal["auto", "cpu", "cuda"]
 NanPolicy = Literal["stop", "skip"]
 PrecisionSetting = Literal["auto", "fp32", "bf16"]  # of the dense forward (em3rec.precision)
-ColdItemId = Literal["table", "from_content"]  # model.cold_item_id
 BatchScope = Literal["rank", "global"]  # what data.batch_size counts: one rank's rows, or all ranks'
 ShardingType = Literal["data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise"]
 
@@ -190,10 +189,6 @@ class ModelConfig:
     # User-ID dropout, the same for the user feature: 85 % of ml100k-ctr-v1's valid and test rows
     # belong to users without training rows, whose ID embedding no gradient ever moved; 0 = off.
     user_id_dropout: float = 0.0
-    # Evaluation: the backbone's target ID embedding of an item without training rows. "table": its
-    # row as it is (the initialisation; zeros under id_dropout); "from_content" (EM3 with CIC): the
-    # ID embedding CIC's heads align with the item's content (em3rec/modules/cold_item_ids.py).
-    cold_item_id: ColdItemId = "table"
     # torch.compile the backbone and the content-interest target attention in place (the ranker's
     # dense path; TorchRec's lookups stay eager; checkpoints unchanged). The same values up to float
     # rounding; the first training and evaluation steps pay the compile (seconds). On a 2-core CPU
@@ -430,14 +425,6 @@ def validate_config(config: Config) -> None:
         raise ConfigError(
             "model.cic.id_gradient and model.cic.content_gradient are both false: CIC would train only its "
             "own heads; set model.cic.weight = 0 to turn it off"
-        )
-    if model.cold_item_id == "from_content" and not (
-        model.content == "em3" and model.cic.weight > 0 and not model.cic.head_bias
-    ):
-        raise ConfigError(
-            "model.cold_item_id = 'from_content' inverts CIC's alignment: it needs model.content = 'em3', "
-            f"model.cic.weight > 0 and model.cic.head_bias = false (got {model.content!r}, {model.cic.weight}, "
-            f"{model.cic.head_bias})"
         )
     train = config.train
     for key, value, low in (

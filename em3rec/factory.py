@@ -122,10 +122,10 @@ def build_sharded_model(
     optimiser (``for_training``; inference needs none, and none of its state in memory) and
     sharded by ``DistributedModelParallel``. Seeds torch with ``train.seed`` first, so
     every rank starts from the same dense weights. ``cold_items`` / ``cold_users``: ``(vocab_size,)``
-    bool, the items / users without training rows that ``model.id_dropout`` (and
-    ``model.cold_item_id``) / ``model.user_id_dropout`` need (read from the train split if not given)."""
+    bool, the items / users without training rows that ``model.id_dropout`` /
+    ``model.user_id_dropout`` need (read from the train split if not given)."""
     torch.manual_seed(config.train.seed)
-    if (config.model.id_dropout > 0 or config.model.cold_item_id == "from_content") and cold_items is None:
+    if config.model.id_dropout > 0 and cold_items is None:
         cold_items = cold_item_mask(config.data.path, meta)
     if config.model.user_id_dropout > 0 and cold_users is None:
         cold_users = cold_user_mask(config.data.path, meta)

@@ -108,17 +108,6 @@ class ContentIDContrastive(nn.Module):
             self.steps += 1
         return CICOutput(loss=weight * value, value=value)
 
-    def id_from_content(self, content_embeddings: torch.Tensor) -> torch.Tensor:
-        """The unit ID embeddings ``(N, D_id)`` (float32) whose projection by the ID head points
-        where the content head projects ``content_embeddings`` ``(N, D_c)``: ``pinv(W_id)
-        normalize(W_c c)``, normalised (the least-squares inverse of the alignment; heads without bias)."""
-        if self.id_head.bias is not None:
-            raise ValueError("inferring ID embeddings from content needs CIC heads without bias (model.cic.head_bias)")
-        with torch.autocast(content_embeddings.device.type, enabled=False):
-            z_content = F.normalize(self.content_head(content_embeddings.float()), dim=-1)  # (N, C)
-            inverse = torch.linalg.pinv(self.id_head.weight.float())  # (D_id, C)
-            return F.normalize(z_content @ inverse.T, dim=-1)  # (N, D_id)
-
     def _in_batch(
         self, z_id: torch.Tensor, z_content: torch.Tensor, item_ids: torch.Tensor, valid: torch.Tensor
     ) -> torch.Tensor:

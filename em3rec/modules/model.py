@@ -19,7 +19,6 @@ from em3rec.data.batch import CATALOGUE_FEATURE, Batch
 from em3rec.data.schema import DatasetMeta
 from em3rec.modules.backbones import RankingInputs, build_backbone
 from em3rec.modules.cic import ContentIDContrastive
-from em3rec.modules.cold_item_ids import ContentInferredIds
 from em3rec.modules.content_io import DistinctTargets
 from em3rec.modules.content_tower import ContentTower
 from em3rec.modules.frozen_content import FrozenContentTower, PooledContentProjection
@@ -73,8 +72,6 @@ class EM3Model(nn.Module):
             in training, unseen users in evaluation); None when off.
         user_feature_index (int): the user feature's position in ``IdEmbeddings.pooled``
             (``IdArch.pooled_feature_names``); read only with ``user_id_dropout``.
-        cold_item_ids (ContentInferredIds | None): in evaluation, gives unseen target items the
-            ID embedding CIC infers from their content (needs ``cic``); None when off.
 
     Build it with :func:`build_model`.
     """
@@ -89,7 +86,6 @@ class EM3Model(nn.Module):
         item_id_dropout: IdDropout | None = None,
         user_id_dropout: IdDropout | None = None,
         user_feature_index: int = 0,
-        cold_item_ids: ContentInferredIds | None = None,
     ) -> None:
         super().__init__()
         self.id_arch = id_arch
@@ -100,9 +96,6 @@ class EM3Model(nn.Module):
         self.item_id_dropout = item_id_dropout
         self.user_id_dropout = user_id_dropout
         self._user_feature_index = user_feature_index
-        if cold_item_ids is not None and cic is None:
-            raise ValueError("cold_item_ids infers ID embeddings through CIC's heads; it needs cic")
-        self.cold_item_ids = cold_item_ids
 
     def encode_items(
         self,
@@ -160,11 +153,6 @@ class EM3Model(nn.Module):
         target_id = ids.target  # (B, D); CIC above keeps every item's own ID row
         if self.item_id_dropout is not None:
             target_id = self.item_id_dropout(target_id, batch.item_ids)
-        if self.cold_item_ids is not None:
-            if self.training:
-                self.cold_item_ids.observe(ids.target[targets.first_row], targets.weight)
-            else:
-                target_id = self.cold_item_ids(target_id, content_vectors[0], batch.item_ids, self.cic)
         pooled = ids.pooled  # (B, F, D)
         if self.user_id_dropout is not None:
             u = self._user_feature_index
@@ -296,8 +284,7 @@ def build_model(
         sparse_device (torch.device | None): where the embedding tables are built (``meta`` for DMP).
         dense_device (torch.device | None): where the dense modules are built.
         unseen_items (torch.Tensor | None): ``(num_items,)`` bool, items without training rows;
-            required when ``model.id_dropout > 0`` (:class:`IdDropout`) or ``model.cold_item_id =
-            "from_content"`` (:class:`ContentInferredIds`).
+            required when ``model.id_dropout > 0`` (:class:`IdDropout`).
         unseen_users (torch.Tensor | None): ``(num_users,)`` bool, users without training rows;
             required when ``model.user_id_dropout > 0``.
 
@@ -350,22 +337,7 @@ def build_model(
             if unseen_users is None:
                 raise ValueError("model.user_id_dropout > 0 needs unseen_users (the users without training rows)")
             user_id_dropout = IdDropout(model_config.user_id_dropout, unseen_users, "model.user_id_dropout")
-        cold_item_ids = None
-        if model_config.cold_item_id == "from_content":
-            if cic is None or unseen_items is None:
-                raise ValueError(
-                    "model.cold_item_id = 'from_content' needs CIC (EM3, model.cic.weight > 0) and unseen_items"
-                )
-            cold_item_ids = ContentInferredIds(unseen_items)
     user_feature_index = id_arch.pooled_feature_names.index(meta.features_of("user")[0].name)
     return EM3Model(
-        id_arch,
-        backbone,
-        content_tower,
-        content_interest,
-        cic,
-        item_id_dropout,
-        user_id_dropout,
-        user_feature_index,
-        cold_item_ids,
+        id_arch, backbone, content_tower, content_interest, cic, item_id_dropout, user_id_dropout, user_feature_index
     )
