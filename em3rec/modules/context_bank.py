@@ -69,13 +69,18 @@ class ContextBank(nn.Module):
         )
 
     def _write(self, item_ids: torch.Tensor, context: TokenContext) -> None:
+        """Rows ``item_ids (N,)`` <- ``context``; a row with a non-finite key or value is written as
+        never filled, so it is recomputed when next read, not served (a batch dropped under
+        ``train.nan_policy = "skip"`` leaves no bad entry behind)."""
         if self._written_at is None:
             self._allocate(context)
+        finite = torch.ones_like(item_ids, dtype=torch.bool)  # (N,)
         for (bank_k, bank_v), (k, v) in zip(self._keys_values, context.keys_values):
             bank_k[item_ids] = k.detach().to(bank_k.dtype)
             bank_v[item_ids] = v.detach().to(bank_v.dtype)
+            finite &= torch.isfinite(k).flatten(1).all(dim=1) & torch.isfinite(v).flatten(1).all(dim=1)
         self._token_mask[item_ids] = context.token_mask
-        self._written_at[item_ids] = self.step
+        self._written_at[item_ids] = torch.where(finite, self.step, -1)
 
     def forward(
         self,

@@ -273,21 +273,27 @@ class CachedHistory(nn.Module):
     def encode(self, qformer: FusionQFormer, tokens, token_mask, index: torch.Tensor | None) -> torch.Tensor:
         return self._no_grad.encode(qformer, tokens, token_mask, index)
 
+    def _write(self, item_ids: torch.Tensor, content: torch.Tensor, step: torch.Tensor) -> None:
+        """Bank rows ``item_ids (N,)`` <- ``content (N, D)``; a row with a non-finite value is
+        written as never filled, so it is recomputed when next read, not served (a batch dropped
+        under ``train.nan_policy = "skip"`` leaves no bad entry behind)."""
+        self.bank[item_ids] = content.to(self.bank.dtype)
+        finite = torch.isfinite(content).all(dim=1)  # (N,)
+        self.bank_step[item_ids] = torch.where(finite, step, -1)
+
     def forward(self, qformer: FusionQFormer, items: HistoryItems) -> torch.Tensor:
         if not self.training:
             return self._no_grad(qformer, items)
         step = self.step
         target_ids = items.item_ids[items.target_index]  # (V,)
-        self.bank[target_ids] = items.target_content.detach().to(self.bank.dtype)
-        self.bank_step[target_ids] = step
+        self._write(target_ids, items.target_content.detach(), step)
         history_ids = items.item_ids[items.index]  # (H,)
         last = self.bank_step[history_ids]  # (H,)
         stale = (last < 0) | (step - last > self._refresh_steps)  # (H,)
         self.last_refresh_count = int(stale.sum())
         if self.last_refresh_count:
             fresh = self.encode(qformer, items.tokens, items.token_mask, items.index[stale])
-            self.bank[history_ids[stale]] = fresh.to(self.bank.dtype)
-            self.bank_step[history_ids[stale]] = step
+            self._write(history_ids[stale], fresh, step)
         self.step += 1
         return self.bank[history_ids].to(items.target_content.dtype)  # (H, D), no gradient
 
