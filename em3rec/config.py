@@ -30,6 +30,7 @@ EmbeddingOptimizer = Literal["rowwise_adagrad", "adagrad", "adam", "sgd"]
 Device = Literal["auto", "cpu", "cuda"]
 NanPolicy = Literal["stop", "skip"]
 PrecisionSetting = Literal["auto", "fp32", "bf16"]  # of the dense forward (em3rec.precision)
+ColdItemRows = Literal["as_trained", "from_content"]  # model.cold_item_rows
 BatchScope = Literal["rank", "global"]  # what data.batch_size counts: one rank's rows, or all ranks'
 ShardingType = Literal["data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise"]
 
@@ -189,6 +190,11 @@ class ModelConfig:
     # User-ID dropout, the same for the user feature: 85 % of ml100k-ctr-v1's valid and test rows
     # belong to users without training rows, whose ID embedding no gradient ever moved; 0 = off.
     user_id_dropout: float = 0.0
+    # Before each evaluation, the item-table rows of items without training rows: "as_trained" (as
+    # training left them) | "from_content" (a ridge regression of the trained rows on the items'
+    # content embeddings, fitted on the items with training rows; checkpoints carry the written
+    # rows: em3rec/cold_start.py). Content models only.
+    cold_item_rows: ColdItemRows = "as_trained"
     # torch.compile the backbone and the content-interest target attention in place (the ranker's
     # dense path; TorchRec's lookups stay eager; checkpoints unchanged). The same values up to float
     # rounding; the first training and evaluation steps pay the compile (seconds). On a 2-core CPU
@@ -425,6 +431,11 @@ def validate_config(config: Config) -> None:
         raise ConfigError(
             "model.cic.id_gradient and model.cic.content_gradient are both false: CIC would train only its "
             "own heads; set model.cic.weight = 0 to turn it off"
+        )
+    if model.cold_item_rows == "from_content" and model.content == "none":
+        raise ConfigError(
+            "model.cold_item_rows = 'from_content' regresses ID rows on content embeddings; "
+            "model.content = 'none' has none (use 'frozen' or 'em3')"
         )
     train = config.train
     for key, value, low in (

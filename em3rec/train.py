@@ -36,12 +36,14 @@ from tqdm import tqdm
 
 from em3rec import cli, factory
 from em3rec.checkpoint import load_checkpoint
+from em3rec.cold_start import regress_cold_item_rows
 from em3rec.config import Config
 from em3rec.data.batch import Batch
 from em3rec.data.loader import ImpressionLoader
 from em3rec.data.schema import SPLITS, DatasetMeta
 from em3rec.distributed import DistEnv, allowed_sharding_types, describe_plan, init_distributed
 from em3rec.evaluation import cold_item_mask, cold_user_mask, evaluate
+from em3rec.modules.model import uses_pooled_vectors
 from em3rec.loss_guard import BatchIds, NonFiniteLossError, NonFiniteLossGuard, TrackedBatches, check_predictions
 from em3rec.precision import Precision
 from em3rec.run_log import LossWindow, MetricWriter, format_metrics, memory_mb, setup_logging
@@ -97,8 +99,8 @@ class Recipe:
         # only after training).
         allowed_sharding_types(config.sharding, env.device)
         self.meta = DatasetMeta.load(config.data.path)
-        item_store = factory.open_item_store(config, self.meta, env.device)
-        self._loaders = {split: factory.open_loader(config, split, env, item_store) for split in SPLITS}
+        self.item_store = factory.open_item_store(config, self.meta, env.device)
+        self._loaders = {split: factory.open_loader(config, split, env, self.item_store) for split in SPLITS}
         self.cold_items = cold_item_mask(config.data.path, self.meta)
         self.cold_users = cold_user_mask(config.data.path, self.meta)
         self.model, self.optimizer = factory.build_training(config, self.meta, env, self.cold_items, self.cold_users)
@@ -194,6 +196,8 @@ class Recipe:
                 break
             epoch = self.progress.epoch
             self._train_epoch(epoch)
+            if self.config.model.cold_item_rows == "from_content":
+                self._regress_cold_item_rows()
             with self.precision.autocast():
                 valid = evaluate(
                     self._eval_model(), self.loader("valid"), self.env.device, self.cold_items, self.cold_users
@@ -220,6 +224,25 @@ class Recipe:
                     "  (best so far)" if improved else "",
                     skipped,
                 )
+
+    def _regress_cold_item_rows(self) -> None:
+        """``model.cold_item_rows = "from_content"``: the unseen items' table rows regressed from
+        content, before the evaluation and the checkpoint that follow."""
+        config = self.config
+        assert self.item_store is not None  # validate_config: a content model
+        with self.precision.autocast():
+            report = regress_cold_item_rows(
+                self._eval_model(),
+                factory.local_model(self.model),
+                self.item_store,
+                self.cold_items,
+                self.env.device,
+                config.model.embedding_dim,
+                pooled=config.data.pooled_content,
+                pooled_vectors=uses_pooled_vectors(config.model),
+            )
+        if self.env.is_main:
+            log.info(report.describe())
 
     def _patience_exhausted(self) -> bool:
         """Early stopping: ``train.patience`` epochs in a row without a better valid AUC (checked
