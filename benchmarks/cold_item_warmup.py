@@ -1,15 +1,13 @@
-"""Cold items' ID rows regressed from content: does the ranker score unseen items better with them?
+"""Cold items' ID rows regressed from content, post hoc: how each trained run scores before and after.
 
     python -m benchmarks.cold_item_warmup --config din_em3 --run-dir runs/X --run-name din_em3_seed0 \
         [--set data.path=data/ml100k_cold20] [--out benchmarks/results/F.jsonl]
     python -m benchmarks.cold_item_warmup --summarise F.jsonl --md F.md   # the table of every run in F
 
-For one trained run (best checkpoint, one process): every item's content embedding (the model's own,
-:func:`em3rec.export.item_embeddings`) and its trained ID row; a ridge regression content -> ID row
-fitted on the items with training rows (penalty chosen on a held-out fifth of them, then refitted on
-all); the predicted rows written into the item table for the items without training rows (whose rows
-no ranking gradient moved); valid and test evaluated before and after. A post-hoc probe: training
-is untouched, and the table's other rows too.
+For one trained run (best checkpoint, any world size): valid and test evaluated as the checkpoint
+is, then again after :func:`em3rec.cold_start.regress_cold_item_rows` (what ``model.cold_item_rows
+= "from_content"`` does before each evaluation in training) rewrote the rows of the items without
+training rows. The checkpoint on disk is left as it was.
 """
 
 from __future__ import annotations
@@ -20,32 +18,13 @@ import re
 import statistics
 from pathlib import Path
 
-import numpy as np
-import torch
+import torch.distributed as dist
 
-from benchmarks.id_from_content_probe import PENALTIES, item_table_tensor, ridge, scores
+from em3rec.cold_start import regress_cold_item_rows
 from em3rec.config import load_config
 from em3rec.evaluation import evaluate
-from em3rec.export import item_embeddings
 from em3rec.factory import load_trained
 from em3rec.modules.model import uses_pooled_vectors
-
-
-def fit_rows(content: np.ndarray, ids: np.ndarray, warm: np.ndarray, seed: int) -> tuple[np.ndarray, float, float]:
-    """Ridge content -> ID on the warm rows; returns (predictions ``(N, D)`` for every row, the
-    penalty chosen, held-out R^2 at that penalty)."""
-    rows = np.flatnonzero(warm)
-    order = np.random.default_rng(seed).permutation(rows)
-    fit, pick = order[: int(0.8 * len(order))], order[int(0.8 * len(order)) :]
-    y_mean = ids[fit].mean(0)
-
-    def pick_r2(penalty: float) -> float:
-        w, b = ridge(content[fit], ids[fit], penalty)
-        return scores(content[pick] @ w + b, ids[pick], y_mean)[0]
-
-    best = max(PENALTIES, key=pick_r2)
-    w, b = ridge(content[rows], ids[rows], best)
-    return content @ w + b, best, pick_r2(best)
 
 
 def _mean_std(values: list[float]) -> str:
@@ -116,7 +95,6 @@ def main() -> None:
     parser.add_argument("--run-dir")
     parser.add_argument("--run-name")
     parser.add_argument("--set", action="append", default=[])
-    parser.add_argument("--seed", type=int, default=0, help="of the penalty's held-out fifth")
     parser.add_argument("--out", type=Path, help="append one JSON line here")
     args = parser.parse_args()
     if args.summarise:
@@ -129,22 +107,7 @@ def main() -> None:
         parser.error("--run-dir and --run-name are required (or --summarise)")
     config = load_config(args.config, [f"train.run_dir={args.run_dir}", f"train.run_name={args.run_name}", *args.set])
     trained = load_trained(config)
-    table = item_table_tensor(trained.model)  # (N, D), the model's own storage
-    ids = table.float().cpu().numpy()
-    with trained.precision.autocast():
-        content = item_embeddings(
-            trained.em3_model,
-            trained.item_store,
-            config.data.pooled_content,
-            trained.env.device,
-            pooled_vectors=uses_pooled_vectors(config.model),
-            show_progress=False,
-        )  # (N, D)
-    cold = trained.cold_items.numpy().copy()
-    cold[0] = False  # the padding row stays as it is
-    warm = ~cold
-    warm[0] = False
-    predicted, penalty, r2 = fit_rows(content, ids, warm, args.seed)
+    assert trained.item_store is not None, f"{args.config}: a content model is needed"
 
     def metrics() -> dict[str, dict[str, float]]:
         with trained.precision.autocast():
@@ -154,33 +117,39 @@ def main() -> None:
             }
 
     before = metrics()
-    with torch.no_grad():
-        rows = torch.from_numpy(np.flatnonzero(cold))
-        table[rows] = torch.from_numpy(predicted[cold]).to(table.dtype)
-    assert np.allclose(item_table_tensor(trained.model).float().cpu().numpy()[cold], predicted[cold], atol=1e-2)
+    with trained.precision.autocast():
+        report = regress_cold_item_rows(
+            trained.model,
+            trained.em3_model,
+            trained.item_store,
+            trained.cold_items,
+            trained.env.device,
+            config.model.embedding_dim,
+            pooled=config.data.pooled_content,
+            pooled_vectors=uses_pooled_vectors(config.model),
+        )
     after = metrics()
     record = {
         "run": args.run_name,
         "config": args.config,
-        "cold_rows_written": int(cold.sum()),
-        "penalty": penalty,
-        "held_out_r2": r2,
-        "unseen_row_norm_before": float(np.linalg.norm(ids[cold], axis=1).mean()),
-        "warm_row_norm": float(np.linalg.norm(ids[warm], axis=1).mean()),
-        "written_row_norm": float(np.linalg.norm(predicted[cold], axis=1).mean()),
+        "cold_rows_written": report.rows_written,
+        "penalty": report.penalty,
+        "held_out_r2": report.held_out_r2,
         "before": before,
         "after": after,
     }
-    for split in ("valid", "test"):
-        b, a = before[split], after[split]
-        print(
-            f"{split}: auc {b['auc']:.4f} -> {a['auc']:.4f}, cold_auc {b['cold_auc']:.4f} -> {a['cold_auc']:.4f}, "
-            f"warm_auc {b['warm_auc']:.4f} -> {a['warm_auc']:.4f}"
-        )
-    print(f"penalty {penalty:g}, held-out R^2 {r2:.3f}, {record['cold_rows_written']} rows written")
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(json.dumps(record) + "\n")
+    if trained.env.is_main:
+        for split in ("valid", "test"):
+            b, a = before[split], after[split]
+            print(
+                f"{split}: auc {b['auc']:.4f} -> {a['auc']:.4f}, cold_auc {b['cold_auc']:.4f} -> "
+                f"{a['cold_auc']:.4f}, warm_auc {b['warm_auc']:.4f} -> {a['warm_auc']:.4f}"
+            )
+        print(report.describe())
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(record) + "\n")
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

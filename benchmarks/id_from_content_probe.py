@@ -20,30 +20,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from em3rec.cold_start import item_table_shards
 from em3rec.config import load_config
 from em3rec.export import item_embeddings
 from em3rec.factory import load_trained
 from em3rec.modules.model import uses_pooled_vectors
-from em3rec.modules.sparse import ITEM_TABLE
 
 PENALTIES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 
-def item_table_tensor(model: torch.nn.Module) -> torch.Tensor:
-    """``(num_items, D)`` the item table's storage (a view: writes reach the model). One process:
-    the whole table is this rank's shard."""
-    for key, value in model.state_dict().items():
-        if key.endswith(f"{ITEM_TABLE}.weight"):
-            shards = value.local_shards() if hasattr(value, "local_shards") else None
-            if shards is not None and (len(shards) != 1 or tuple(shards[0].tensor.shape) != tuple(value.size())):
-                raise ValueError(f"{key}: the probes need the whole table on this rank (run one process)")
-            return shards[0].tensor if shards is not None else value
-    raise KeyError(f"no {ITEM_TABLE} table in the model's state_dict")
-
-
 def item_table(model: torch.nn.Module) -> np.ndarray:
-    """``(num_items, D)`` float32 rows of the item table."""
-    return item_table_tensor(model).float().cpu().numpy()
+    """``(num_items, D)`` float32 rows of the item table (one process: every shard is local)."""
+    shards = item_table_shards(model)
+    rows = max(s.row + s.weight.shape[0] for s in shards)
+    table = np.zeros((rows, sum(s.weight.shape[1] for s in shards if s.row == 0)), dtype=np.float32)
+    for s in shards:
+        table[s.row : s.row + s.weight.shape[0], s.column : s.column + s.weight.shape[1]] = s.weight.float().cpu()
+    return table
 
 
 def ridge(x: np.ndarray, y: np.ndarray, penalty: float) -> tuple[np.ndarray, np.ndarray]:
