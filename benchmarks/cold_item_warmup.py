@@ -24,7 +24,6 @@ from em3rec.cold_start import regress_cold_item_rows
 from em3rec.config import load_config
 from em3rec.evaluation import evaluate
 from em3rec.factory import load_trained
-from em3rec.modules.model import uses_pooled_vectors
 
 
 def _mean_std(values: list[float]) -> str:
@@ -119,14 +118,7 @@ def main() -> None:
     before = metrics()
     with trained.precision.autocast():
         report = regress_cold_item_rows(
-            trained.model,
-            trained.em3_model,
-            trained.item_store,
-            trained.cold_items,
-            trained.env.device,
-            config.model.embedding_dim,
-            pooled=config.data.pooled_content,
-            pooled_vectors=uses_pooled_vectors(config.model),
+            trained.model, trained.em3_model, trained.item_store, trained.cold_items, config, trained.env.device
         )
     after = metrics()
     record = {

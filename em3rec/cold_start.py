@@ -28,9 +28,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from em3rec.config import Config
 from em3rec.data.item_store import ItemStore
 from em3rec.export import item_embeddings
-from em3rec.modules.model import EM3Model
+from em3rec.modules.model import EM3Model, uses_pooled_vectors
 from em3rec.modules.sparse import ITEM_TABLE
 
 log = logging.getLogger(__name__)
@@ -142,10 +143,8 @@ def regress_cold_item_rows(
     em3_model: EM3Model,
     store: ItemStore,
     cold_items: torch.Tensor,
+    config: Config,
     device: torch.device,
-    embedding_dim: int,
-    pooled: bool,
-    pooled_vectors: bool,
 ) -> ColdRowsReport:
     """Replace the item-table rows of ``cold_items`` by the ridge prediction from content. Collective.
 
@@ -155,24 +154,23 @@ def regress_cold_item_rows(
         store (ItemStore): every item's content arrays.
         cold_items (torch.Tensor): ``(num_items,)`` bool, items without training rows (row 0, the
             padding item, is never fitted nor written).
+        config (Config): the run's config (``model.embedding_dim``, what the content tower reads).
         device (torch.device): where the content tower runs.
-        embedding_dim (int): ``D``, the width of the content embeddings and of the item table.
-        pooled, pooled_vectors: as :func:`em3rec.export.item_embeddings` (``data.pooled_content``,
-            :func:`~em3rec.modules.model.uses_pooled_vectors`).
 
     Returns:
         ColdRowsReport: the same on every rank.
     """
     shards = item_table_shards(model)
+    embedding_dim = config.model.embedding_dim
     was_training = em3_model.training
     contents = [
         torch.from_numpy(
             item_embeddings(
                 em3_model,
                 store,
-                pooled,
+                config.data.pooled_content,
                 device,
-                pooled_vectors=pooled_vectors,
+                pooled_vectors=uses_pooled_vectors(config.model),
                 rows=range(s.row, s.row + s.weight.shape[0]),
                 show_progress=False,
             )

@@ -43,7 +43,6 @@ from em3rec.data.loader import ImpressionLoader
 from em3rec.data.schema import SPLITS, DatasetMeta
 from em3rec.distributed import DistEnv, allowed_sharding_types, describe_plan, init_distributed
 from em3rec.evaluation import cold_item_mask, cold_user_mask, evaluate
-from em3rec.modules.model import uses_pooled_vectors
 from em3rec.loss_guard import BatchIds, NonFiniteLossError, NonFiniteLossGuard, TrackedBatches, check_predictions
 from em3rec.precision import Precision
 from em3rec.run_log import LossWindow, MetricWriter, format_metrics, memory_mb, setup_logging
@@ -228,18 +227,11 @@ class Recipe:
     def _regress_cold_item_rows(self) -> None:
         """``model.cold_item_rows = "from_content"``: the unseen items' table rows regressed from
         content, before the evaluation and the checkpoint that follow."""
-        config = self.config
         assert self.item_store is not None  # validate_config: a content model
+        model, store = self._eval_model(), self.item_store
         with self.precision.autocast():
             report = regress_cold_item_rows(
-                self._eval_model(),
-                factory.local_model(self.model),
-                self.item_store,
-                self.cold_items,
-                self.env.device,
-                config.model.embedding_dim,
-                pooled=config.data.pooled_content,
-                pooled_vectors=uses_pooled_vectors(config.model),
+                model, factory.local_model(model), store, self.cold_items, self.config, self.env.device
             )
         if self.env.is_main:
             log.info(report.describe())
