@@ -437,6 +437,12 @@ def validate_config(config: Config) -> None:
             "model.cold_item_rows = 'from_content' regresses ID rows on content embeddings; "
             "model.content = 'none' has none (use 'frozen' or 'em3')"
         )
+    if model.cold_item_rows == "from_content" and model.id_dropout > 0:
+        raise ConfigError(
+            f"model.cold_item_rows = 'from_content' with model.id_dropout = {model.id_dropout}: item-ID dropout "
+            "zeroes the target ID of every unseen item in evaluation, so the regressed rows would reach the "
+            "ranker through history positions only; choose one of the two"
+        )
     train = config.train
     for key, value, low in (
         ("train.epochs", train.epochs, 1),
