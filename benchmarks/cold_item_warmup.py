@@ -15,20 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
 from pathlib import Path
 
 import torch.distributed as dist
 
+from benchmarks.paired import paired_cell
 from em3rec.cold_start import regress_cold_item_rows
 from em3rec.config import load_config
 from em3rec.evaluation import evaluate
 from em3rec.factory import load_trained
-
-
-def _mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):+.4f} ± {std:.4f} ({sum(v > 0 for v in values)}/{len(values)})"
 
 
 def summarise(records: list[dict]) -> str:
@@ -61,15 +56,17 @@ def summarise(records: list[dict]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for config, runs in by_config.items():
+        after = {seed: r["after"] for seed, r in runs.items()}
+        before = {seed: r["before"] for seed, r in runs.items()}
         deltas = [
-            _mean_std([r["after"][s][m] - r["before"][s][m] for r in runs.values()])
+            paired_cell(after, before, s, m)
             for s, m in (("valid", "auc"), ("valid", "cold_auc"), ("test", "auc"), ("test", "cold_auc"))
         ]
         lines.append(f"| {config} | {len(runs)} | " + " | ".join(deltas) + " |")
     configs = list(by_config)
     if len(configs) == 2:
         a, b = configs
-        seeds = sorted(set(by_config[a]) & set(by_config[b]))
+        seeds = sorted(set(by_config[a]) & set(by_config[b]))  # paired_cell pairs the same seeds
         lines += [
             "",
             f"Paired by seed ({a} − {b}, seeds {seeds}):",
@@ -78,10 +75,9 @@ def summarise(records: list[dict]) -> str:
             "|---|---|---|",
         ]
         for when in ("before", "after"):
-            diffs = [
-                _mean_std([by_config[a][s][when]["test"][m] - by_config[b][s][when]["test"][m] for s in seeds])
-                for m in ("auc", "cold_auc")
-            ]
+            first = {seed: r[when] for seed, r in by_config[a].items()}
+            second = {seed: r[when] for seed, r in by_config[b].items()}
+            diffs = [paired_cell(first, second, "test", m) for m in ("auc", "cold_auc")]
             lines.append(f"| {when} | " + " | ".join(diffs) + " |")
     return "\n".join(lines) + "\n"
 
