@@ -44,6 +44,7 @@ from em3rec.data.schema import SPLITS, DatasetMeta
 from em3rec.distributed import DistEnv, allowed_sharding_types, describe_plan, init_distributed
 from em3rec.evaluation import cold_item_mask, cold_user_mask, evaluate
 from em3rec.loss_guard import BatchIds, NonFiniteLossError, NonFiniteLossGuard, TrackedBatches, check_predictions
+from em3rec.modules.cic import ContentIDContrastive
 from em3rec.precision import Precision
 from em3rec.run_log import LossWindow, MetricWriter, format_metrics, memory_mb, setup_logging
 
@@ -332,6 +333,7 @@ class Recipe:
             if self.config.train.nan_policy == "skip":
                 if not self.guard.check(float(loss.detach()), ids, position, self.progress.skipped_batches):
                     self.progress.skipped_batches += 1
+                    self._forget_dropped_batch()
                     return None
             else:
                 self.guard.defer(loss, ids, position)
@@ -339,6 +341,12 @@ class Recipe:
             loss.backward()
             self.optimizer.step()
         return loss.detach(), {k: v.detach() for k, v in aux.items()}
+
+    def _forget_dropped_batch(self) -> None:
+        """A batch dropped before backward does not advance CIC's warm-up ramp."""
+        for module in self.model.modules():
+            if isinstance(module, ContentIDContrastive):
+                module.forget_last_step()
 
     def _log_window(self, epoch: int, window: LossWindow, elapsed: float) -> None:
         rows = window.steps * self._global_batch

@@ -69,6 +69,11 @@ class ContentIDContrastive(nn.Module):
             return self._weight
         return self._weight * (self.steps.double() / self._warmup_steps).clamp(max=1.0).float()
 
+    def forget_last_step(self) -> None:
+        """Take back the last training call's advance of the ramp: its batch was dropped before
+        backward (a non-finite loss under ``train.nan_policy = "skip"``), so no step was taken."""
+        self.steps -= 1
+
     def forward(
         self,
         id_embeddings: torch.Tensor,

@@ -24,6 +24,7 @@ from em3rec.config import load_config
 from em3rec.data.loader import ImpressionLoader
 from em3rec.factory import batch_options
 from em3rec.loss_guard import NonFiniteLossError
+from em3rec.modules.cic import ContentIDContrastive
 from em3rec.train import write_results
 from tests.data.conftest import rewrite_split
 from tests.reliability.conftest import (
@@ -200,6 +201,8 @@ def test_skip_policy_counts_and_reports_skipped_batches(poisoned: Poisoned, tmp_
         recipe = in_process_recipe(poisoned.data, tmp_path, "train.nan_policy=skip", "sharding.pipeline=true")
         assert recipe.pipeline is None
         recipe.train()
+    (cic,) = [m for m in recipe.model.modules() if isinstance(m, ContentIDContrastive)]
+    assert cic.steps.item() == recipe.progress.step  # CIC's warm-up ramp counts steps taken, not batches read
     test = recipe.test()
     write_results(recipe, test, seconds=1.0)
     assert "train.nan_policy = 'skip': training without TrainPipelineSparseDist" in caplog.text
