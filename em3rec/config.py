@@ -185,7 +185,8 @@ class ModelConfig:
     )
     dropout: float = 0.1  # on the over-arch input
     # Item-ID dropout (DropoutNet): a training row's target-item ID embedding becomes zeros with this
-    # probability, and so does that of every item without training rows in evaluation; 0 = off.
+    # probability, and so does that of every item without training rows in evaluation (unless
+    # cold_item_rows = "from_content" wrote those rows: then evaluation reads them); 0 = off.
     id_dropout: float = 0.0
     # User-ID dropout, the same for the user feature: 85 % of ml100k-ctr-v1's valid and test rows
     # belong to users without training rows, whose ID embedding no gradient ever moved; 0 = off.
@@ -436,12 +437,6 @@ def validate_config(config: Config) -> None:
         raise ConfigError(
             "model.cold_item_rows = 'from_content' regresses ID rows on content embeddings; "
             "model.content = 'none' has none (use 'frozen' or 'em3')"
-        )
-    if model.cold_item_rows == "from_content" and model.id_dropout > 0:
-        raise ConfigError(
-            f"model.cold_item_rows = 'from_content' with model.id_dropout = {model.id_dropout}: item-ID dropout "
-            "zeroes the target ID of every unseen item in evaluation, so the regressed rows would reach the "
-            "ranker through history positions only; choose one of the two"
         )
     train = config.train
     for key, value, low in (

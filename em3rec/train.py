@@ -122,18 +122,25 @@ class Recipe:
                 self._global_batch // env.world_size,
                 config.data.batch_scope,
             )
-            for side, p, cold in (
-                ("item", config.model.id_dropout, self.cold_items),
-                ("user", config.model.user_id_dropout, self.cold_users),
+            regressed = config.model.cold_item_rows == "from_content"
+            for side, p, cold, scored in (
+                (
+                    "item",
+                    config.model.id_dropout,
+                    self.cold_items,
+                    "with their content-regressed rows" if regressed else "without their ID",
+                ),
+                ("user", config.model.user_id_dropout, self.cold_users, "without their ID"),
             ):
                 if p > 0:
                     log.info(
-                        "%s-ID dropout %.2f: %d of %d %ss have no training rows; evaluation scores them without their ID",
+                        "%s-ID dropout %.2f: %d of %d %ss have no training rows; evaluation scores them %s",
                         side,
                         p,
                         int(cold.sum()),
                         cold.numel(),
                         side,
+                        scored,
                     )
 
     def _make_pipeline(self) -> TrainPipelineSparseDist | None:

@@ -4,8 +4,10 @@ An item or a user without training rows has an ID embedding that no ranking grad
 (its random initialisation), and a ranker trained only on warm ids never learned to score a row
 from content, history and side features alone. ID dropout teaches it: in training, each row's ID
 embedding is replaced by zeros with probability ``p``; in evaluation, the rows whose id has no
-training rows get the same zeros, the input the ranker learned for "ID unknown". Only the
-backbone's input changes: CIC still sees every item's own ID row.
+training rows get the same zeros, the input the ranker learned for "ID unknown" (with
+``model.cold_item_rows = "from_content"``, which writes those items' rows from content, the model
+passes no item as unseen, and evaluation reads the written rows). Only the backbone's input
+changes: CIC still sees every item's own ID row.
 
 On ml100k-ctr-v1 (a global time split) 85 % of the valid and test rows belong to users who have
 no training rows; user-ID dropout is the option for them (measured there: it lowers valid AUC for

@@ -332,6 +332,8 @@ def build_model(
         if model_config.id_dropout > 0:
             if unseen_items is None:
                 raise ValueError("model.id_dropout > 0 needs unseen_items (the items without training rows)")
+            if model_config.cold_item_rows == "from_content":  # unseen items keep their regressed rows
+                unseen_items = torch.zeros_like(unseen_items)
             item_id_dropout = IdDropout(model_config.id_dropout, unseen_items, "model.id_dropout")
         if model_config.user_id_dropout > 0:
             if unseen_users is None:

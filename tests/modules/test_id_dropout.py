@@ -57,6 +57,17 @@ def test_an_unseen_ids_score_does_not_read_its_id_embedding(meta, data_config, b
     assert not torch.allclose(after[~rows], before[~rows])
 
 
+def test_with_content_regressed_cold_rows_evaluation_reads_every_items_row(meta, data_config, batch, model_config):
+    """``model.cold_item_rows = from_content`` writes the unseen items' rows; item-ID dropout then
+    drops rows in training only, and evaluation scores unseen items with their (regressed) rows."""
+    unseen = torch.zeros(meta.features_of("item")[0].vocab_size, dtype=torch.bool)
+    unseen[batch.item_ids[0]] = True
+    config = model_config(backbone="din", content="frozen", id_dropout=0.2, cold_item_rows="from_content")
+    model = build_model(config, meta, data_config, unseen_items=unseen).eval()
+    target = torch.randn(3, 4) + 5.0
+    torch.testing.assert_close(model.item_id_dropout(target, batch.item_ids[:3]), target)
+
+
 def test_user_id_dropout_needs_the_unseen_users(meta, data_config, model_config):
     with pytest.raises(ValueError, match="unseen_users"):
         build_model(model_config(user_id_dropout=0.2), meta, data_config)

@@ -45,11 +45,9 @@ def test_statistics_give_the_direct_ridge_and_its_held_out_error():
     assert float(_squared_error(stats, 1, weights, bias)) == pytest.approx(error, rel=1e-8)
 
 
-def test_needs_a_content_model_and_no_item_id_dropout():
+def test_needs_a_content_model():
     with pytest.raises(ConfigError, match="model.cold_item_rows"):
         load_config("din_id", ["model.cold_item_rows=from_content"])
-    with pytest.raises(ConfigError, match="model.id_dropout = 0.3"):
-        load_config("din_frozen", ["model.cold_item_rows=from_content", "model.id_dropout=0.3"])
 
 
 def _regress_on_ranks(rank: int, world_size: int, data: str, run_dir: str, sharding: str) -> dict:
