@@ -63,6 +63,9 @@ class DataConfig:
     shuffle_buffer: int = 65536  # rows held by the training shuffle buffer
     max_history: int = 50  # history positions fed to the model (<= the dataset's)
     modalities: list[str] = field(default_factory=lambda: ["title", "meta"])
+    # Side features (kind single/multi in meta.json, by name) the run leaves out: no table, no
+    # column read. A feature ablation without re-preparing the data; [] = every feature.
+    drop_features: list[str] = field(default_factory=list)
     pooled_content: bool = False  # one pooled vector per modality instead of its tokens
     # Each modality's tokens averaged in windows of this many consecutive positions (the mask-aware
     # mean), T -> ceil(T / token_window): fewer tokens for the Q-Former to read. 1 = as stored.

@@ -48,6 +48,11 @@ def checkpoint_manager(config: Config) -> CheckpointManager:
     return CheckpointManager(run_dir(config) / "checkpoints", config.train.keep_checkpoints)
 
 
+def dataset_meta(config: Config) -> DatasetMeta:
+    """The prepared dataset's ``meta.json`` as this run uses it: without ``data.drop_features``."""
+    return DatasetMeta.load(config.data.path).without_features(config.data.drop_features)
+
+
 def open_item_store(config: Config, meta: DatasetMeta, device: torch.device) -> ItemStore | None:
     """The item content arrays, validated against ``meta``; None for an ID-only model. A model that
     reads tokens gets them held in memory in the dtype it computes in on ``device``
@@ -228,7 +233,7 @@ def load_trained(config: Config, checkpoint: str | Path = "") -> TrainedModel:
     env = init_distributed(config.train.device, timeout_s=config.train.collective_timeout_s)
     setup_logging(env.rank)
     allowed_sharding_types(config.sharding, env.device)
-    meta = DatasetMeta.load(config.data.path)
+    meta = dataset_meta(config)
     item_store = open_item_store(config, meta, env.device)
     cold_items = cold_item_mask(config.data.path, meta)
     cold_users = cold_user_mask(config.data.path, meta)

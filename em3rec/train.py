@@ -40,7 +40,7 @@ from em3rec.cold_start import regress_cold_item_rows
 from em3rec.config import Config
 from em3rec.data.batch import Batch
 from em3rec.data.loader import ImpressionLoader
-from em3rec.data.schema import SPLITS, DatasetMeta
+from em3rec.data.schema import SPLITS
 from em3rec.distributed import DistEnv, allowed_sharding_types, describe_plan, init_distributed
 from em3rec.evaluation import cold_item_mask, cold_user_mask, evaluate
 from em3rec.loss_guard import BatchIds, NonFiniteLossError, NonFiniteLossGuard, TrackedBatches, check_predictions
@@ -98,7 +98,7 @@ class Recipe:
         # split and the item arrays against meta.json (a bad test split would otherwise surface
         # only after training).
         allowed_sharding_types(config.sharding, env.device)
-        self.meta = DatasetMeta.load(config.data.path)
+        self.meta = factory.dataset_meta(config)
         self.item_store = factory.open_item_store(config, self.meta, env.device)
         self._loaders = {split: factory.open_loader(config, split, env, self.item_store) for split in SPLITS}
         self.cold_items = cold_item_mask(config.data.path, self.meta)
@@ -122,6 +122,12 @@ class Recipe:
                 self._global_batch // env.world_size,
                 config.data.batch_scope,
             )
+            if config.data.drop_features:
+                log.info(
+                    "data.drop_features: %s left out; side features used: %s",
+                    ", ".join(config.data.drop_features),
+                    ", ".join(f.name for f in self.meta.features_of("single", "multi")) or "none",
+                )
             regressed = config.model.cold_item_rows == "from_content"
             for side, p, cold, scored in (
                 (

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from benchmarks.throughput.report import machine
 from benchmarks.throughput.runner import build_runner, load_batches, quiet, sync
 from benchmarks.throughput.variants import VARIANTS, resolve, variant_config
-from em3rec.data.schema import DatasetMeta
+from em3rec.factory import dataset_meta
 from em3rec.distributed import init_distributed
 
 
@@ -27,7 +27,7 @@ def profile_variants(args: argparse.Namespace, argv: list[str] | None = None) ->
     if args.threads:
         torch.set_num_threads(args.threads)
     base = variant_config(args, None)
-    meta = DatasetMeta.load(base.data.path)
+    meta = dataset_meta(base)
     from em3rec.data.item_store import ItemStore
 
     L = min(args.history[0], meta.max_history)

@@ -82,7 +82,6 @@ from benchmarks.throughput.variants import (
 from em3rec import cli, factory
 from em3rec.config import Config, Device, choices
 from em3rec.data.batch import Batch
-from em3rec.data.schema import DatasetMeta
 from em3rec.distributed import DistEnv, init_distributed
 from em3rec.precision import DTYPES, Precision, fast_bf16
 from em3rec.testing.multiprocess import run_ranks
@@ -112,7 +111,7 @@ def run_world(args: argparse.Namespace, env: DistEnv) -> dict[str, Any] | None:
     elif env.world_size > 1 and env.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.world_size))  # as torchrun does
     base = variant_config(args, None)
-    meta = DatasetMeta.load(base.data.path)
+    meta = factory.dataset_meta(base)
     histories = [min(h, meta.max_history) for h in args.history]
     histories = sorted(set(histories), key=histories.index)
     variants = [resolve(args, VARIANTS[v]) for v in args.variants]

@@ -236,7 +236,7 @@ def training_step(batch: Batch) -> None:
         overrides = [x for x in os.environ.get("EM3REC_BENCH_SET", "").split(";") if x]
         config = load_config(os.environ.get("EM3REC_BENCH_CONFIG", "din_em3"), overrides)
         env = init_distributed(config.train.device)
-        meta = DatasetMeta.load(config.data.path)
+        meta = factory.dataset_meta(config)
         variant = Variant("hook", config.model.content, config.model.seq_content_mode, config.model.dedup)
         _HOOK["step"], _HOOK["device"] = build_runner(variant, config, meta, env).step, env.device
     _HOOK["step"](batch.to(_HOOK["device"]))

@@ -243,6 +243,8 @@ class ImpressionLoader(IterableDataset):
         batch_size: rows per batch ``B`` (per rank).
         max_history: history positions ``L`` (default: the dataset's); the most recent are kept.
         modalities: item modalities to attach (empty: no content tensors).
+        drop_features: side features left out (:meth:`DatasetMeta.without_features`): their
+            columns are neither read nor sent.
         pooled_content: one pooled vector per modality (``T = 1``) instead of its tokens.
         token_window: tokens averaged in windows of this many positions (``ItemStore``); an
             ``item_store`` passed in must have the same.
@@ -290,6 +292,7 @@ class ImpressionLoader(IterableDataset):
         batch_size: int,
         max_history: int | None = None,
         modalities: Sequence[str] = (),
+        drop_features: Sequence[str] = (),
         pooled_content: bool = False,
         token_window: int = 1,
         pooled_vectors: bool = False,
@@ -315,7 +318,7 @@ class ImpressionLoader(IterableDataset):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self._path = Path(path)
-        self.meta = DatasetMeta.load(path)
+        self.meta = DatasetMeta.load(path).without_features(drop_features)
         self.split = split
         self.batch_size = batch_size
         self.training = split == "train" if training is None else training
@@ -400,7 +403,8 @@ class ImpressionLoader(IterableDataset):
         training = bool(kwargs.pop("training", split == "train"))
         options: dict[str, object] = dict(
             batch_size=config.rank_batch_size(world_size) if training else config.eval_batch_size,
-            max_history=config.max_history, modalities=config.modalities, pooled_content=config.pooled_content,
+            max_history=config.max_history, modalities=config.modalities, drop_features=config.drop_features,
+            pooled_content=config.pooled_content,
             token_window=config.token_window, shuffle_buffer=config.shuffle_buffer,
         )  # fmt: skip
         options.update(kwargs)  # e.g. modalities=() for an ID-only model

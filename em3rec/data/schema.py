@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import json
 import typing
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from em3rec.config import ConfigError
 from em3rec.errors import UserError
 
 FeatureKind = Literal["user", "item", "history", "single", "multi"]
@@ -95,6 +97,24 @@ class DatasetMeta:
 
     def features_of(self, *kinds: str) -> list[FeatureSpec]:
         return [f for f in self.features if f.kind in kinds]
+
+    def without_features(self, names: Sequence[str]) -> "DatasetMeta":
+        """This dataset without the side features ``names`` (``data.drop_features``): what a model
+        and loader see, so the dropped features get no table and their columns are not read.
+
+        Raises:
+            ConfigError: a name that is not a side feature (kind ``single`` / ``multi``) here.
+        """
+        if not names:
+            return self
+        side = [f.name for f in self.features_of("single", "multi")]
+        unknown = [n for n in names if n not in side]
+        if unknown:
+            raise ConfigError(
+                f"data.drop_features: {unknown} not among the side features of dataset {self.name!r} "
+                f"(meta.json); expected some of {side} (the user, item and history ids cannot be dropped)"
+            )
+        return replace(self, features=tuple(f for f in self.features if f.name not in set(names)))
 
     @property
     def max_history(self) -> int:
