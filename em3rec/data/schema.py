@@ -114,7 +114,8 @@ class DatasetMeta:
                 f"data.drop_features: {unknown} not among the side features of dataset {self.name!r} "
                 f"(meta.json); expected some of {side} (the user, item and history ids cannot be dropped)"
             )
-        return replace(self, features=tuple(f for f in self.features if f.name not in set(names)))
+        dropped = set(names)
+        return replace(self, features=tuple(f for f in self.features if f.name not in dropped))
 
     @property
     def max_history(self) -> int:
