@@ -215,15 +215,20 @@ def get_default_sharders() -> list[Any]:
     return _sharders()
 
 
-def apply_embedding_optimizer(model: nn.Module, config: OptimConfig) -> None:
-    """Attach the fused in-backward optimiser to every EBC/EC parameter (before sharding)."""
+def embedding_optimizer(config: OptimConfig) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """The embedding tables' optimiser class and its arguments (``optim.embedding_optimizer``)."""
     optimizers: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
         "rowwise_adagrad": (RowWiseAdagrad, {"lr": config.embedding_lr, "eps": 1e-8}),
         "adagrad": (torch.optim.Adagrad, {"lr": config.embedding_lr, "eps": 1e-8}),
         "adam": (torch.optim.Adam, {"lr": config.embedding_lr}),
         "sgd": (torch.optim.SGD, {"lr": config.embedding_lr}),
     }
-    cls, kwargs = optimizers[config.embedding_optimizer]
+    return optimizers[config.embedding_optimizer]
+
+
+def apply_embedding_optimizer(model: nn.Module, config: OptimConfig) -> None:
+    """Attach the fused in-backward optimiser to every EBC/EC parameter (before sharding)."""
+    cls, kwargs = embedding_optimizer(config)
     for module in model.modules():
         if isinstance(module, (EmbeddingBagCollection, EmbeddingCollection)):
             _apply_optimizer_in_backward(cls, module.parameters(), kwargs)
@@ -248,12 +253,34 @@ def shard_model(
     return DistributedModelParallel(module=model, device=env.device, plan=plan, sharders=get_default_sharders())
 
 
+def data_parallel_table_parameters(model: DistributedModelParallel) -> list[str]:
+    """Names of the table weights that ``model``'s plan shards ``data_parallel`` (replicated)."""
+    parameters = dict(model.named_parameters())
+    names = []
+    for module_path, module_plan in model.plan.plan.items():
+        for table, sharding in module_plan.items():  # type: ignore[union-attr]
+            if sharding.sharding_type != "data_parallel":
+                continue
+            found = [
+                name
+                for name in (f"{module_path}.embedding_bags.{table}.weight", f"{module_path}.embeddings.{table}.weight")
+                if name in parameters
+            ]
+            assert len(found) == 1, f"data_parallel table {module_path}.{table}: no single weight among {found}"
+            names += found
+    return names
+
+
 def build_optimizer(model: DistributedModelParallel, config: OptimConfig) -> KeyedOptimizer:
-    """The fused embedding optimiser and AdamW over the dense parameters (the content tower in its
-    own AdamW, ``optim.content_lr``), stepped together; ``optim.grad_clip > 0`` clips the dense
+    """The fused embedding optimiser, the embedding optimiser over any replicated table, and AdamW
+    over the dense parameters (the content tower in its own AdamW, ``optim.content_lr``), stepped together; ``optim.grad_clip > 0`` clips the dense
     gradients' global 2-norm first (TorchRec's ``GradientClippingOptimizer``; the fused embedding
     optimiser has stepped inside backward)."""
     dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
+    # A table the plan replicates (data_parallel) is a plain DDP parameter: TorchRec's dense
+    # kernel keeps no in-backward optimiser for it, so it would fall to AdamW at dense_lr. It gets
+    # the embedding optimiser instead, as the sharded tables do (on one rank, the same update).
+    replicated = {name: dense_params.pop(name) for name in data_parallel_table_parameters(model)}
     content = {name: p for name, p in dense_params.items() if ".content_tower." in f".{name}"}
     rest = {name: p for name, p in dense_params.items() if name not in content}
     # torch's fused AdamW (one kernel over all tensors; on CPU ~4.5x faster than the per-tensor loop
@@ -274,6 +301,9 @@ def build_optimizer(model: DistributedModelParallel, config: OptimConfig) -> Key
                 lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=config.content_weight_decay, fused=fused),
             )
         )
+    if replicated:
+        cls, kwargs = embedding_optimizer(config)
+        optimizers.append(KeyedOptimizerWrapper(replicated, lambda params: cls(params, **kwargs)))
     combined = CombinedOptimizer(optimizers)
     if config.grad_clip > 0:
         # One norm over every gradient it holds: the dense ones, DDP-averaged, so the same on every
