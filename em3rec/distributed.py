@@ -273,9 +273,9 @@ def data_parallel_table_parameters(model: DistributedModelParallel) -> list[str]
 
 def build_optimizer(model: DistributedModelParallel, config: OptimConfig) -> KeyedOptimizer:
     """The fused embedding optimiser, the embedding optimiser over any replicated table, and AdamW
-    over the dense parameters (the content tower in its own AdamW, ``optim.content_lr``), stepped together; ``optim.grad_clip > 0`` clips the dense
-    gradients' global 2-norm first (TorchRec's ``GradientClippingOptimizer``; the fused embedding
-    optimiser has stepped inside backward)."""
+    over the dense parameters (the content tower in its own AdamW, ``optim.content_lr``), stepped
+    together; ``optim.grad_clip > 0`` clips the dense gradients' global 2-norm first (TorchRec's
+    ``GradientClippingOptimizer``; the fused embedding optimiser has stepped inside backward)."""
     dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
     # A table the plan replicates (data_parallel) is a plain DDP parameter: TorchRec's dense
     # kernel keeps no in-backward optimiser for it, so it would fall to AdamW at dense_lr. It gets
