@@ -73,9 +73,17 @@ RIDGE_ALPHAS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 def ridge(
     features: np.ndarray, target: np.ndarray, train: np.ndarray, valid: np.ndarray, held_out: np.ndarray
 ) -> tuple[float, float]:
+    """R² on ``train`` and ``held_out`` of :func:`ridge_scores`."""
+    train_r2, _, held_out_r2 = ridge_scores(features, target, train, valid, held_out)
+    return train_r2, held_out_r2
+
+
+def ridge_scores(
+    features: np.ndarray, target: np.ndarray, train: np.ndarray, valid: np.ndarray, held_out: np.ndarray
+) -> tuple[float, float, float]:
     """Closed-form ridge regression (with an unpenalised intercept) of ``target (I,)`` on
     ``features (I, K)``, its penalty the one of :data:`RIDGE_ALPHAS` with the best R² on ``valid``;
-    R² on ``train`` and ``held_out``."""
+    R² on ``train``, ``valid`` and ``held_out``."""
     x = features - features[train].mean(0)
     y = target - target[train].mean()
 
@@ -85,7 +93,7 @@ def ridge(
     gram, moment = x[train].T @ x[train], x[train].T @ y[train]
     fits = [np.linalg.solve(gram + alpha * np.eye(len(gram)), moment) for alpha in RIDGE_ALPHAS]
     best = max(fits, key=lambda w: r2(w, valid))
-    return r2(best, train), r2(best, held_out)
+    return r2(best, train), r2(best, valid), r2(best, held_out)
 
 
 def token_moments(tokens: torch.Tensor, mask: torch.Tensor, chunk: int = 4096) -> np.ndarray:

@@ -1,0 +1,165 @@
+"""A prepared set whose text features come from MiniLM fine-tuned on the train split's item appeal.
+
+    python -m benchmarks.tuned_content --data data/ml100k_cold20 --out data/ml100k_cold20_tuned_s0 \\
+        [--modality meta] [--seed 0] [--epochs 10] [--lr 5e-5]
+
+The test of whether the frozen encoder caps what content gives the ranker
+(:mod:`benchmarks.encoder_probe` found that MiniLM fine-tuned on an item's appeal predicts it for
+unseen items better than its frozen pooled vector). The encoder is fine-tuned (every weight) on the
+appeal of the items with at least ``--min-rows`` rows in the *train* split (the mean of ``label -
+user rate`` over them: :func:`benchmarks.item_signal_probe.item_targets`); 90 % of those items fit,
+10 % pick the epoch. Valid and test rows are never read, and an item without train rows (every
+cold item) is only encoded. Every item's text is then encoded again by the tuned encoder, and
+``--out`` gets the set with that modality's tokens, mask and pooled vectors replaced (the splits,
+vocabularies and other modalities linked, not copied). Any variant then trains on it unchanged: the
+frozen-content baseline reads these vectors as its frozen content.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from benchmarks.encoder_probe import build, fit_encoder
+from benchmarks.item_signal_probe import item_targets
+from data_prep.text_encoder import load_model
+from data_prep.writer import masked_mean
+from em3rec.data.schema import DatasetMeta
+from em3rec.precision import Precision
+
+
+@torch.no_grad()
+def encode(
+    encoder: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch: int = 256
+) -> np.ndarray:
+    """``(N, T, W)`` float16 last hidden states of the texts ``input_ids`` / ``attention_mask``
+    ``(N, T)``, padded positions zeroed (as the stored features are)."""
+    encoder.eval()
+    parts = []
+    for lo in range(0, len(input_ids), batch):
+        mask = attention_mask[lo : lo + batch]
+        hidden = encoder(input_ids=input_ids[lo : lo + batch], attention_mask=mask).last_hidden_state  # (b, T, W)
+        parts.append((hidden * mask[..., None]).to(torch.float16).numpy())
+    return np.concatenate(parts)
+
+
+def link_set(source: Path, out: Path, replaced: set[str]) -> None:
+    """``out`` as a copy of the prepared set ``source`` by symbolic links, except ``meta.json`` and
+    the ``items/`` files named in ``replaced`` (written by the caller)."""
+    out.mkdir(parents=True, exist_ok=False)
+    for entry in source.iterdir():
+        if entry.name in ("items", "meta.json"):
+            continue
+        os.symlink(entry.resolve(), out / entry.name)
+    (out / "items").mkdir()
+    for entry in (source / "items").iterdir():
+        if entry.name not in replaced:
+            os.symlink(entry.resolve(), out / "items" / entry.name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=True, help="a prepared set (meta.json, train/, items/)")
+    p.add_argument("--out", type=Path, required=True, help="the new set's folder (must not exist)")
+    p.add_argument("--modality", default="meta", help="the text modality to re-encode (items.parquet <modality>_text)")
+    p.add_argument("--min-rows", type=int, default=20, help="items with fewer train rows are not fitted on")
+    p.add_argument("--prior-rows", type=float, default=10.0, help="pseudo-rows shrinking a user's click rate")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-5, help="the encoder's AdamW lr (encoder_probe's pick on ml-100k)")
+    p.add_argument("--head-lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.out.exists():
+        raise SystemExit(f"--out {args.out}: exists; give a new folder")
+    meta = DatasetMeta.load(args.data)
+    modality = next((m for m in meta.modalities if m.name == args.modality), None)
+    if modality is None:
+        raise SystemExit(
+            f"--modality {args.modality}: not in {args.data}/meta.json ({[m.name for m in meta.modalities]})"
+        )
+    user_column = meta.features_of("user")[0].column
+    item_column = meta.features_of("item")[0].column
+    rows = pq.read_table(args.data / "train", columns=[user_column, item_column, "label"])
+    users, items = rows.column(user_column).to_numpy(), rows.column(item_column).to_numpy()
+    labels = rows.column("label").to_numpy().astype(np.float64)
+    target_np, count = item_targets(users, items, labels, meta.num_items, args.prior_rows)
+
+    folder = args.data / "items"
+    stored_mask = np.load(folder / f"{args.modality}.mask.npy")  # (I, T)
+    column = f"{args.modality}_text"
+    table = pq.read_table(folder / "items.parquet", columns=["item_idx", column])
+    if not np.array_equal(table.column("item_idx").to_numpy(), np.arange(len(table))):
+        raise SystemExit(f"{folder}/items.parquet: rows must be item_idx 0..{len(table) - 1} in order")
+    texts = [t if t and t.strip() else "" for t in table.column(column).to_pylist()]
+    tokenizer, base = load_model()
+    encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=modality.tokens, return_tensors="pt")
+    input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]  # (I, T) each
+    has_text = torch.tensor([bool(t) for t in texts])
+    attention_mask[~has_text] = 0  # no text: an all-False mask and zero tokens, as the stored set has
+    if not torch.equal(attention_mask.bool(), torch.from_numpy(stored_mask)):
+        raise SystemExit(f"{folder}/{args.modality}.mask.npy: tokenising {column} again gives other token counts")
+
+    fitted = torch.from_numpy(np.flatnonzero((count >= args.min_rows) & stored_mask.any(1)))
+    torch.manual_seed(args.seed)
+    order = fitted[torch.randperm(len(fitted))]
+    fit_items, pick_items = order[: len(order) * 9 // 10], order[len(order) * 9 // 10 :]
+    precision = Precision.resolve("auto", torch.device("cpu"))
+    model = build("full", base, lora_rank=0)
+    started = time.perf_counter()
+    target = torch.from_numpy(target_np).float()
+    fit_r2, pick_r2, _, epoch = fit_encoder(
+        model,
+        input_ids,
+        attention_mask,
+        target,
+        (fit_items, pick_items, pick_items),
+        args.epochs,
+        args.batch,
+        args.lr,
+        args.head_lr,
+        precision,
+    )
+    print(
+        f"fitted on {len(fit_items)} items: R² {fit_r2:.3f}, on the {len(pick_items)} picking items {pick_r2:.3f} (epoch {epoch})"
+    )
+
+    tokens = encode(model.encoder, input_ids, attention_mask)  # (I, T, W)
+    mask = stored_mask
+    names = {f"{args.modality}.{kind}.npy" for kind in ("tokens", "mask", "pooled")}
+    link_set(args.data, args.out, names)
+    np.save(args.out / "items" / f"{args.modality}.tokens.npy", tokens)
+    np.save(args.out / "items" / f"{args.modality}.mask.npy", mask)
+    np.save(args.out / "items" / f"{args.modality}.pooled.npy", masked_mean(tokens, mask))
+    record = json.loads((args.data / "meta.json").read_text())
+    record["name"] = args.out.name
+    record.setdefault("extra", {})["tuned_content"] = {
+        "source": str(args.data),
+        "modality": args.modality,
+        "target": f"item appeal: mean of label - user rate (prior {args.prior_rows:g} rows) over train rows",
+        "items_fitted": len(fit_items),
+        "items_picking_the_epoch": len(pick_items),
+        "min_rows": args.min_rows,
+        "epoch": epoch,
+        "r2_fit": round(fit_r2, 4),
+        "r2_pick": round(pick_r2, 4),
+        "lr": args.lr,
+        "seed": args.seed,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    for entry in record["modalities"]:
+        if entry["name"] == args.modality:
+            entry["encoder"] += f" (fine-tuned on {args.data.name}'s train item appeal, seed {args.seed})"
+    (args.out / "meta.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
