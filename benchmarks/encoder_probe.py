@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from benchmarks.content_probes import emit, report_head
-from benchmarks.item_signal_probe import item_targets, mean_std, ridge_scores, split_half_reliability
+from benchmarks.item_signal_probe import item_targets, mean_std, ridge_scores, split_half_reliability, train_rows
 from data_prep.text_encoder import load_model
 from em3rec.data.schema import DatasetMeta
 from em3rec.precision import Precision
@@ -53,6 +53,14 @@ class EncoderRegressor(nn.Module):
         m = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (n, t, 1)
         pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)  # (n, W)
         return self.head(pooled.float()).squeeze(-1)  # (n,)
+
+
+def item_texts(items_folder: Path, modality: str) -> list[str]:
+    """Each item's ``<modality>_text`` from ``items.parquet``, by item index ("" where it has none)."""
+    table = pq.read_table(items_folder / "items.parquet", columns=["item_idx", f"{modality}_text"])
+    if not np.array_equal(table.column("item_idx").to_numpy(), np.arange(len(table))):
+        raise SystemExit(f"{items_folder}/items.parquet: rows must be item_idx 0..{len(table) - 1} in order")
+    return [t if t and t.strip() else "" for t in table.column(f"{modality}_text").to_pylist()]
 
 
 def build(mode: str, base: nn.Module, lora_rank: int) -> EncoderRegressor:
@@ -150,11 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     print(precision.describe(), flush=True)
 
     meta = DatasetMeta.load(args.data)
-    user_column = meta.features_of("user")[0].column
-    item_column = meta.features_of("item")[0].column
-    rows = pq.read_table(args.data / "train", columns=[user_column, item_column, "label"])
-    users, items = rows.column(user_column).to_numpy(), rows.column(item_column).to_numpy()
-    labels = rows.column("label").to_numpy().astype(np.float64)
+    users, items, labels = train_rows(args.data, meta)
     target_np, count = item_targets(users, items, labels, meta.num_items, args.prior_rows)
     eligible = np.flatnonzero(count >= args.min_rows)
     folder = args.data / "items"
@@ -163,10 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     usable = eligible[np.asarray(mask_all[eligible]).any(1)]  # as item_signal_probe: items with a token
     pooled = np.load(folder / f"{args.modality}.pooled.npy", mmap_mode="r")[usable].astype(np.float64)
     column = f"{args.modality}_text"
-    table = pq.read_table(folder / "items.parquet", columns=["item_idx", column])
-    if not np.array_equal(table.column("item_idx").to_numpy(), np.arange(len(table))):
-        raise SystemExit(f"{folder}/items.parquet: rows must be item_idx 0..{len(table) - 1} in order")
-    texts = table.column(column).to_pylist()
+    texts = item_texts(folder, args.modality)
     missing = [int(i) for i in usable if not texts[i]]
     if missing:
         raise SystemExit(f"{folder}/items.parquet: {len(missing)} items with {args.modality} tokens but no {column}")

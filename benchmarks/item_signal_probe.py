@@ -48,6 +48,15 @@ def item_targets(
     return total / np.maximum(count, 1), count
 
 
+def train_rows(folder: Path, meta: DatasetMeta) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The train split's user indices, item indices and float64 labels, ``(R,)`` each."""
+    user_column = meta.features_of("user")[0].column
+    item_column = meta.features_of("item")[0].column
+    rows = pq.read_table(folder / "train", columns=[user_column, item_column, "label"])
+    labels = rows.column("label").to_numpy().astype(np.float64)
+    return rows.column(user_column).to_numpy(), rows.column(item_column).to_numpy(), labels
+
+
 def split_half_reliability(
     users: np.ndarray,
     items: np.ndarray,
@@ -133,12 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None, help="also write the table here (Markdown)")
     args = p.parse_args(argv)
     meta = DatasetMeta.load(args.data)
-    user_column = meta.features_of("user")[0].column
-    item_column = meta.features_of("item")[0].column
-    train_rows = pq.read_table(args.data / "train", columns=[user_column, item_column, "label"])
-    users = train_rows.column(user_column).to_numpy()
-    items = train_rows.column(item_column).to_numpy()
-    labels = train_rows.column("label").to_numpy().astype(np.float64)
+    users, items, labels = train_rows(args.data, meta)
     target_np, count = item_targets(users, items, labels, meta.num_items, args.prior_rows)
     eligible = np.flatnonzero(count >= args.min_rows)
     if len(eligible) < 50:

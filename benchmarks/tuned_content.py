@@ -24,11 +24,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
-from benchmarks.encoder_probe import build, fit_encoder
-from benchmarks.item_signal_probe import item_targets
+from benchmarks.encoder_probe import build, fit_encoder, item_texts
+from benchmarks.item_signal_probe import item_targets, train_rows
 from data_prep.text_encoder import load_model
 from data_prep.writer import masked_mean
 from em3rec.data.schema import DatasetMeta
@@ -85,20 +84,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(
             f"--modality {args.modality}: not in {args.data}/meta.json ({[m.name for m in meta.modalities]})"
         )
-    user_column = meta.features_of("user")[0].column
-    item_column = meta.features_of("item")[0].column
-    rows = pq.read_table(args.data / "train", columns=[user_column, item_column, "label"])
-    users, items = rows.column(user_column).to_numpy(), rows.column(item_column).to_numpy()
-    labels = rows.column("label").to_numpy().astype(np.float64)
-    target_np, count = item_targets(users, items, labels, meta.num_items, args.prior_rows)
+    target_np, count = item_targets(*train_rows(args.data, meta), meta.num_items, args.prior_rows)
 
     folder = args.data / "items"
     stored_mask = np.load(folder / f"{args.modality}.mask.npy")  # (I, T)
     column = f"{args.modality}_text"
-    table = pq.read_table(folder / "items.parquet", columns=["item_idx", column])
-    if not np.array_equal(table.column("item_idx").to_numpy(), np.arange(len(table))):
-        raise SystemExit(f"{folder}/items.parquet: rows must be item_idx 0..{len(table) - 1} in order")
-    texts = [t if t and t.strip() else "" for t in table.column(column).to_pylist()]
+    texts = item_texts(folder, args.modality)
     tokenizer, base = load_model()
     encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=modality.tokens, return_tensors="pt")
     input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]  # (I, T) each

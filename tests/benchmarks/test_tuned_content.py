@@ -61,24 +61,14 @@ def text_set(tmp_path: Path) -> Path:
     return data
 
 
+def tune(data: Path, out: Path, epochs: int, lr: str) -> None:
+    main(["--data", str(data), "--out", str(out), "--modality", "title", "--min-rows", "5"]
+         + ["--epochs", str(epochs), "--lr", lr])  # fmt: skip
+
+
 def test_an_untrained_encoder_writes_back_the_stored_features(text_set: Path, tmp_path: Path) -> None:
     out = tmp_path / "tuned"
-    main(
-        [
-            "--data",
-            str(text_set),
-            "--out",
-            str(out),
-            "--modality",
-            "title",
-            "--min-rows",
-            "5",
-            "--epochs",
-            "1",
-            "--lr",
-            "0",
-        ]
-    )
+    tune(text_set, out, epochs=1, lr="0")
     validate_dataset(out)
     for kind in ("mask", "pooled", "tokens"):
         written, stored = (
@@ -93,22 +83,7 @@ def test_an_untrained_encoder_writes_back_the_stored_features(text_set: Path, tm
 
 def test_a_trained_encoder_changes_the_features(text_set: Path, tmp_path: Path) -> None:
     out = tmp_path / "tuned"
-    main(
-        [
-            "--data",
-            str(text_set),
-            "--out",
-            str(out),
-            "--modality",
-            "title",
-            "--min-rows",
-            "5",
-            "--epochs",
-            "2",
-            "--lr",
-            "1e-3",
-        ]
-    )
+    tune(text_set, out, epochs=2, lr="1e-3")
     written, stored = np.load(out / "items" / "title.pooled.npy"), np.load(text_set / "items" / "title.pooled.npy")
     assert np.abs(written.astype(np.float32) - stored.astype(np.float32)).max() > 0.05
     assert (written[7] == 0).all(), "an item without text keeps zero features"
