@@ -123,12 +123,11 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     tokens = encode(model.encoder, input_ids, attention_mask)  # (I, T, W)
-    mask = stored_mask
     names = {f"{args.modality}.{kind}.npy" for kind in ("tokens", "mask", "pooled")}
     link_set(args.data, args.out, names)
     np.save(args.out / "items" / f"{args.modality}.tokens.npy", tokens)
-    np.save(args.out / "items" / f"{args.modality}.mask.npy", mask)
-    np.save(args.out / "items" / f"{args.modality}.pooled.npy", masked_mean(tokens, mask))
+    np.save(args.out / "items" / f"{args.modality}.mask.npy", stored_mask)
+    np.save(args.out / "items" / f"{args.modality}.pooled.npy", masked_mean(tokens, stored_mask))
     record = json.loads((args.data / "meta.json").read_text())
     record["name"] = args.out.name
     record.setdefault("extra", {})["tuned_content"] = {
