@@ -26,13 +26,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from torch import nn
 
 from benchmarks.content_probes import emit, report_head
 from benchmarks.item_signal_probe import item_targets, mean_std, ridge_scores, split_half_reliability, train_rows
 from data_prep.text_encoder import load_model
+from em3rec.data.item_texts import item_texts
 from em3rec.data.schema import DatasetMeta
 from em3rec.precision import Precision
 
@@ -53,14 +53,6 @@ class EncoderRegressor(nn.Module):
         m = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (n, t, 1)
         pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)  # (n, W)
         return self.head(pooled.float()).squeeze(-1)  # (n,)
-
-
-def item_texts(items_folder: Path, modality: str) -> list[str]:
-    """Each item's ``<modality>_text`` from ``items.parquet``, by item index ("" where it has none)."""
-    table = pq.read_table(items_folder / "items.parquet", columns=["item_idx", f"{modality}_text"])
-    if not np.array_equal(table.column("item_idx").to_numpy(), np.arange(len(table))):
-        raise SystemExit(f"{items_folder}/items.parquet: rows must be item_idx 0..{len(table) - 1} in order")
-    return [t if t and t.strip() else "" for t in table.column(f"{modality}_text").to_pylist()]
 
 
 def build(mode: str, base: nn.Module, lora_rank: int) -> EncoderRegressor:

@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.encoder_probe import build, fit_encoder, item_texts
+from benchmarks.encoder_probe import build, fit_encoder
 from benchmarks.item_signal_probe import item_targets, train_rows
 from data_prep.text_encoder import load_model
 from data_prep.writer import masked_mean
+from em3rec.data.item_texts import item_texts
 from em3rec.data.schema import DatasetMeta
 from em3rec.precision import Precision
 

@@ -156,6 +156,16 @@ class CICConfig:
 
 
 @dataclass
+class TextEncoderConfig:
+    # The text encoder's top layers trained by the ranking loss (em3rec.modules.text_encoder_top):
+    # 0 = off (the stored features as they are); k = the top k of all-MiniLM-L6-v2's 6 layers run
+    # every step over frozen lower-layer states computed once at build time. Needs
+    # data.pooled_content = true (the vectors it writes are the pooled level) and a content variant.
+    trainable_layers: int = 0
+    modalities: list[str] = field(default_factory=list)  # those re-encoded; empty = every one read
+
+
+@dataclass
 class ModelConfig:
     backbone: Backbone = "din"
     content: ContentVariant = "em3"  # none (ID only) | frozen (pre-extracted pooled vectors) | em3
@@ -207,6 +217,7 @@ class ModelConfig:
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     cic: CICConfig = field(default_factory=CICConfig)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
 
 
 @dataclass
@@ -218,6 +229,9 @@ class OptimConfig:
     # The content tower's own AdamW group (Q-Former, its gate and adapters, the pooled projection).
     content_lr: float = 0.0  # 0 = dense_lr
     content_weight_decay: float = 1e-5
+    # The text encoder's trainable top layers (model.text_encoder): fine-tuning a pretrained encoder
+    # wants a far smaller step than a fresh tower (benchmarks.encoder_probe picked 5e-5 on ml-100k).
+    encoder_lr: float = 5e-5
     grad_clip: float = 0.0  # clip the dense gradients' global 2-norm to this before AdamW; 0 = off
 
 
@@ -426,6 +440,25 @@ def validate_config(config: Config) -> None:
         raise ConfigError(
             "optim.content_lr, model.cic.weight, model.cic.warmup_steps and model.cic.catalogue_samples must be >= 0"
         )
+    if model.text_encoder.trainable_layers > 0:
+        if model.content == "none":
+            raise ConfigError(
+                "model.text_encoder.trainable_layers > 0 trains item text; model.content = 'none' reads none"
+            )
+        if not config.data.pooled_content:
+            raise ConfigError(
+                "model.text_encoder.trainable_layers > 0 writes one pooled vector per modality; "
+                "it needs data.pooled_content = true"
+            )
+        unknown = [m for m in model.text_encoder.modalities if m not in config.data.modalities]
+        if unknown:
+            raise ConfigError(
+                f"model.text_encoder.modalities {unknown} are not in data.modalities {config.data.modalities}"
+            )
+        if config.optim.encoder_lr <= 0:
+            raise ConfigError(f"optim.encoder_lr = {config.optim.encoder_lr}; expected > 0")
+    if model.text_encoder.trainable_layers < 0:
+        raise ConfigError(f"model.text_encoder.trainable_layers = {model.text_encoder.trainable_layers}; expected >= 0")
     if model.cic.temperature <= 0 or model.cic.num_negatives < 0:
         raise ConfigError(
             f"model.cic.temperature = {model.cic.temperature} and model.cic.num_negatives = "

@@ -273,7 +273,8 @@ def data_parallel_table_parameters(model: DistributedModelParallel) -> list[str]
 
 def build_optimizer(model: DistributedModelParallel, config: OptimConfig) -> KeyedOptimizer:
     """The fused embedding optimiser, the embedding optimiser over any replicated table, and AdamW
-    over the dense parameters (the content tower in its own AdamW, ``optim.content_lr``), stepped
+    over the dense parameters (the content tower in its own AdamW, ``optim.content_lr``, the text
+    encoder's trainable layers in another, ``optim.encoder_lr``), stepped
     together; ``optim.grad_clip > 0`` clips the dense gradients' global 2-norm first (TorchRec's
     ``GradientClippingOptimizer``; the fused embedding optimiser has stepped inside backward)."""
     dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
@@ -281,8 +282,9 @@ def build_optimizer(model: DistributedModelParallel, config: OptimConfig) -> Key
     # kernel keeps no in-backward optimiser for it, so it would fall to AdamW at dense_lr. It gets
     # the embedding optimiser instead, as the sharded tables do (on one rank, the same update).
     replicated = {name: dense_params.pop(name) for name in data_parallel_table_parameters(model)}
+    encoder = {name: p for name, p in dense_params.items() if ".text_encoder." in f".{name}"}
     content = {name: p for name, p in dense_params.items() if ".content_tower." in f".{name}"}
-    rest = {name: p for name, p in dense_params.items() if name not in content}
+    rest = {name: p for name, p in dense_params.items() if name not in content and name not in encoder}
     # torch's fused AdamW (one kernel over all tensors; on CPU ~4.5x faster than the per-tensor loop
     # for the ~30 small tensors of a Q-Former) where every parameter's device has it.
     fused = all(p.device.type in ("cpu", "cuda") for p in dense_params.values())
@@ -299,6 +301,15 @@ def build_optimizer(model: DistributedModelParallel, config: OptimConfig) -> Key
             KeyedOptimizerWrapper(
                 content,
                 lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=config.content_weight_decay, fused=fused),
+            )
+        )
+    if encoder:  # the text encoder's trainable top layers (model.text_encoder): optim.encoder_lr
+        optimizers.append(
+            KeyedOptimizerWrapper(
+                encoder,
+                lambda params: torch.optim.AdamW(
+                    params, lr=config.encoder_lr, weight_decay=config.content_weight_decay, fused=fused
+                ),
             )
         )
     if replicated:

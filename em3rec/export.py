@@ -50,7 +50,8 @@ def item_embeddings(
         tokens = {k: v.to(device) for k, v in tokens.items()}
         mask = {k: v.to(device) for k, v in mask.items()}
         vectors = {k: v.to(device) for k, v in store.gather_pooled(ids).items()} if pooled_vectors else None
-        out.append(model.encode_items(tokens, mask, vectors).float().cpu().numpy())  # (chunk, D)
+        item_ids = torch.from_numpy(ids).to(device)
+        out.append(model.encode_items(tokens, mask, vectors, item_ids).float().cpu().numpy())  # (chunk, D)
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)  # no rows: a share of 0
 
 

@@ -9,6 +9,7 @@ CIC loss aligns the target items' ID and content embeddings. A variant is a conf
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,7 @@ from em3rec.modules.history_encoders import (
 from em3rec.modules.id_dropout import IdDropout
 from em3rec.modules.interest import TargetAttention
 from em3rec.modules.sparse import IdArch, build_embedding_collections
+from em3rec.modules.text_encoder_top import TextEncoderTop, build_text_encoder_top
 
 
 @dataclass
@@ -72,6 +74,9 @@ class EM3Model(nn.Module):
             in training, unseen users in evaluation); None when off.
         user_feature_index (int): the user feature's position in ``IdEmbeddings.pooled``
             (``IdArch.pooled_feature_names``); read only with ``user_id_dropout``.
+        text_encoder (TextEncoderTop | None): re-encodes the batch's pooled item text vectors with
+            the text encoder's trainable top layers before the content tower reads them; None: the
+            stored vectors.
 
     Build it with :func:`build_model`.
     """
@@ -86,6 +91,7 @@ class EM3Model(nn.Module):
         item_id_dropout: IdDropout | None = None,
         user_id_dropout: IdDropout | None = None,
         user_feature_index: int = 0,
+        text_encoder: TextEncoderTop | None = None,
     ) -> None:
         super().__init__()
         self.id_arch = id_arch
@@ -96,18 +102,24 @@ class EM3Model(nn.Module):
         self.item_id_dropout = item_id_dropout
         self.user_id_dropout = user_id_dropout
         self._user_feature_index = user_feature_index
+        self.text_encoder = text_encoder
 
     def encode_items(
         self,
         tokens: dict[str, torch.Tensor],
         token_mask: dict[str, torch.Tensor],
         pooled: dict[str, torch.Tensor] | None = None,
+        item_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Target-branch content embeddings ``(N, D)`` of any items (for export); ``pooled``:
         modality -> ``(N, W_m)`` stored pooled vectors where the model reads them
-        (:func:`uses_pooled_vectors`)."""
+        (:func:`uses_pooled_vectors`); ``item_ids (N,)``: the items' ids, needed with a text encoder."""
         if self.content_tower is None:
             raise ValueError("this model has no content tower")
+        if self.text_encoder is not None:
+            if item_ids is None:
+                raise ValueError("a model with model.text_encoder encodes items by id; pass item_ids")
+            tokens = self.text_encoder.reencode(tokens, item_ids)
         return self.content_tower.encode_items(tokens, token_mask, pooled=pooled)
 
     def forward(self, batch: Batch) -> EM3Output:
@@ -125,6 +137,8 @@ class EM3Model(nn.Module):
         cic_loss = cic_value = ids.target.new_zeros(())
         if self.content_tower is not None:
             targets = DistinctTargets.of(batch.target_content_index, batch.weights)
+            if self.text_encoder is not None:
+                batch = self.text_encoder(batch, targets)
             content = self.content_tower(batch, targets)
             content_vectors.append(content.target)  # (B, D)
             # Python-level branch on the module, not on the tensor: TorchRec's train pipeline
@@ -340,6 +354,21 @@ def build_model(
                 raise ValueError("model.user_id_dropout > 0 needs unseen_users (the users without training rows)")
             user_id_dropout = IdDropout(model_config.user_id_dropout, unseen_users, "model.user_id_dropout")
     user_feature_index = id_arch.pooled_feature_names.index(meta.features_of("user")[0].name)
+    text_encoder = None
+    if model_config.text_encoder.trainable_layers > 0 and content_tower is not None:
+        tokens = {m.name: m.tokens for m in meta.modalities}
+        chosen = model_config.text_encoder.modalities or data_config.modalities
+        text_encoder = build_text_encoder_top(
+            Path(data_config.path), {m: tokens[m] for m in chosen}, model_config.text_encoder.trainable_layers
+        ).to(dense_device or "cpu")
     return EM3Model(
-        id_arch, backbone, content_tower, content_interest, cic, item_id_dropout, user_id_dropout, user_feature_index
+        id_arch,
+        backbone,
+        content_tower,
+        content_interest,
+        cic,
+        item_id_dropout,
+        user_id_dropout,
+        user_feature_index,
+        text_encoder,
     )

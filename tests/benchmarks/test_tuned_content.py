@@ -6,19 +6,14 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from benchmarks.encoder_probe import build
 from benchmarks.encoder_probe import main as probe
 from benchmarks.tuned_content import main
-from data_prep.synthetic import SyntheticConfig, generate
-from data_prep.text_encoder import TextEncoder, load_model
-from data_prep.writer import masked_mean
+from data_prep.text_encoder import load_model
 from em3rec.data.validation import validate_dataset
-
-WORDS = ["space", "love", "war", "comedy", "horror", "drama", "music", "crime", "family", "history"]
+from em3rec.testing.text_set import TEXTLESS_ITEM, write_text_set
 
 
 @pytest.mark.parametrize(
@@ -43,22 +38,7 @@ def test_each_mode_trains_only_its_weights(mode: str, trained: set[str]) -> None
 @pytest.fixture
 def text_set(tmp_path: Path) -> Path:
     """A tiny prepared set whose ``title`` features are real MiniLM outputs of real texts."""
-    data = tmp_path / "set"
-    generate(
-        SyntheticConfig(
-            out=data, rows=4000, items=60, users=40, modalities=("title",), tokens=(8,), width=(384,), seed=5
-        )
-    )
-    rng = np.random.default_rng(0)
-    texts = [None] + [" ".join(rng.choice(WORDS, size=3)) for _ in range(60)]
-    texts[7] = None  # an item without text
-    items = pq.read_table(data / "items" / "items.parquet")
-    pq.write_table(items.append_column("title_text", pa.array(texts, pa.string())), data / "items" / "items.parquet")
-    tokens, mask = TextEncoder(max_tokens=8, cache_dir=tmp_path / "cache", progress=False).encode(texts)
-    np.save(data / "items" / "title.tokens.npy", tokens)
-    np.save(data / "items" / "title.mask.npy", mask)
-    np.save(data / "items" / "title.pooled.npy", masked_mean(tokens, mask))
-    return data
+    return write_text_set(tmp_path / "set", tmp_path / "cache")
 
 
 def tune(data: Path, out: Path, epochs: int, lr: str) -> None:
@@ -86,7 +66,7 @@ def test_a_trained_encoder_changes_the_features(text_set: Path, tmp_path: Path) 
     tune(text_set, out, epochs=2, lr="1e-3")
     written, stored = np.load(out / "items" / "title.pooled.npy"), np.load(text_set / "items" / "title.pooled.npy")
     assert np.abs(written.astype(np.float32) - stored.astype(np.float32)).max() > 0.05
-    assert (written[7] == 0).all(), "an item without text keeps zero features"
+    assert (written[TEXTLESS_ITEM] == 0).all(), "an item without text keeps zero features"
 
 
 def test_it_names_what_is_wrong(text_set: Path, tmp_path: Path) -> None:
