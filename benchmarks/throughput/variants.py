@@ -33,7 +33,8 @@ class Variant:
         compile: ``model.qformer.compile`` on (``<name>+compile`` of every EM3 variant): the
             Q-Former under torch.compile; the warm-up steps pay the compile.
         extra: further config overrides (``em3-no-catalogue``: the bundled EM3 without CIC's
-            catalogue sample; ``em3-window<w>``: its tokens averaged in windows of ``w``).
+            catalogue sample; ``em3-window<w>``: its tokens averaged in windows of ``w``;
+            ``frozen-text<k>`` / ``em3-text<k>``: the text encoder's top ``k`` layers in the loop).
     """
 
     name: str
@@ -77,6 +78,18 @@ def _variants() -> dict[str, Variant]:
             bundled="din_em3",
             extra=("model.seq_content_mode=pooled", "model.cic.weight=0"),
         ),
+    ]
+    out += [  # the text encoder's top k layers in the loop (model.text_encoder), over the meta texts
+        Variant(
+            f"{name}-text{k}",
+            content,
+            mode,
+            level="pooled",
+            bundled=f"din_{content}",
+            extra=(f"model.text_encoder.trainable_layers={k}", 'model.text_encoder.modalities=["meta"]'),
+        )
+        for name, content, mode in ((BASELINE, "frozen", "frozen"), ("em3", "em3", "lora"))
+        for k in (1, 2)
     ]
     out += [  # the bundled EM3 over token-level features averaged in windows of w positions (1: as stored)
         Variant(

@@ -18,8 +18,8 @@ into the ranker, trained by its loss:
   current weights whenever the module enters training mode (each epoch, and after a restart);
 - evaluation encodes every item of the batch fresh.
 
-At initialisation the vectors equal the stored ones (up to bf16 rounding; checked when the bank is
-first built), so a model starts where it starts without this module.
+At initialisation the vectors equal the stored ones (up to bf16 rounding; checked when the module is
+built), so a model starts where it starts without this module.
 """
 
 from __future__ import annotations
@@ -54,8 +54,6 @@ class TextEncoderTop(nn.Module):
             entering ``layers`` (item index = row), any float dtype; kept as given.
         masks (dict[str, torch.Tensor]): modality -> ``(I, T_m)`` bool, True for a real token; an
             item without text has none and gets a zero vector.
-        stored (dict[str, torch.Tensor] | None): modality -> ``(I, W)`` the stored pooled vectors
-            the output must start at; checked once, when the bank is first built (None: unchecked).
 
     The states, masks and bank are plain tensors, not parameters or buffers: derived from the data,
     the same on every rank, never in a checkpoint, never broadcast by DDP.
@@ -73,15 +71,16 @@ class TextEncoderTop(nn.Module):
         config: object,
         states: dict[str, torch.Tensor],
         masks: dict[str, torch.Tensor],
-        stored: dict[str, torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
+        from transformers.masking_utils import create_bidirectional_mask
+
         self.layers = layers
         self._config = config
+        self._attention_mask = create_bidirectional_mask  # the mask the config's attention implementation takes
         self.modalities = list(states)
         self._states = states
         self._masks = masks
-        self._stored = stored
         self._banks: dict[str, torch.Tensor] | None = None  # modality -> (I, W) float32
 
     def train(self, mode: bool = True) -> "TextEncoderTop":
@@ -103,9 +102,7 @@ class TextEncoderTop(nn.Module):
         hidden = states[modality].index_select(0, item_ids)  # (N, T, W)
         dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) else None
         hidden = hidden.to(dtype or self.layers[0].output.dense.weight.dtype)
-        from transformers.masking_utils import create_bidirectional_mask
-
-        attention_mask = create_bidirectional_mask(config=self._config, inputs_embeds=hidden, attention_mask=attend)
+        attention_mask = self._attention_mask(config=self._config, inputs_embeds=hidden, attention_mask=attend)
         for layer in self.layers:
             hidden = layer(hidden, attention_mask=attention_mask)  # (N, T, W)
         weight = mask.unsqueeze(-1).float()  # (N, T, 1)
@@ -165,25 +162,12 @@ class TextEncoderTop(nn.Module):
         if self._banks is None:
             started = time.perf_counter()
             self._banks = {m: self.encode_all(m, device) for m in self.modalities}
-            if self._stored is not None:
-                self._check_start(self._banks)
-                self._stored = None
             logger.info(
                 "text encoder top: bank of %s item vectors rebuilt in %.1f s",
                 {m: b.shape[0] for m, b in self._banks.items()},
                 time.perf_counter() - started,
             )
         return self._banks[modality]
-
-    def _check_start(self, banks: dict[str, torch.Tensor]) -> None:
-        for m, bank in banks.items():
-            gap = (bank.cpu() - self._stored[m].float()).abs().max().item()
-            if gap > STORED_TOLERANCE:
-                raise ValueError(
-                    f"items/{m}.pooled.npy: the stored vectors are not the text encoder's own output for "
-                    f"items.parquet's {m}_text (max |difference| {gap:.3f} > {STORED_TOLERANCE}); "
-                    "model.text_encoder needs the features as data_prep wrote them"
-                )
 
     def _to_device(self, device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The states and masks on ``device`` (moved once, at the first call there)."""
@@ -204,7 +188,7 @@ def build_text_encoder_top(
     tokenises each modality's ``items.parquet`` texts to ``modality_tokens[m]`` tokens as data
     preparation did (checked against the stored ``<m>.mask.npy``), runs the layers below the top
     ``trainable_layers`` once and keeps their output states in bf16; the top layers are a trainable
-    copy of the pretrained ones.
+    copy of the pretrained ones, checked to give back the stored ``<m>.pooled.npy``.
 
     Args:
         data_path (Path): the prepared set (``items/items.parquet``, ``items/<m>.mask.npy``, ``.pooled.npy``).
@@ -219,7 +203,7 @@ def build_text_encoder_top(
         raise ValueError(f"model.text_encoder.trainable_layers = {trainable_layers}; expected 1 .. {depth}")
     started = time.perf_counter()
     folder = Path(data_path) / "items"
-    states, masks, stored = {}, {}, {}
+    states, masks = {}, {}
     for m, max_tokens in modality_tokens.items():
         texts = item_texts(folder, m)
         stored_mask = torch.from_numpy(np.load(folder / f"{m}.mask.npy"))  # (I, T)
@@ -239,10 +223,19 @@ def build_text_encoder_top(
             )
             parts.append(out.hidden_states[depth - trainable_layers].to(torch.bfloat16))  # (b, T, W)
         states[m], masks[m] = torch.cat(parts), mask
-        stored[m] = torch.from_numpy(np.load(folder / f"{m}.pooled.npy"))
     layers = copy.deepcopy(encoder.encoder.layer[depth - trainable_layers :]).train()
     for p in layers.parameters():
         p.requires_grad_(True)
+    top = TextEncoderTop(layers, encoder.config, states, masks)
+    for m in modality_tokens:  # the pretrained top layers must give back the stored vectors
+        stored = torch.from_numpy(np.load(folder / f"{m}.pooled.npy")).float()  # (I, W)
+        gap = (top.encode_all(m, torch.device("cpu")) - stored).abs().max().item()
+        if gap > STORED_TOLERANCE:
+            raise ValueError(
+                f"{folder}/{m}.pooled.npy: the stored vectors are not the text encoder's own output for "
+                f"items.parquet's {m}_text (max |difference| {gap:.3f} > {STORED_TOLERANCE}); "
+                "model.text_encoder needs the features as data_prep wrote them"
+            )
     logger.info(
         "text encoder top: %d of %d layers train over %s; lower states of %s items computed in %.1f s",
         trainable_layers,
@@ -251,4 +244,4 @@ def build_text_encoder_top(
         {m: s.shape[0] for m, s in states.items()},
         time.perf_counter() - started,
     )
-    return TextEncoderTop(layers, encoder.config, states, masks, stored)
+    return top

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -84,13 +85,13 @@ def test_evaluation_and_a_new_epoch_see_the_current_weights(text_set: Path) -> N
 def test_a_set_whose_vectors_are_not_the_encoders_output_is_refused(text_set: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"title\.mask\.npy: tokenising items\.parquet's title_text to 6 tokens"):
         build_text_encoder_top(text_set, {"title": 6}, 1)
-    top = build_text_encoder_top(text_set, {"title": 8}, 1)
-    top._stored = {"title": stored(text_set) + 0.5}  # as a set whose features came from another encoder
-    ids = torch.tensor([3, 9])
-    with pytest.raises(ValueError, match=r"items/title\.pooled\.npy: the stored vectors are not"):
-        top.train().reencode(pooled_tokens(text_set, ids), ids, torch.tensor([0]))
     with pytest.raises(ValueError, match="trainable_layers = 7; expected 1 .. 6"):
         build_text_encoder_top(text_set, {"title": 8}, 7)
+    other = tmp_path / "other"
+    shutil.copytree(text_set, other)  # as a set whose features came from another (a fine-tuned) encoder
+    np.save(other / "items" / "title.pooled.npy", (stored(text_set) * 1.2).half().numpy())
+    with pytest.raises(ValueError, match=r"title\.pooled\.npy: the stored vectors are not the text encoder's own"):
+        build_text_encoder_top(other, {"title": 8}, 1)
 
 
 @pytest.mark.parametrize(
