@@ -82,6 +82,7 @@ class TextEncoderTop(nn.Module):
         self._states = states
         self._masks = masks
         self._banks: dict[str, torch.Tensor] | None = None  # modality -> (I, W) float32
+        self._pretrained: dict[str, torch.Tensor] | None = None  # the first bank, for drift()
 
     def train(self, mode: bool = True) -> "TextEncoderTop":
         """Entering training mode drops the bank: the next step rebuilds it from the current weights."""
@@ -162,12 +163,29 @@ class TextEncoderTop(nn.Module):
         if self._banks is None:
             started = time.perf_counter()
             self._banks = {m: self.encode_all(m, device) for m in self.modalities}
+            if self._pretrained is None:  # the first bank: the pretrained layers' vectors
+                self._pretrained = {m: b.clone() for m, b in self._banks.items()}
             logger.info(
-                "text encoder top: bank of %s item vectors rebuilt in %.1f s",
+                "text encoder top: bank of %s item vectors rebuilt in %.1f s; moved from the pretrained vectors: %s",
                 {m: b.shape[0] for m, b in self._banks.items()},
                 time.perf_counter() - started,
+                self.drift(),
             )
         return self._banks[modality]
+
+    def drift(self) -> dict[str, str]:
+        """Per modality, how far the items' current vectors (the bank) are from this process's first
+        bank (the pretrained layers', unless the run resumed): mean cosine and mean relative L2
+        change over the items with text."""
+        out = {}
+        for m, bank in (self._banks or {}).items():
+            start = self._pretrained[m]
+            has_text = start.norm(dim=1) > 0
+            now, then = bank[has_text], start[has_text]
+            cosine = torch.nn.functional.cosine_similarity(now, then, dim=1).mean().item()
+            relative = ((now - then).norm(dim=1) / then.norm(dim=1)).mean().item()
+            out[m] = f"cosine {cosine:.4f}, |change| / |vector| {relative:.4f}"
+        return out
 
     def _to_device(self, device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The states and masks on ``device`` (moved once, at the first call there)."""

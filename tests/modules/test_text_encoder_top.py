@@ -80,6 +80,7 @@ def test_evaluation_and_a_new_epoch_see_the_current_weights(text_set: Path) -> N
     top.layers.eval()
     out = top.reencode(pooled_tokens(text_set, ids), ids, torch.tensor([0]))["title"][:, 0].float()
     torch.testing.assert_close(out, current, atol=1e-3, rtol=0)
+    assert "cosine 1.0000" not in top.drift()["title"], "the perturbed layer moved the vectors"
 
 
 def test_a_set_whose_vectors_are_not_the_encoders_output_is_refused(text_set: Path, tmp_path: Path) -> None:
