@@ -32,7 +32,7 @@ from torch import nn
 from benchmarks.content_probes import emit, report_head
 from benchmarks.item_signal_probe import item_targets, mean_std, ridge_scores, split_half_reliability, train_rows
 from data_prep.text_encoder import load_model
-from em3rec.data.item_texts import item_texts
+from em3rec.data.item_texts import tokenise_item_texts
 from em3rec.data.schema import DatasetMeta
 from em3rec.precision import Precision
 
@@ -158,19 +158,12 @@ def main(argv: list[str] | None = None) -> None:
     max_tokens = mask_all.shape[1]
     usable = eligible[np.asarray(mask_all[eligible]).any(1)]  # as item_signal_probe: items with a token
     pooled = np.load(folder / f"{args.modality}.pooled.npy", mmap_mode="r")[usable].astype(np.float64)
-    column = f"{args.modality}_text"
-    texts = item_texts(folder, args.modality)
-    missing = [int(i) for i in usable if not texts[i]]
-    if missing:
-        raise SystemExit(f"{folder}/items.parquet: {len(missing)} items with {args.modality} tokens but no {column}")
-
     tokenizer, base = load_model()
-    encoded = tokenizer(
-        [texts[i] for i in usable], padding="max_length", truncation=True, max_length=max_tokens, return_tensors="pt"
-    )
-    input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]  # (n, T) each
-    if not torch.equal(attention_mask.bool(), torch.from_numpy(np.asarray(mask_all[usable]))):
-        raise SystemExit(f"{folder}/{args.modality}.mask.npy: tokenising {column} again gives other token counts")
+    try:  # every item, checked against the stored masks; then the probe's items
+        input_ids, attention_mask = tokenise_item_texts(folder, args.modality, max_tokens, tokenizer)  # (I, T)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    input_ids, attention_mask = input_ids[usable], attention_mask[usable]  # (n, T) each
     target = torch.from_numpy(target_np[usable]).float()
     reliability = [
         split_half_reliability(

@@ -30,7 +30,7 @@ from benchmarks.encoder_probe import build, fit_encoder
 from benchmarks.item_signal_probe import item_targets, train_rows
 from data_prep.text_encoder import load_model
 from data_prep.writer import masked_mean
-from em3rec.data.item_texts import item_texts
+from em3rec.data.item_texts import tokenise_item_texts
 from em3rec.data.schema import DatasetMeta
 from em3rec.precision import Precision
 
@@ -88,16 +88,12 @@ def main(argv: list[str] | None = None) -> None:
     target_np, count = item_targets(*train_rows(args.data, meta), meta.num_items, args.prior_rows)
 
     folder = args.data / "items"
-    stored_mask = np.load(folder / f"{args.modality}.mask.npy")  # (I, T)
-    column = f"{args.modality}_text"
-    texts = item_texts(folder, args.modality)
     tokenizer, base = load_model()
-    encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=modality.tokens, return_tensors="pt")
-    input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]  # (I, T) each
-    has_text = torch.tensor([bool(t) for t in texts])
-    attention_mask[~has_text] = 0  # no text: an all-False mask and zero tokens, as the stored set has
-    if not torch.equal(attention_mask.bool(), torch.from_numpy(stored_mask)):
-        raise SystemExit(f"{folder}/{args.modality}.mask.npy: tokenising {column} again gives other token counts")
+    try:
+        input_ids, attention_mask = tokenise_item_texts(folder, args.modality, modality.tokens, tokenizer)  # (I, T)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    stored_mask = attention_mask.bool().numpy()  # (I, T): equal to the stored mask (checked)
 
     fitted = torch.from_numpy(np.flatnonzero((count >= args.min_rows) & stored_mask.any(1)))
     torch.manual_seed(args.seed)

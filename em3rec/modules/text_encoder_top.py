@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from em3rec.data.batch import Batch
-from em3rec.data.item_texts import item_texts
+from em3rec.data.item_texts import tokenise_item_texts
 from em3rec.modules.content_io import DistinctTargets
 from em3rec.modules.shape_buckets import bucket_size, pad_index, wants_buckets
 
@@ -223,24 +223,19 @@ def build_text_encoder_top(
     folder = Path(data_path) / "items"
     states, masks = {}, {}
     for m, max_tokens in modality_tokens.items():
-        texts = item_texts(folder, m)
-        stored_mask = torch.from_numpy(np.load(folder / f"{m}.mask.npy"))  # (I, T)
-        encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=max_tokens, return_tensors="pt")
-        mask = encoded["attention_mask"].bool() & torch.tensor([bool(t) for t in texts]).unsqueeze(1)
-        if not torch.equal(mask, stored_mask):
-            raise ValueError(
-                f"{folder}/{m}.mask.npy: tokenising items.parquet's {m}_text to {max_tokens} tokens gives "
-                "other token counts than the stored features; prepare the set again"
-            )
+        input_ids, attention_mask = tokenise_item_texts(folder, m, max_tokens, tokenizer)  # (I, T) each
+        # An item without text attends to its [CLS] (no empty softmax); its vector is zeroed anyway.
+        forward_mask = attention_mask.clone()
+        forward_mask[:, 0] = 1
         parts = []
-        for lo in range(0, len(texts), batch):
+        for lo in range(0, len(input_ids), batch):
             out = encoder(
-                input_ids=encoded["input_ids"][lo : lo + batch],
-                attention_mask=encoded["attention_mask"][lo : lo + batch],
+                input_ids=input_ids[lo : lo + batch],
+                attention_mask=forward_mask[lo : lo + batch],
                 output_hidden_states=True,
             )
             parts.append(out.hidden_states[depth - trainable_layers].to(torch.bfloat16))  # (b, T, W)
-        states[m], masks[m] = torch.cat(parts), mask
+        states[m], masks[m] = torch.cat(parts), attention_mask.bool()
     layers = copy.deepcopy(encoder.encoder.layer[depth - trainable_layers :]).train()
     for p in layers.parameters():
         p.requires_grad_(True)
