@@ -1,11 +1,12 @@
 """A prepared set whose text features come from MiniLM fine-tuned on the train split's item appeal.
 
     python -m benchmarks.tuned_content --data data/ml100k_cold20 --out data/ml100k_cold20_tuned_s0 \\
-        [--modality meta] [--seed 0] [--epochs 10] [--lr 5e-5]
+        [--modality meta] [--seed 0] [--epochs 10] [--lr 5e-5] [--mode full]
 
 The test of whether the frozen encoder caps what content gives the ranker
 (:mod:`benchmarks.encoder_probe` found that MiniLM fine-tuned on an item's appeal predicts it for
-unseen items better than its frozen pooled vector). The encoder is fine-tuned (every weight) on the
+unseen items better than its frozen pooled vector). The encoder is fine-tuned (every weight, or
+with ``--mode top1`` / ``top2`` only its last layers, or peft LoRA adapters: ``--mode lora``) on the
 appeal of the items with at least ``--min-rows`` rows in the *train* split (the mean of ``label -
 user rate`` over them: :func:`benchmarks.item_signal_probe.item_targets`); 90 % of those items fit,
 10 % pick the epoch. Valid and test rows are never read, and an item without train rows (every
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.encoder_probe import build, fit_encoder
+from benchmarks.encoder_probe import MODES, build, fit_encoder
 from benchmarks.item_signal_probe import item_targets, train_rows
 from data_prep.text_encoder import load_model
 from data_prep.writer import masked_mean
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-5, help="the encoder's AdamW lr (encoder_probe's pick on ml-100k)")
     p.add_argument("--head-lr", type=float, default=1e-3)
+    p.add_argument("--mode", choices=MODES, default="full", help="what of the encoder trains (encoder_probe's modes)")
+    p.add_argument("--lora-rank", type=int, default=8, help="the adapters' rank with --mode lora")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.out.exists():
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     order = fitted[torch.randperm(len(fitted))]
     fit_items, pick_items = order[: len(order) * 9 // 10], order[len(order) * 9 // 10 :]
     precision = Precision.resolve("auto", torch.device("cpu"))
-    model = build("full", base, lora_rank=0)
+    model = build(args.mode, base, lora_rank=args.lora_rank)
     started = time.perf_counter()
     target = torch.from_numpy(target_np).float()
     fit_r2, pick_r2, _, epoch = fit_encoder(
@@ -137,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         "epoch": epoch,
         "r2_fit": round(fit_r2, 4),
         "r2_pick": round(pick_r2, 4),
+        "mode": args.mode + (f" (rank {args.lora_rank})" if args.mode == "lora" else ""),
         "lr": args.lr,
         "seed": args.seed,
         "seconds": round(time.perf_counter() - started, 1),

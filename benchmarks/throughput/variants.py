@@ -89,7 +89,7 @@ def _variants() -> dict[str, Variant]:
             extra=(f"model.text_encoder.trainable_layers={k}", 'model.text_encoder.modalities=["meta"]'),
         )
         for name, content, mode in ((BASELINE, "frozen", "frozen"), ("em3", "em3", "lora"))
-        for k in (1, 2)
+        for k in (1, 2, 6)
     ]
     out += [  # the bundled EM3 over token-level features averaged in windows of w positions (1: as stored)
         Variant(

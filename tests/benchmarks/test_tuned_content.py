@@ -41,9 +41,9 @@ def text_set(tmp_path: Path) -> Path:
     return write_text_set(tmp_path / "set", tmp_path / "cache")
 
 
-def tune(data: Path, out: Path, epochs: int, lr: str) -> None:
+def tune(data: Path, out: Path, epochs: int, lr: str, mode: str = "full") -> None:
     main(["--data", str(data), "--out", str(out), "--modality", "title", "--min-rows", "5"]
-         + ["--epochs", str(epochs), "--lr", lr])  # fmt: skip
+         + ["--epochs", str(epochs), "--lr", lr, "--mode", mode])  # fmt: skip
 
 
 def test_an_untrained_encoder_writes_back_the_stored_features(text_set: Path, tmp_path: Path) -> None:
@@ -61,12 +61,14 @@ def test_an_untrained_encoder_writes_back_the_stored_features(text_set: Path, tm
     assert record["modality"] == "title" and record["items_fitted"] > 0
 
 
-def test_a_trained_encoder_changes_the_features(text_set: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["full", "top1"])
+def test_a_trained_encoder_changes_the_features(text_set: Path, tmp_path: Path, mode: str) -> None:
     out = tmp_path / "tuned"
-    tune(text_set, out, epochs=2, lr="1e-3")
+    tune(text_set, out, epochs=2, lr="1e-3", mode=mode)
     written, stored = np.load(out / "items" / "title.pooled.npy"), np.load(text_set / "items" / "title.pooled.npy")
     assert np.abs(written.astype(np.float32) - stored.astype(np.float32)).max() > 0.05
     assert (written[TEXTLESS_ITEM] == 0).all(), "an item without text keeps zero features"
+    assert json.loads((out / "meta.json").read_text())["extra"]["tuned_content"]["mode"] == mode
 
 
 def test_it_names_what_is_wrong(text_set: Path, tmp_path: Path) -> None:
