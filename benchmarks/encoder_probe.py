@@ -30,8 +30,9 @@ import torch
 from torch import nn
 
 from benchmarks.content_probes import emit, report_head
-from benchmarks.item_signal_probe import item_targets, mean_std, ridge_scores, split_half_reliability, train_rows
+from benchmarks.item_signal_probe import mean_std, ridge_scores, split_half_reliability
 from data_prep.text_encoder import load_model
+from em3rec.data.item_appeal import item_targets, train_rows
 from em3rec.data.item_texts import tokenise_item_texts
 from em3rec.data.schema import DatasetMeta
 from em3rec.precision import Precision

@@ -8,7 +8,7 @@ The test of whether the frozen encoder caps what content gives the ranker
 unseen items better than its frozen pooled vector). The encoder is fine-tuned (every weight, or
 with ``--mode top1`` / ``top2`` only its last layers, or peft LoRA adapters: ``--mode lora``) on the
 appeal of the items with at least ``--min-rows`` rows in the *train* split (the mean of ``label -
-user rate`` over them: :func:`benchmarks.item_signal_probe.item_targets`); 90 % of those items fit,
+user rate`` over them: :func:`em3rec.data.item_appeal.item_targets`); 90 % of those items fit,
 10 % pick the epoch. Valid and test rows are never read, and an item without train rows (every
 cold item) is only encoded. Every item's text is then encoded again by the tuned encoder, and
 ``--out`` gets the set with that modality's tokens, mask and pooled vectors replaced (the splits,
@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from benchmarks.encoder_probe import MODES, build, fit_encoder
-from benchmarks.item_signal_probe import item_targets, train_rows
 from data_prep.text_encoder import load_model
 from data_prep.writer import masked_mean
+from em3rec.data.item_appeal import item_targets, train_rows
 from em3rec.data.item_texts import tokenise_item_texts
 from em3rec.data.schema import DatasetMeta
 from em3rec.precision import Precision

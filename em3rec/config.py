@@ -163,6 +163,13 @@ class TextEncoderConfig:
     # data.pooled_content = true (the vectors it writes are the pooled level) and a content variant.
     trainable_layers: int = 0
     modalities: list[str] = field(default_factory=list)  # those re-encoded; empty = every one read
+    # The item-level target in the loop (em3rec.modules.item_appeal_head): > 0 adds this weight
+    # times the MSE of a Linear regressing each target item's appeal (its train rows' mean of label -
+    # user rate, the user rate shrunk by appeal_prior_rows pseudo-rows) from its re-encoded text,
+    # over items with >= appeal_min_rows train rows: what benchmarks.tuned_content fits before the ranker.
+    appeal_weight: float = 0.0
+    appeal_min_rows: int = 20
+    appeal_prior_rows: float = 10.0
 
 
 @dataclass
@@ -457,6 +464,14 @@ def validate_config(config: Config) -> None:
             )
         if config.optim.encoder_lr <= 0:
             raise ConfigError(f"optim.encoder_lr = {config.optim.encoder_lr}; expected > 0")
+    encoder = model.text_encoder
+    if encoder.appeal_weight < 0 or encoder.appeal_min_rows < 1 or encoder.appeal_prior_rows < 0:
+        raise ConfigError(
+            f"model.text_encoder.appeal_weight = {encoder.appeal_weight}, appeal_min_rows = {encoder.appeal_min_rows}, "
+            f"appeal_prior_rows = {encoder.appeal_prior_rows}; expected >= 0, >= 1 and >= 0"
+        )
+    if encoder.appeal_weight > 0 and encoder.trainable_layers == 0:
+        raise ConfigError("model.text_encoder.appeal_weight > 0 trains the text encoder; set trainable_layers > 0")
     if model.text_encoder.trainable_layers < 0:
         raise ConfigError(f"model.text_encoder.trainable_layers = {model.text_encoder.trainable_layers}; expected >= 0")
     if model.cic.temperature <= 0 or model.cic.num_negatives < 0:

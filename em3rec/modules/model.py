@@ -8,6 +8,7 @@ CIC loss aligns the target items' ID and content embeddings. A variant is a conf
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from torch import nn
 
 from em3rec.config import BACKBONES, CONTENT_VARIANTS, SEQ_CONTENT_MODES, DataConfig, ModelConfig
 from em3rec.data.batch import CATALOGUE_FEATURE, Batch
+from em3rec.data.item_appeal import item_targets, train_rows
 from em3rec.data.schema import DatasetMeta
 from em3rec.modules.backbones import RankingInputs, build_backbone
 from em3rec.modules.cic import ContentIDContrastive
@@ -35,7 +37,11 @@ from em3rec.modules.history_encoders import (
 from em3rec.modules.id_dropout import IdDropout
 from em3rec.modules.interest import TargetAttention
 from em3rec.modules.sparse import IdArch, build_embedding_collections
+from em3rec.modules.item_appeal_head import ItemAppealHead
 from em3rec.modules.text_encoder_top import TextEncoderTop, build_text_encoder_top
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,6 +54,8 @@ class EM3Output:
         cic_value: ``()`` the raw CIC InfoNCE (0 when CIC is off).
         item_ids: ``(V,)`` int64 the batch's distinct target items (None without content).
         item_content: ``(V, D)`` their target-branch content embeddings (None without content).
+        appeal_loss: ``()`` the text encoder's weighted item-appeal loss (0 without
+            ``model.text_encoder.appeal_weight``, and in evaluation).
     """
 
     logits: torch.Tensor
@@ -55,6 +63,7 @@ class EM3Output:
     cic_value: torch.Tensor
     item_ids: torch.Tensor | None
     item_content: torch.Tensor | None
+    appeal_loss: torch.Tensor
 
 
 class EM3Model(nn.Module):
@@ -92,6 +101,7 @@ class EM3Model(nn.Module):
         user_id_dropout: IdDropout | None = None,
         user_feature_index: int = 0,
         text_encoder: TextEncoderTop | None = None,
+        appeal_head: ItemAppealHead | None = None,
     ) -> None:
         super().__init__()
         self.id_arch = id_arch
@@ -103,6 +113,7 @@ class EM3Model(nn.Module):
         self.user_id_dropout = user_id_dropout
         self._user_feature_index = user_feature_index
         self.text_encoder = text_encoder
+        self.appeal_head = appeal_head
 
     def encode_items(
         self,
@@ -134,11 +145,13 @@ class EM3Model(nn.Module):
         ids = self.id_arch(batch.sparse_features, batch.sequence_features, mask.shape[1])
         content_vectors = []
         item_ids = item_content = None
-        cic_loss = cic_value = ids.target.new_zeros(())
+        cic_loss = cic_value = appeal_loss = ids.target.new_zeros(())
         if self.content_tower is not None:
             targets = DistinctTargets.of(batch.target_content_index, batch.weights)
             if self.text_encoder is not None:
                 batch = self.text_encoder(batch, targets)
+                if self.appeal_head is not None and self.training:
+                    appeal_loss = self.appeal_head(batch.content_tokens, batch.content_item_ids, targets.index)
             content = self.content_tower(batch, targets)
             content_vectors.append(content.target)  # (B, D)
             # Python-level branch on the module, not on the tensor: TorchRec's train pipeline
@@ -181,15 +194,20 @@ class EM3Model(nn.Module):
         )
         logits = self.backbone(inputs)  # (B,)
         return EM3Output(
-            logits=logits, cic_loss=cic_loss, cic_value=cic_value, item_ids=item_ids, item_content=item_content
+            logits=logits,
+            cic_loss=cic_loss,
+            cic_value=cic_value,
+            item_ids=item_ids,
+            item_content=item_content,
+            appeal_loss=appeal_loss,
         )
 
 
 class EM3Train(nn.Module):
     """Training wrapper (like TorchRec's ``DLRMTrain``): the loss of a batch.
 
-    ``loss = sum(w * BCE(logits, labels)) / sum(w) + lambda * CIC`` with ``w = Batch.weights``
-    (padding rows weigh 0).
+    ``loss = sum(w * BCE(logits, labels)) / sum(w) + lambda * CIC (+ the item-appeal loss)`` with
+    ``w = Batch.weights`` (padding rows weigh 0).
 
     Args:
         model (EM3Model): the model.
@@ -210,15 +228,16 @@ class EM3Train(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
         """
         Returns:
-            ``(loss, (loss.detach(), logits.detach(), labels, {"bce": ..., "cic": ...}))``; ``bce``
-            is the weighted BCE and ``cic`` the raw (unweighted) CIC value, both detached scalars.
+            ``(loss, (loss.detach(), logits.detach(), labels, {"bce": ..., "cic": ..., "appeal": ...}))``;
+            ``bce`` is the weighted BCE, ``cic`` the raw (unweighted) CIC value and ``appeal`` the
+            weighted item-appeal loss, all detached scalars.
         """
         out = self.model(batch)
         weights = batch.weights
         bce = F.binary_cross_entropy_with_logits(out.logits, batch.labels, weight=weights, reduction="sum")
         bce = bce / weights.sum().clamp_min(1.0)
-        loss = bce + out.cic_loss
-        aux = {"bce": bce.detach(), "cic": out.cic_value.detach()}
+        loss = bce + out.cic_loss + out.appeal_loss
+        aux = {"bce": bce.detach(), "cic": out.cic_value.detach(), "appeal": out.appeal_loss.detach()}
         return loss, (loss.detach(), out.logits.detach(), batch.labels, aux)
 
 
@@ -361,6 +380,11 @@ def build_model(
         text_encoder = build_text_encoder_top(
             Path(data_config.path), {m: tokens[m] for m in chosen}, model_config.text_encoder.trainable_layers
         ).to(dense_device or "cpu")
+    appeal_head = None
+    if text_encoder is not None and model_config.text_encoder.appeal_weight > 0:
+        appeal_head = build_appeal_head(model_config, meta, Path(data_config.path), text_encoder).to(
+            dense_device or "cpu"
+        )
     return EM3Model(
         id_arch,
         backbone,
@@ -371,4 +395,25 @@ def build_model(
         user_id_dropout,
         user_feature_index,
         text_encoder,
+        appeal_head,
     )
+
+
+def build_appeal_head(
+    model_config: ModelConfig, meta: DatasetMeta, data_path: Path, text_encoder: TextEncoderTop
+) -> ItemAppealHead:
+    """The text encoder's item-appeal head (``model.text_encoder.appeal_*``): targets from the
+    train split of ``data_path`` (:mod:`em3rec.data.item_appeal`), fitted where an item has at
+    least ``appeal_min_rows`` train rows."""
+    config = model_config.text_encoder
+    appeal, count = item_targets(*train_rows(data_path, meta), meta.num_items, config.appeal_prior_rows)
+    fitted = count >= config.appeal_min_rows
+    logger.info(
+        "text encoder: item-appeal target over %d of %d items (>= %d train rows), weight %g",
+        int(fitted.sum()),
+        meta.num_items,
+        config.appeal_min_rows,
+        config.appeal_weight,
+    )
+    widths = {m: text_encoder.width(m) for m in text_encoder.modalities}
+    return ItemAppealHead(widths, torch.from_numpy(appeal), torch.from_numpy(fitted), config.appeal_weight)

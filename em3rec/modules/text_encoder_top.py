@@ -90,6 +90,10 @@ class TextEncoderTop(nn.Module):
             self._banks = None
         return super().train(mode)
 
+    def width(self, modality: str) -> int:
+        """The width ``W`` of ``modality``'s vectors."""
+        return self._states[modality].shape[-1]
+
     def encode(self, modality: str, item_ids: torch.Tensor) -> torch.Tensor:
         """``(N,)`` item ids -> ``(N, W)`` float32 masked means of the top layers' output tokens."""
         states, masks = self._to_device(item_ids.device)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.item_signal_probe import item_targets, main, ridge, split_half_reliability, token_moments
+from benchmarks.item_signal_probe import main, ridge, split_half_reliability, token_moments
+from em3rec.data.item_appeal import item_targets
 from data_prep.synthetic import SyntheticConfig, generate
 
 

@@ -102,6 +102,9 @@ def test_a_set_whose_vectors_are_not_the_encoders_output_is_refused(text_set: Pa
         (["model.content=none"], "model.content = 'none' reads none"),
         (['model.text_encoder.modalities=["poster"]'], r"\['poster'\] are not in data.modalities"),
         (["optim.encoder_lr=0"], "optim.encoder_lr = 0.0; expected > 0"),
+        (["model.text_encoder.appeal_weight=-1"], r"model.text_encoder.appeal_weight = -1.0"),
+        (["model.text_encoder.appeal_min_rows=0"], r"appeal_min_rows = 0"),
+        (["model.text_encoder.trainable_layers=0", "model.text_encoder.appeal_weight=1"], "set trainable_layers > 0"),
     ],
 )
 def test_config_errors_name_the_option(overrides: list[str], message: str) -> None:
