@@ -36,8 +36,8 @@ from em3rec.modules.history_encoders import (
 )
 from em3rec.modules.id_dropout import IdDropout
 from em3rec.modules.interest import TargetAttention
-from em3rec.modules.sparse import IdArch, build_embedding_collections
 from em3rec.modules.item_appeal_head import ItemAppealHead
+from em3rec.modules.sparse import IdArch, build_embedding_collections
 from em3rec.modules.text_encoder_top import TextEncoderTop, build_text_encoder_top
 
 
@@ -86,6 +86,8 @@ class EM3Model(nn.Module):
         text_encoder (TextEncoderTop | None): re-encodes the batch's pooled item text vectors with
             the text encoder's trainable top layers before the content tower reads them; None: the
             stored vectors.
+        appeal_head (ItemAppealHead | None): in training, the item-appeal loss on the re-encoded
+            target items' text (``model.text_encoder.appeal_weight``); needs ``text_encoder``.
 
     Build it with :func:`build_model`.
     """

@@ -18,7 +18,7 @@ def test_every_variant_runs_and_trains_every_parameter(meta, data_config, batch,
     loss, (loss_detached, logits, labels, aux) = train(batch)
     B = batch.batch_size
     assert logits.shape == (B,) and labels is batch.labels and loss.shape == ()
-    assert set(aux) == {"bce", "cic"} and torch.isfinite(loss)
+    assert set(aux) == {"bce", "cic", "appeal"} and torch.isfinite(loss)
     assert not loss_detached.requires_grad and not logits.requires_grad
     out = train.model(batch)
     if content == "none":
