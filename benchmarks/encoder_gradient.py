@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -70,8 +69,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batches", type=int, default=8)
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
-    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29541"), ("RANK", "0"), ("WORLD_SIZE", "1")):
-        os.environ.setdefault(key, value)
     overrides = [
         *args.set,
         f"model.text_encoder.trainable_layers={args.layers}",
