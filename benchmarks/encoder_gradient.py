@@ -21,6 +21,8 @@ import argparse
 import itertools
 import statistics
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
@@ -30,13 +32,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(1, str(ROOT))
 from benchmarks.machine import results_head, write_results  # noqa: E402
 from em3rec.config import load_config  # noqa: E402
+from em3rec.data.batch import Batch  # noqa: E402
 from em3rec.distributed import init_distributed  # noqa: E402
 from em3rec.factory import local_model  # noqa: E402
 from em3rec.modules.model import EM3Model  # noqa: E402
 from em3rec.train import Recipe  # noqa: E402
 
 
-def gradients(model: EM3Model, batch, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+def gradients(
+    model: EM3Model, batch: Batch, autocast: Callable[[], AbstractContextManager]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The ranking loss's and the appeal loss's gradients ``(P,)`` each on the encoder's weights."""
     params = [p for p in model.text_encoder.parameters() if p.requires_grad]
     with autocast():
