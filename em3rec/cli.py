@@ -14,9 +14,8 @@ import functools
 import sys
 from typing import Any, Callable, TypeVar
 
-from torch.distributed.elastic.multiprocessing.errors import get_error_handler
-
 from em3rec.config import Config, load_config
+from em3rec.error_file import ERROR_HANDLER
 from em3rec.errors import UserError
 
 USER_ERROR_EXIT = 2  # as argparse exits for a bad command line
@@ -59,7 +58,7 @@ def user_errors(main: Callable[..., T]) -> Callable[..., T]:
             if "--debug" in (sys.argv[1:] if argv is None else argv):
                 raise
             # Under torchrun, its failure summary names this rank's error (no-op otherwise).
-            get_error_handler().record_exception(e)
+            ERROR_HANDLER.record_exception(e)
             message = " ".join(str(e).split("\n"))
             print(f"error: {message}", file=sys.stderr, flush=True)
             raise SystemExit(USER_ERROR_EXIT) from None

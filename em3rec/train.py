@@ -30,7 +30,6 @@ from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
-from torch.distributed.elastic.multiprocessing.errors import record
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
@@ -42,6 +41,7 @@ from em3rec.data.batch import Batch
 from em3rec.data.loader import ImpressionLoader
 from em3rec.data.schema import SPLITS
 from em3rec.distributed import DistEnv, allowed_sharding_types, describe_plan, init_distributed
+from em3rec.error_file import record
 from em3rec.evaluation import cold_item_mask, cold_user_mask, evaluate
 from em3rec.loss_guard import BatchIds, NonFiniteLossError, NonFiniteLossGuard, TrackedBatches, check_predictions
 from em3rec.modules.cic import ContentIDContrastive
