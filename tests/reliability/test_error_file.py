@@ -78,7 +78,7 @@ def test_a_user_error_reaches_the_error_file_and_one_line_on_stderr(
     assert _agent_reads(error_path).message["message"] == "UserError: data.path = 'nowhere': no such folder"
 
 
-WORKER = '''
+WORKER = """
 import json, os, signal, sys, time
 
 from torch.distributed.elastic.multiprocessing.errors import ErrorHandler, record as torch_record
@@ -108,7 +108,7 @@ def main():
 
 main = error_file.record(main) if handler == "atomic" else torch_record(main, error_handler=ErrorHandler())
 main()
-'''
+"""
 
 
 @pytest.mark.multiprocess
