@@ -33,7 +33,7 @@ class Variant:
         compile: ``model.qformer.compile`` on (``<name>+compile`` of every EM3 variant): the
             Q-Former under torch.compile; the warm-up steps pay the compile.
         extra: further config overrides (``em3-no-catalogue``: the bundled EM3 without CIC's
-            catalogue sample; ``em3-window<w>``: its tokens averaged in windows of ``w``;
+            catalogue sample; ``em3-eager``: its Q-Former not compiled; ``em3-window<w>``: its tokens averaged in windows of ``w``;
             ``frozen-text<k>`` / ``em3-text<k>``: the text encoder's top ``k`` layers in the loop).
     """
 
@@ -68,6 +68,8 @@ def _variants() -> dict[str, Variant]:
         Variant("em3-hist-cached", "em3", "cached", bundled="din_em3", extra=("model.seq_content_mode=cached",)),
         Variant("em3-context-bank", "em3", "lora", bundled="din_em3", extra=("model.lora.context_refresh_steps=10",)),
         Variant("em3-unmerged", "em3", "lora", bundled="din_em3", extra=("model.lora.merge=false",)),
+        # the bundled EM3 with its Q-Former eager (bx and ml1m compile it: is that still faster?)
+        Variant("em3-eager", "em3", "lora", bundled="din_em3", extra=("model.qformer.compile=false",)),
         # EM3's parts switched off in turn, to read where its step goes
         Variant("em3-no-cic", "em3", "lora", bundled="din_em3", extra=("model.cic.weight=0",)),
         Variant("em3-hist-pooled", "em3", "pooled", bundled="din_em3", extra=("model.seq_content_mode=pooled",)),
