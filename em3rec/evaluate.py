@@ -12,11 +12,13 @@ import json
 import torch.distributed as dist
 
 from em3rec import cli
+from em3rec.error_file import record
 from em3rec.evaluation import evaluate
 from em3rec.factory import load_trained
 from em3rec.run_log import format_metrics
 
 
+@record  # under torchrun, a rank's exception (with traceback) lands in the job's error file
 @cli.user_errors
 def main(argv: list[str] | None = None) -> dict:
     parser = cli.config_parser(__doc__.splitlines()[0], checkpoint=True)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from em3rec import cli
 from em3rec.data.item_store import ItemStore
+from em3rec.error_file import record
 from em3rec.errors import UsageError
 from em3rec.factory import load_trained
 from em3rec.modules.model import EM3Model, uses_pooled_vectors
@@ -77,6 +78,7 @@ def raw_item_ids(folder: Path, num_rows: int) -> pa.Array | None:
     return pa.array(by_index, type=table.schema.field("item_id").type)
 
 
+@record  # under torchrun, a rank's exception (with traceback) lands in the job's error file
 @cli.user_errors
 def main(argv: list[str] | None = None) -> Path:
     parser = cli.config_parser(__doc__.splitlines()[0].strip(), checkpoint=True)

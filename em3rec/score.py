@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from em3rec import cli
+from em3rec.error_file import record
 from em3rec.evaluation import predict
 from em3rec.factory import load_trained
 from em3rec.metrics import Predictions, gather_predictions
@@ -40,6 +41,7 @@ def write_scores(path: Path, pred: Predictions) -> None:
     )
 
 
+@record  # under torchrun, a rank's exception (with traceback) lands in the job's error file
 @cli.user_errors
 def main(argv: list[str] | None = None) -> Path:
     parser = cli.config_parser(__doc__.splitlines()[0].strip(), checkpoint=True)
