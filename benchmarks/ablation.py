@@ -66,6 +66,10 @@ ABLATIONS: dict[str, tuple[str, list[str]]] = {
         "EM3, history content from the pooled base alone and CIC over the batch's targets only",
         ["model.seq_content_mode=pooled", "model.cic.catalogue_samples=0"],
     ),
+    "lora_head": (
+        "EM3, the history branch's LoRA adapters on the Q-Former's output head only",
+        ['model.lora.target_modules=["head"]'],
+    ),
     "hist_context_bank": (
         "EM3, the LoRA history's token side from a per-item bank refreshed every 10 steps",
         ["model.lora.context_refresh_steps=10"],

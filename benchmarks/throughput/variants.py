@@ -68,6 +68,8 @@ def _variants() -> dict[str, Variant]:
         Variant("em3-hist-cached", "em3", "cached", bundled="din_em3", extra=("model.seq_content_mode=cached",)),
         Variant("em3-context-bank", "em3", "lora", bundled="din_em3", extra=("model.lora.context_refresh_steps=10",)),
         Variant("em3-unmerged", "em3", "lora", bundled="din_em3", extra=("model.lora.merge=false",)),
+        # LoRA on the Q-Former's output head only: the history branch's Q-Former runs without a graph
+        Variant("em3-lora-head", "em3", "lora", bundled="din_em3", extra=('model.lora.target_modules=["head"]',)),
         # the bundled EM3 with its Q-Former eager (bx and ml1m compile it: is that still faster?)
         Variant("em3-eager", "em3", "lora", bundled="din_em3", extra=("model.qformer.compile=false",)),
         # EM3's parts switched off in turn, to read where its step goes

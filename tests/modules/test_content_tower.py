@@ -13,6 +13,7 @@ from em3rec.modules.model import build_history_encoder
 WIDTHS = {"title": 24, "meta": 20}
 LORA = LoraConfig(rank=2, alpha=4.0, target_modules=["attn", "cross_attn", "token_proj"])
 QUERY_SIDE_LORA = LoraConfig(rank=2, alpha=4.0)  # the default targets: q_proj, out_proj, mlp
+HEAD_LORA = LoraConfig(rank=2, alpha=4.0, target_modules=["head"])  # din_em3's: the output head only
 
 
 def _tower(
@@ -91,12 +92,13 @@ def test_dedup_matches_per_position_reference(batch, mode, attention, pooled_bas
 
 @pytest.mark.parametrize("attention,num_layers", [("self", 1), ("cross", 1), ("cross", 2)])
 @pytest.mark.parametrize("pooled_base", [False, True])
-def test_lora_history_on_the_shared_token_side_matches_the_full_call(batch, attention, num_layers, pooled_base):
+@pytest.mark.parametrize("lora", [QUERY_SIDE_LORA, HEAD_LORA], ids=["query_side", "head"])
+def test_lora_history_on_the_shared_token_side_matches_the_full_call(batch, attention, num_layers, pooled_base, lora):
     # Query-side adapters: the history branch decodes over the target branch's token side
     # (detached) and a no-gradient one for the other items; the per-position reference runs the
     # whole adapted Q-Former per position. float64: values and every gradient agree.
     targets = DistinctTargets.of(batch.target_content_index, batch.weights)
-    kwargs = dict(attention=attention, num_layers=num_layers, pooled_base=pooled_base, lora=QUERY_SIDE_LORA)
+    kwargs = dict(attention=attention, num_layers=num_layers, pooled_base=pooled_base, lora=lora)
     fast = _tower("lora", dedup=True, **kwargs).eval().double()
     slow = _tower("lora", dedup=False, **kwargs).eval().double()
     slow.load_state_dict(fast.state_dict())
@@ -119,6 +121,7 @@ def test_lora_history_on_the_shared_token_side_matches_the_full_call(batch, atte
     "attention,num_layers,targets,shares",
     [
         ("self", 1, ["q_proj", "out_proj", "mlp"], True),
+        ("self", 1, ["head"], True),  # din_em3's: after every layer
         ("self", 2, ["q_proj", "out_proj", "mlp"], False),  # token rows change from layer to layer
         ("self", 1, ["attn"], False),  # adapters on the token keys and values
         ("cross", 2, ["attn", "mlp", "head"], True),  # the self-attention over the queries only
