@@ -77,6 +77,12 @@ class DataConfig:
     # Splits up to this many rows are value-checked (labels, ids, nulls) when opened; larger ones
     # batch by batch as they are read, so a bad row stops the job when its rank reaches it.
     scan_rows: int = 1_000_000
+    # Batches built ahead in a background thread. -1 = auto: 2 on CUDA (the host waits on the GPU,
+    # so building the next batch meanwhile is free), 0 on CPU (built in the step's own thread: where
+    # torch's ops already use every core, the thread slows each op by more than the build costs;
+    # ml-100k, 2 cores, 1 process: din_em3's epochs 1.41x, din_frozen's 1.20x faster; 2 processes
+    # of 1 thread: 0.96x / 1.03x; benchmarks/results/train_ab_prefetch_ml100k{,_2proc}.md).
+    prefetch: int = -1
 
     def rank_batch_size(self, world_size: int) -> int:
         """Training rows per step on one rank of ``world_size``."""
@@ -501,6 +507,7 @@ def validate_config(config: Config) -> None:
         ("train.collective_timeout_s", train.collective_timeout_s, 1),
         ("data.scan_rows", config.data.scan_rows, 0),
         ("data.token_window", config.data.token_window, 1),
+        ("data.prefetch", config.data.prefetch, -1),
     ):
         if value < low:
             raise ConfigError(f"{key} = {value}; expected >= {low}")

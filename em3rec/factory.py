@@ -18,7 +18,7 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.optim.keyed import KeyedOptimizer
 
 from em3rec.checkpoint import CheckpointManager, load_checkpoint
-from em3rec.config import Config, ModelConfig
+from em3rec.config import Config, DataConfig, ModelConfig
 from em3rec.data.batch import CATALOGUE_FEATURE
 from em3rec.data.item_store import ItemStore
 from em3rec.data.loader import ImpressionLoader
@@ -91,8 +91,17 @@ def open_loader(
         scan_rows=data.scan_rows,
         token_dtype=Precision.resolve(config.train.precision, env.device).dtype,
         pin_memory=env.device.type == "cuda",
+        prefetch=prefetch_depth(data, env.device),
         **batch_options(config.model, split, training),
     )
+
+
+def prefetch_depth(data: DataConfig, device: torch.device) -> int:
+    """Batches the loader builds ahead in its background thread: ``data.prefetch``, or where it is
+    -1 (auto) 2 on CUDA and 0 (built in the consumer's thread) on CPU."""
+    if data.prefetch >= 0:
+        return data.prefetch
+    return 2 if device.type == "cuda" else 0
 
 
 def batch_options(model: ModelConfig, split: str, training: bool | None = None) -> dict[str, Any]:

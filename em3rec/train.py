@@ -122,6 +122,15 @@ class Recipe:
                 self._global_batch // env.world_size,
                 config.data.batch_scope,
             )
+            depth = factory.prefetch_depth(config.data, env.device)
+            log.info(
+                "loader: %s (data.prefetch = %d%s)",
+                f"{depth} batch(es) built ahead in a background thread"
+                if depth
+                else "batches built in the step's thread",
+                config.data.prefetch,
+                f": auto on {env.device.type}" if config.data.prefetch < 0 else "",
+            )
             if config.data.drop_features:
                 log.info(
                     "data.drop_features: %s left out; side features used: %s",

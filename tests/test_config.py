@@ -47,3 +47,18 @@ def test_config_paths_never_fall_back_to_a_bundled_config_of_the_same_name(tmp_p
     run = load_config(tmp_path / "exp" / "run.toml")
     assert (run.train.epochs, run.train.seed) == (5, 3)
     assert load_config(tmp_path / "exp" / "bundled.toml").model == load_config("din_em3").model
+
+
+def test_prefetch_auto_builds_batches_in_the_step_thread_on_cpu_and_ahead_on_cuda() -> None:
+    import torch
+
+    from em3rec.factory import prefetch_depth
+
+    auto = load_config("din_em3").data
+    assert auto.prefetch == -1
+    assert prefetch_depth(auto, torch.device("cpu")) == 0
+    assert prefetch_depth(auto, torch.device("cuda")) == 2
+    for depth in (0, 3):
+        assert prefetch_depth(load_config("din_em3", [f"data.prefetch={depth}"]).data, torch.device("cpu")) == depth
+    with pytest.raises(ConfigError, match=r"data.prefetch = -2; expected >= -1"):
+        load_config("din_em3", ["data.prefetch=-2"])

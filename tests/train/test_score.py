@@ -49,3 +49,28 @@ def test_the_train_split_scored_is_every_row_in_file_order(recipe: Recipe) -> No
     read = torch.cat([b.item_ids[b.weights > 0] for b in batches])
     assert read.tolist() == rows[item].to_pylist()
     assert len(list(open_loader(config, "train", recipe.env, None))) == 2  # training: the cap holds
+
+
+def test_the_loader_prefetches_in_a_thread_only_when_data_prefetch_asks(recipe: Recipe) -> None:
+    """``data.prefetch`` reaches the loader: auto on CPU builds batches in the caller's thread."""
+    import dataclasses
+    import threading
+
+    from em3rec.factory import open_loader
+
+    def prefetch_threads(prefetch: int) -> int:
+        config = dataclasses.replace(recipe.config, data=dataclasses.replace(recipe.config.data, prefetch=prefetch))
+
+        def running() -> int:
+            return sum(t.name == "em3rec-loader-prefetch" for t in threading.enumerate())
+
+        before = running()
+        batches = iter(open_loader(config, "valid", recipe.env, recipe.item_store))
+        next(batches)
+        started = running() - before
+        batches.close()
+        return started
+
+    assert recipe.env.device.type == "cpu"
+    assert prefetch_threads(-1) == 0
+    assert prefetch_threads(2) == 1
