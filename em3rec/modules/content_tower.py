@@ -116,7 +116,14 @@ class ContentTower(nn.Module):
                 batch.history_content_index[mask], batch.content_item_ids.shape[0]
             )
             items = HistoryItems(
-                tokens, token_mask, batch.content_item_ids, history_index, targets.index, target_content, target.context
+                tokens,
+                token_mask,
+                batch.content_item_ids,
+                history_index,
+                targets.index,
+                target_content,
+                target.context,
+                target.query_embeddings[:V],
             )
             history_items = self.history(self.qformer, items)  # (H, D)
             if base is not None:

@@ -20,10 +20,12 @@ may be faster on a deduplicated batch, e.g. by reusing the target branch's outpu
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import peft
 import torch
+import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
@@ -46,6 +48,8 @@ class HistoryItems:
         target_content: ``(V, D)`` the target branch's Q-Former output for them (with gradient).
         target_context: the target branch's token side, its first ``V`` rows those targets (None
             where the Q-Former has no separate token side).
+        target_queries: ``(V, Q, d)`` the target branch's final query vectors for them, the input
+            of the Q-Former's head (None: not given).
     """
 
     tokens: dict[str, torch.Tensor]
@@ -55,6 +59,7 @@ class HistoryItems:
     target_index: torch.Tensor
     target_content: torch.Tensor
     target_context: TokenContext | None = None
+    target_queries: torch.Tensor | None = None
 
     def target_position(self) -> torch.Tensor:
         """``(H,)`` int64: each history item's row in ``target_content``, or -1 if it is no target."""
@@ -64,16 +69,20 @@ class HistoryItems:
         return position[self.index]
 
 
-def _reuse_targets(items: HistoryItems, encode, detach: bool) -> torch.Tensor:
-    """``(H, D)``: history items that are also targets take the target branch's output (detached
-    if ``detach``); only the others are encoded, by ``encode(index)``."""
+def _reuse_targets(items: HistoryItems, reused: torch.Tensor, encode) -> torch.Tensor:
+    """``(H, ...)``: history items that are also targets take their row of ``reused`` ``(V, ...)``
+    (a target branch output); only the others are encoded, by ``encode(index)``."""
     position = items.target_position()  # (H,)
     is_target = position >= 0
-    reused = items.target_content.detach() if detach else items.target_content
-    rest = encode(items.index[~is_target])  # (H - H_t, D)
-    out = rest.new_zeros(items.index.shape[0], rest.shape[-1])
+    rest = encode(items.index[~is_target])  # (H - H_t, ...)
+    out = rest.new_zeros(items.index.shape[0], *rest.shape[1:])
     out = out.index_put((is_target,), reused[position[is_target]].to(rest.dtype))
-    return out.index_put((~is_target,), rest)  # (H, D)
+    return out.index_put((~is_target,), rest)  # (H, ...)
+
+
+def _query_vectors(qformer: FusionQFormer, tokens, token_mask, index: torch.Tensor) -> torch.Tensor:
+    """``(U, Q, d)``: the Q-Former's final query vectors (its head's input) for rows ``index (U,)``."""
+    return qformer(tokens, token_mask, index).query_embeddings
 
 
 class NoGradHistory(nn.Module):
@@ -86,7 +95,8 @@ class NoGradHistory(nn.Module):
             return qformer(tokens, token_mask, index).pooled
 
     def forward(self, qformer: FusionQFormer, items: HistoryItems) -> torch.Tensor:
-        return _reuse_targets(items, lambda index: self.encode(qformer, items.tokens, items.token_mask, index), True)
+        encode = functools.partial(self.encode, qformer, items.tokens, items.token_mask)
+        return _reuse_targets(items, items.target_content.detach(), encode)
 
 
 class FullHistory(nn.Module):
@@ -98,7 +108,8 @@ class FullHistory(nn.Module):
         return qformer(tokens, token_mask, index).pooled
 
     def forward(self, qformer: FusionQFormer, items: HistoryItems) -> torch.Tensor:
-        return _reuse_targets(items, lambda index: self.encode(qformer, items.tokens, items.token_mask, index), False)
+        encode = functools.partial(self.encode, qformer, items.tokens, items.token_mask)
+        return _reuse_targets(items, items.target_content, encode)
 
 
 def lora_target_names(module: nn.Module, names: list[str]) -> list[str]:
@@ -145,6 +156,13 @@ class LoraHistory(nn.Module):
     without the token side's second forward and its backward. Adapters on ``token_proj`` or on the
     token keys/values take the full call.
 
+    With adapters on the output head only (``target_modules = ["head"]``, ``head_only``: any
+    Q-Former) everything before the head is the base weights' alone, so the branch takes the target
+    branch's final query vectors (detached) for history items that are also targets, decodes only
+    the others without gradient, and runs the adapted head over them: again the values and
+    gradients of the full call, without a second decode of the shared items or an autograd graph
+    through the Q-Former.
+
     With ``config.context_refresh_steps = N > 0`` (and a shared token side) training reads the
     token side of history items from a :class:`~em3rec.modules.context_bank.ContextBank`: the
     targets' entries fresh from the target branch, the others up to ``N`` steps old. Evaluation
@@ -185,6 +203,8 @@ class LoraHistory(nn.Module):
         self.merge = config.merge and config.dropout == 0.0
         # Adapters on the query side only: a history item's token side is the target branch's.
         self.shares_context = qformer.separable and not set(targets) & qformer.token_side_linears()
+        # Adapters on the head only (folded into it): the query vectors before it are the target branch's.
+        self.head_only = targets == ["head"] and self.merge
         self.bank = None
         if config.context_refresh_steps > 0:
             if not self.shares_context:
@@ -214,7 +234,22 @@ class LoraHistory(nn.Module):
     def encode(self, qformer: FusionQFormer, tokens, token_mask, index: torch.Tensor | None) -> torch.Tensor:
         return self._call(qformer, (tokens, token_mask, index), {})
 
+    def _adapted_head(self, qformer: FusionQFormer, query_embeddings: torch.Tensor) -> torch.Tensor:
+        """``(N, Q, d)`` final query vectors -> ``(N, D)``: the head with its base weights detached
+        and the adapter folded in, times the detached gate (the Q-Former's output, as :meth:`_call`
+        computes it with adapters on the head only)."""
+        head = qformer.head.base_layer
+        weight = head.weight.detach() + qformer.head.get_delta_weight(HISTORY_ADAPTER)  # (D, Q d): W + s B A
+        bias = None if head.bias is None else head.bias.detach()
+        pooled = F.linear(query_embeddings.flatten(1), weight, bias)  # (N, D)
+        return pooled if qformer.gate is None else pooled * qformer.gate.detach()
+
     def forward(self, qformer: FusionQFormer, items: HistoryItems) -> torch.Tensor:
+        if self.head_only and items.target_queries is not None and not (self.bank is not None and self.training):
+            with torch.no_grad():
+                decode = functools.partial(_query_vectors, qformer, items.tokens, items.token_mask)
+                queries = _reuse_targets(items, items.target_queries.detach(), decode)  # (H, Q, d)
+            return self._adapted_head(qformer, queries)  # (H, D)
         if not self.shares_context or items.target_context is None:
             return self.encode(qformer, items.tokens, items.token_mask, items.index)
         if self.bank is not None and self.training:

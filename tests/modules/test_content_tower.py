@@ -399,3 +399,34 @@ def test_distinct_rows_equal_torch_unique(num_rows: int):
     expected, expected_inverse = torch.unique(index, return_inverse=True)
     assert torch.equal(distinct, expected) and torch.equal(inverse, expected_inverse)
     assert distinct_rows(index[:0], num_rows)[0].numel() == 0
+
+
+@pytest.mark.parametrize("attention,num_layers", [("self", 1), ("self", 2), ("cross", 2)])
+@pytest.mark.parametrize("pooled_base", [False, True])
+def test_head_only_history_adapters_reuse_the_targets_query_vectors(batch, attention, num_layers, pooled_base):
+    # Adapters on the head only: shared items take the target branch's final query vectors, the
+    # others are decoded without gradient, and only the adapted head runs with autograd. float64:
+    # values and every gradient agree with the per-position reference (the full adapted call).
+    targets = DistinctTargets.of(batch.target_content_index, batch.weights)
+    kwargs = dict(attention=attention, num_layers=num_layers, pooled_base=pooled_base, lora=HEAD_LORA)
+    fast = _tower("lora", dedup=True, **kwargs).eval().double()
+    slow = _tower("lora", dedup=False, **kwargs).eval().double()
+    slow.load_state_dict(fast.state_dict())
+    assert fast.history.head_only
+    decoded = []
+    hook = fast.qformer.register_forward_hook(lambda m, args, out: decoded.append(out.pooled.shape[0]))
+    out_fast, out_slow = fast(batch, targets), slow(batch, targets)
+    hook.remove()
+    history_items = torch.unique(batch.history_content_index[batch.history_mask])
+    shared = int(torch.isin(history_items, targets.index).sum())
+    assert 0 < shared < history_items.numel()
+    # the target branch, then one decode of the history items that are no targets
+    assert decoded[1] == history_items.numel() - shared
+    torch.testing.assert_close(out_fast.history, out_slow.history, rtol=1e-12, atol=1e-12)
+    _loss(out_fast).backward()
+    _loss(out_slow).backward()
+    grads_fast, grads_slow = _grads(fast), _grads(slow)
+    assert grads_fast.keys() == grads_slow.keys()
+    assert any("lora_" in name for name in grads_fast)
+    for name in grads_fast:
+        torch.testing.assert_close(grads_fast[name], grads_slow[name], rtol=1e-10, atol=1e-10, msg=name)
