@@ -2,7 +2,8 @@
 
 Each round trains one epoch of every config from each tree (``python -m em3rec.train``, 1 process,
 real loader, fresh batches, evaluation excluded from the rate) and reads ``train_samples_per_s`` from
-the run's ``metrics.json``. Unlike ``throughput_ab`` (fixed in-memory batches), this is what a user
+the run's ``metrics.json``; ``--set train.epochs=3 --set train.patience=0`` trains three (what
+happens after the first evaluation and checkpoint shows only then). Unlike ``throughput_ab`` (fixed in-memory batches), this is what a user
 pays per epoch, loader included. Sides alternate, and which goes first alternates by round, so both
 see the same machine load on average.
 
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"round {r + 1} {config} {side}: {m['train_samples_per_s']:.0f} samples/s", flush=True)
     lines = [
         "| config | before samples/s (per round) | after samples/s (per round) | after / before (median) "
-        "| valid AUC after 1 epoch, before / after |",
+        "| best valid AUC, before / after |",
         "|---|---|---|---:|---|",
     ]
     for config in args.configs:
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
             f"| {statistics.median(a) / statistics.median(b):.2f}x | {auc} |"
         )
     note = (
-        f"One training epoch per cell ({args.nproc} process(es), the bundled config), the two sides alternating."
+        f"One training run per cell (one epoch unless `--set train.epochs=N`; {args.nproc} process(es), the "
+        "bundled config), the two sides alternating; samples/s over the run's training epochs."
         + (f" Before: `{' '.join(args.before_set)}`." if args.before_set else "")
         + (f" After: `{' '.join(args.after_set)}`." if args.after_set else "")
     )

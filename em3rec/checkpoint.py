@@ -63,6 +63,16 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
+def _no_dist() -> bool:
+    """Whether DCP saves and loads without collectives: in a one-process group. Its plan gathers
+    otherwise run in gloo's worker thread, whose first large torch op starts a second OpenMP team;
+    with more OpenMP threads alive than cores, libgomp stops spinning between parallel regions in
+    every thread, and each small parallel op of a training step then waits on a futex wake-up for
+    the rest of the run (ml-100k, 1 process, 2 cores: din_em3's steps 76 -> 117 ms after the first
+    checkpoint; benchmarks/results/README.md, *Cost*)."""
+    return _world_size() == 1
+
+
 def _all_gather(obj: Any) -> list[Any]:
     """``obj`` from every rank (rank order); ``[obj]`` without a process group."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
@@ -135,7 +145,8 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
         _barrier()
         try:
-            dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=str(tmp))
+            state = {"model": model.state_dict(), "optim": optimizer.state_dict()}
+            dcp.save(state, checkpoint_id=str(tmp), no_dist=_no_dist())
             torch.save(_rng_state(), tmp / f"rng_rank{_rank()}.pt")
             _barrier()
             # Each rank checksums a share of the files (all are written now); rank 0 records them all.
@@ -373,7 +384,7 @@ def load_checkpoint(
     if optimizer is not None:
         state["optim"] = optimizer.state_dict()
     try:
-        dcp.load(state, checkpoint_id=str(path))
+        dcp.load(state, checkpoint_id=str(path), no_dist=_no_dist())
     except _FAILURES as e:  # surface as a checkpoint error naming the folder
         raise CheckpointError(f"{path}: failed to load ({_reason(e)})") from e
     model.load_state_dict(state["model"])

@@ -78,10 +78,10 @@ class DataConfig:
     # batch by batch as they are read, so a bad row stops the job when its rank reaches it.
     scan_rows: int = 1_000_000
     # Batches built ahead in a background thread. -1 = auto: 2 on CUDA (the host waits on the GPU,
-    # so building the next batch meanwhile is free), 0 on CPU (built in the step's own thread: where
-    # torch's ops already use every core, the thread slows each op by more than the build costs;
-    # ml-100k, 2 cores, 1 process: din_em3's epochs 1.41x, din_frozen's 1.20x faster; 2 processes
-    # of 1 thread: 0.96x / 1.03x; benchmarks/results/train_ab_prefetch_ml100k{,_2proc}.md).
+    # so building the next batch meanwhile is free), 0 on CPU (built in the step's own thread: the
+    # thread's torch ops start a second OpenMP team, and with more OpenMP threads than cores libgomp
+    # stops spinning between parallel regions in every thread; ml-100k, 2 cores, 1 process:
+    # din_em3's epochs 1.41x, din_frozen's 1.20x faster; benchmarks/results/train_ab_prefetch_ml100k.md).
     prefetch: int = -1
 
     def rank_batch_size(self, world_size: int) -> int:

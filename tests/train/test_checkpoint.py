@@ -68,3 +68,22 @@ def test_a_model_loaded_for_inference_holds_no_optimiser_state(recipe: Recipe) -
     assert not _flat(trained.model.fused_optimizer.state_dict()["state"])
     weights, loaded = _flat(recipe.model.state_dict()), _flat(trained.model.state_dict())
     assert weights.keys() == loaded.keys() and all(torch.equal(weights[k], loaded[k]) for k in weights)
+
+
+def test_one_process_saves_and_loads_without_collectives(
+    recipe: Recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a one-process group DCP runs no collective: gloo would run its plan gathers' torch ops
+    in a worker thread of its own, whose OpenMP team slows every later step (``_no_dist``)."""
+    import torch.distributed as dist
+
+    calls: list[str] = []
+    for name in ("gather_object", "all_gather_object", "broadcast_object_list", "scatter_object_list", "all_reduce"):
+        real = getattr(dist, name)
+        monkeypatch.setattr(dist, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    assert recipe.env.world_size == 1
+    path = CheckpointManager(tmp_path / "checkpoints").save(
+        "step_00000003", recipe.model, recipe.optimizer, {"step": 3}
+    )
+    load_checkpoint(path, recipe.model, recipe.optimizer)
+    assert calls == []
