@@ -64,6 +64,28 @@ def _grads(module) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
+def _lora_pair(**kwargs) -> tuple[ContentTower, ContentTower]:
+    """A LoRA-history tower (dedup, its fast paths) and the per-position reference with the same
+    weights, both in eval mode and float64."""
+    fast = _tower("lora", dedup=True, **kwargs).eval().double()
+    slow = _tower("lora", dedup=False, **kwargs).eval().double()
+    slow.load_state_dict(fast.state_dict())
+    return fast, slow
+
+
+def _assert_lora_history_matches(fast, slow, out_fast, out_slow) -> None:
+    """A fast LoRA history path against the per-position reference (float64): the same history
+    content and the same gradient on every parameter, the adapters' included."""
+    torch.testing.assert_close(out_fast.history, out_slow.history, rtol=1e-12, atol=1e-12)
+    _loss(out_fast).backward()
+    _loss(out_slow).backward()
+    grads_fast, grads_slow = _grads(fast), _grads(slow)
+    assert grads_fast.keys() == grads_slow.keys()
+    assert any("lora_" in name for name in grads_fast)
+    for name in grads_fast:
+        torch.testing.assert_close(grads_fast[name], grads_slow[name], rtol=1e-10, atol=1e-10, msg=name)
+
+
 @pytest.mark.parametrize("mode", ["none", "frozen", "lora", "full"])
 @pytest.mark.parametrize("attention", ["self", "cross"])
 @pytest.mark.parametrize("pooled_base", [False, True])
@@ -98,23 +120,13 @@ def test_lora_history_on_the_shared_token_side_matches_the_full_call(batch, atte
     # (detached) and a no-gradient one for the other items; the per-position reference runs the
     # whole adapted Q-Former per position. float64: values and every gradient agree.
     targets = DistinctTargets.of(batch.target_content_index, batch.weights)
-    kwargs = dict(attention=attention, num_layers=num_layers, pooled_base=pooled_base, lora=lora)
-    fast = _tower("lora", dedup=True, **kwargs).eval().double()
-    slow = _tower("lora", dedup=False, **kwargs).eval().double()
-    slow.load_state_dict(fast.state_dict())
+    fast, slow = _lora_pair(attention=attention, num_layers=num_layers, pooled_base=pooled_base, lora=lora)
     assert fast.history.shares_context
     history_items = torch.unique(batch.history_content_index[batch.history_mask])
     is_target = torch.isin(history_items, targets.index)
     assert is_target.any() and not is_target.all()  # both halves of the shared path run
     out_fast, out_slow = fast(batch, targets), slow(batch, targets)
-    torch.testing.assert_close(out_fast.history, out_slow.history, rtol=1e-12, atol=1e-12)
-    _loss(out_fast).backward()
-    _loss(out_slow).backward()
-    grads_fast, grads_slow = _grads(fast), _grads(slow)
-    assert grads_fast.keys() == grads_slow.keys()
-    assert any("lora_" in name for name in grads_fast)
-    for name in grads_fast:
-        torch.testing.assert_close(grads_fast[name], grads_slow[name], rtol=1e-10, atol=1e-10, msg=name)
+    _assert_lora_history_matches(fast, slow, out_fast, out_slow)
 
 
 @pytest.mark.parametrize(
@@ -408,10 +420,7 @@ def test_head_only_history_adapters_reuse_the_targets_query_vectors(batch, atten
     # others are decoded without gradient, and only the adapted head runs with autograd. float64:
     # values and every gradient agree with the per-position reference (the full adapted call).
     targets = DistinctTargets.of(batch.target_content_index, batch.weights)
-    kwargs = dict(attention=attention, num_layers=num_layers, pooled_base=pooled_base, lora=HEAD_LORA)
-    fast = _tower("lora", dedup=True, **kwargs).eval().double()
-    slow = _tower("lora", dedup=False, **kwargs).eval().double()
-    slow.load_state_dict(fast.state_dict())
+    fast, slow = _lora_pair(attention=attention, num_layers=num_layers, pooled_base=pooled_base, lora=HEAD_LORA)
     assert fast.history.head_only
     decoded = []
     hook = fast.qformer.register_forward_hook(lambda m, args, out: decoded.append(out.pooled.shape[0]))
@@ -422,11 +431,4 @@ def test_head_only_history_adapters_reuse_the_targets_query_vectors(batch, atten
     assert 0 < shared < history_items.numel()
     # the target branch, then one decode of the history items that are no targets
     assert decoded[1] == history_items.numel() - shared
-    torch.testing.assert_close(out_fast.history, out_slow.history, rtol=1e-12, atol=1e-12)
-    _loss(out_fast).backward()
-    _loss(out_slow).backward()
-    grads_fast, grads_slow = _grads(fast), _grads(slow)
-    assert grads_fast.keys() == grads_slow.keys()
-    assert any("lora_" in name for name in grads_fast)
-    for name in grads_fast:
-        torch.testing.assert_close(grads_fast[name], grads_slow[name], rtol=1e-10, atol=1e-10, msg=name)
+    _assert_lora_history_matches(fast, slow, out_fast, out_slow)
