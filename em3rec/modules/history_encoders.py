@@ -245,14 +245,15 @@ class LoraHistory(nn.Module):
         return pooled if qformer.gate is None else pooled * qformer.gate.detach()
 
     def forward(self, qformer: FusionQFormer, items: HistoryItems) -> torch.Tensor:
-        if self.head_only and items.target_queries is not None and not (self.bank is not None and self.training):
+        use_bank = self.bank is not None and self.training  # the token-side bank takes precedence
+        if self.head_only and not use_bank and items.target_queries is not None:
             with torch.no_grad():
                 decode = functools.partial(_query_vectors, qformer, items.tokens, items.token_mask)
                 queries = _reuse_targets(items, items.target_queries.detach(), decode)  # (H, Q, d)
             return self._adapted_head(qformer, queries)  # (H, D)
         if not self.shares_context or items.target_context is None:
             return self.encode(qformer, items.tokens, items.token_mask, items.index)
-        if self.bank is not None and self.training:
+        if use_bank:
             context = self.bank(
                 items.item_ids[items.target_index],
                 items.target_context,
