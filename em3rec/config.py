@@ -266,6 +266,10 @@ class TrainConfig:
     # "auto" = bf16 on CUDA with bf16 or a CPU with AMX / AVX512-BF16, else fp32 (see em3rec.precision).
     precision: PrecisionSetting = "auto"
     log_every: int = 50  # steps between log lines
+    # Also show the libraries' INFO logs (TorchRec's planner search and statistics, FBGEMM's kernel
+    # arguments, the train pipeline's events) and their warnings about their own internals
+    # (em3rec.run_log.LIBRARY_NOTICES); false: em3rec's lines and the libraries' other warnings.
+    library_logs: bool = False
     checkpoint_every: int = 0  # steps between checkpoints; 0 = end of each epoch only
     keep_checkpoints: int = 2
     run_dir: str = "runs"

@@ -240,7 +240,7 @@ def load_trained(config: Config, checkpoint: str | Path = "") -> TrainedModel:
     leaves ``config`` as it was. Raises :class:`~em3rec.errors.UsageError` if there is no such checkpoint.
     """
     env = init_distributed(config.train.device, timeout_s=config.train.collective_timeout_s)
-    setup_logging(env.rank)
+    setup_logging(env.rank, config.train.library_logs)
     allowed_sharding_types(config.sharding, env.device)
     meta = dataset_meta(config)
     item_store = open_item_store(config, meta, env.device)

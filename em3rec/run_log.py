@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 import resource
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +23,64 @@ def format_metrics(metrics: dict[str, Any], keys: tuple[str, ...] = METRIC_KEYS)
     return " ".join(f"{k}={metrics.get(k, float('nan')):.4f}" for k in keys)
 
 
-def setup_logging(rank: int) -> None:
-    """INFO on rank 0, warnings only on the others, each line tagged with the rank."""
+# What the libraries say about their own internals, which a run cannot act on: (logger name or
+# warning category, the message's start). Shown with `train.library_logs = true`.
+LIBRARY_NOTICES: tuple[tuple[str | type[Warning], str], ...] = (
+    # DCP saving and loading TorchRec's sharded state, which TorchRec keeps as ShardedTensor.
+    (FutureWarning, "Please use DTensor instead and we are deprecating ShardedTensor"),
+    # TorchRec's DistributedModelParallel wraps the dense part in DDP with this argument.
+    (FutureWarning, "`broadcast_buffers` is deprecated"),
+    # The planner's default storage reservation, and its note for dry runs; ours plans over a
+    # model whose dense part is materialised, so the heuristic's dense size is the real one.
+    (FutureWarning, "HeuristicalStorageReservation is known to cause issues"),
+    ("torchrec.distributed.planner.storage_reservations", "There is a known issue with TorchRec's dense tensor"),
+    # TorchRec's modules call torch.fx's is_fx_tracing, which torch has since split in two.
+    ("torch.fx._symbolic_trace", "is_fx_tracing will return true"),
+)
+
+
+class _RunLogFilter(logging.Filter):
+    """Passes em3rec's records at the handler's level, the libraries' from WARNING up (all of them
+    with ``library_logs``), and none of the :data:`LIBRARY_NOTICES` without it."""
+
+    def __init__(self, library_logs: bool) -> None:
+        super().__init__()
+        self._library_logs = library_logs
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._library_logs or record.name == "em3rec" or record.name.startswith("em3rec."):
+            return True
+        return record.levelno >= logging.WARNING and not _is_notice(record.name, record.getMessage())
+
+
+def _is_notice(logger_name: str, message: str) -> bool:
+    return any(source == logger_name and message.startswith(start) for source, start in LIBRARY_NOTICES)
+
+
+def setup_logging(rank: int, library_logs: bool = False) -> None:
+    """INFO on rank 0, warnings only on the others, each line tagged with the rank.
+
+    The libraries log their own INFO lines by the dozen per run (TorchRec's planner search, FBGEMM's
+    kernel arguments, the train pipeline's end of each epoch); those, and the libraries' notices
+    about their own internals (:data:`LIBRARY_NOTICES`), show only with ``library_logs``
+    (``train.library_logs``); their other warnings always do.
+    """
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
         format=f"%(asctime)s [rank{rank}] %(name)s %(levelname)s: %(message)s",
         datefmt="%H:%M:%S",
         force=True,
     )
+    run_filter = _RunLogFilter(library_logs)
+    logging.getLogger().handlers[0].addFilter(run_filter)
+    for source, start in LIBRARY_NOTICES:
+        if isinstance(source, str):  # at the logger too: torch's loggers have a handler of their own
+            logger = logging.getLogger(source)
+            for old in [f for f in logger.filters if isinstance(f, _RunLogFilter)]:
+                logger.removeFilter(old)
+            logger.addFilter(run_filter)
+        else:
+            warnings.filterwarnings("default" if library_logs else "ignore", message=re.escape(start), category=source)
 
 
 def memory_mb(device: torch.device) -> float:

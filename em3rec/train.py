@@ -301,7 +301,9 @@ class Recipe:
             total=total,
             initial=self.progress.batches_done,
             desc=f"epoch {epoch}",
-            disable=not self.env.is_main,
+            # None: only where stderr is a terminal (under torchx or in a log file the step lines,
+            # which name the batch, are the progress; a redrawn bar there becomes a line per redraw).
+            disable=None if self.env.is_main else True,
             dynamic_ncols=True,
             mininterval=2.0,
             file=sys.stderr,
@@ -323,7 +325,7 @@ class Recipe:
             if self.progress.step % cfg.log_every == 0:
                 self.guard.flush()  # "stop": this window's losses checked before they are logged
                 elapsed = time.perf_counter() - window_start
-                self._log_window(epoch, window, elapsed)
+                self._log_window(epoch, total, window, elapsed)
                 window_start = time.perf_counter()
             if cfg.checkpoint_every and self.progress.step % cfg.checkpoint_every == 0:
                 self.guard.flush()  # no checkpoint holds the weights of a non-finite step
@@ -370,7 +372,7 @@ class Recipe:
             if isinstance(module, ContentIDContrastive):
                 module.forget_last_step()
 
-    def _log_window(self, epoch: int, window: LossWindow, elapsed: float) -> None:
+    def _log_window(self, epoch: int, epoch_batches: int, window: LossWindow, elapsed: float) -> None:
         rows = window.steps * self._global_batch
         parts: dict[str, float] = window.means()
         parts["samples_per_s"] = rows / max(elapsed, 1e-9)
@@ -378,7 +380,8 @@ class Recipe:
         self.writer.scalars("train", parts, self.progress.step)
         if self.env.is_main:
             tqdm.write(
-                f"step {self.progress.step} epoch {epoch} loss={parts['loss']:.4f} bce={parts['bce']:.4f} "
+                f"step {self.progress.step} epoch {epoch} batch {self.progress.batches_done}/{epoch_batches} "
+                f"loss={parts['loss']:.4f} bce={parts['bce']:.4f} "
                 f"cic={parts['cic']:.4f} samples/s={parts['samples_per_s']:.0f} mem={parts['memory_mb']:.0f}MB"
                 + (f" skipped={self.progress.skipped_batches}" if self.progress.skipped_batches else ""),
                 file=sys.stderr,
@@ -456,7 +459,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     config = cli.load(args)
     env = init_distributed(config.train.device, timeout_s=config.train.collective_timeout_s)
-    setup_logging(env.rank)
+    setup_logging(env.rank, config.train.library_logs)
     start = time.perf_counter()
     recipe = Recipe(config, env)
     recipe.setup()
