@@ -178,6 +178,13 @@ def prefetch(make_iterator: Callable[[], Iterator[Batch]], depth: int) -> Iterat
         return False
 
     def produce() -> None:
+        # This thread's torch ops run serially: one OpenMP team per process, the training step's.
+        # A second team (a parallel op here) makes libgomp stop spinning in every thread, and each
+        # small parallel op of the step then waits for a futex wake-up (with this line, epochs
+        # 1.22-1.25x faster on 2 cores; benchmarks/results/README.md, Cost). Set here, the OpenMP
+        # and MKL counts are this thread's; torch also keeps it as the count of threads that run
+        # their first parallel op later (gloo's workers: serial too), hence the consumer's below.
+        torch.set_num_threads(1)
         try:
             for item in make_iterator():
                 if not put(item):
@@ -186,6 +193,7 @@ def prefetch(make_iterator: Callable[[], Iterator[Batch]], depth: int) -> Iterat
         except BaseException as e:  # handed to the consumer thread
             put(_Failure(e))
 
+    torch.get_num_threads()  # the consumer's own thread count settled before the thread sets 1
     thread = threading.Thread(target=produce, name="em3rec-loader-prefetch", daemon=True)
     thread.start()
     try:

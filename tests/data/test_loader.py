@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader
 from em3rec.config import DataConfig
 from em3rec.data.batch import Batch
 from em3rec.data.item_store import ItemStore
-from em3rec.data.loader import ImpressionLoader, Rows, jagged_tail, jagged_take, shard_bounds
+from em3rec.data.loader import ImpressionLoader, Rows, jagged_tail, jagged_take, prefetch, shard_bounds
 from em3rec.data.schema import DatasetMeta
 from tests.data.conftest import batch_rows, expected_row, reference_rows
 
@@ -309,3 +310,28 @@ def test_tokens_arrive_in_the_dtype_the_tower_computes_in(tiny_dataset: Path, dt
     assert plain.content_tokens["title"].dtype == torch.float16
     assert cast.content_tokens["title"].dtype == dtype
     torch.testing.assert_close(cast.content_tokens["title"], plain.content_tokens["title"].to(dtype), rtol=0, atol=0)
+
+
+def test_prefetch_thread_runs_its_torch_ops_serially():
+    # One OpenMP team per process: the prefetch thread's torch ops run on one thread, and the
+    # consumer keeps its intra-op thread count, also when prefetch is its first torch call (a
+    # thread takes torch's process-wide count at its first parallel op).
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen, consumer = [], []
+
+    def make():
+        seen.append(torch.get_num_threads())
+        yield from range(3)
+
+    def consume():  # a fresh thread: no torch op before the prefetch
+        consumer.append(list(prefetch(make, depth=2)))
+        consumer.append(torch.get_num_threads())
+
+    try:
+        thread = threading.Thread(target=consume)
+        thread.start()
+        thread.join()
+        assert consumer == [[0, 1, 2], 2] and seen == [1]
+    finally:
+        torch.set_num_threads(before)
