@@ -85,3 +85,18 @@ def test_one_process_run_needs_no_tcp_port() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "HashStore"
+
+
+def test_init_distributed_keeps_one_openmp_team() -> None:
+    """After init_distributed, a thread that starts computing later (gloo's workers copying a
+    collective's tensors) runs its torch ops serially, and the caller keeps its intra-op threads:
+    one OpenMP team per process (em3rec.distributed.keep_one_openmp_team)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
+    code = (
+        "import threading, torch; from em3rec.distributed import init_distributed; torch.set_num_threads(2); "
+        "init_distributed('cpu'); seen = []; t = threading.Thread(target=lambda: seen.append(torch.get_num_threads())); "
+        "t.start(); t.join(); print(torch.get_num_threads(), seen[0])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-2:] == ["2", "1"]
