@@ -114,7 +114,8 @@ def keep_one_openmp_team() -> None:
     no team to throttle; with several threads per rank (one rank per node, or ``OMP_NUM_THREADS``
     set) there is. torch gives a thread the process-wide count at its first parallel op, and
     ``torch.set_num_threads`` sets that count and the calling thread's own, so a helper thread sets
-    1 after this thread has settled its own.
+    1 after this thread has settled its own. (A later ``torch.set_num_threads(n)`` in the step's
+    thread makes ``n`` the process-wide count again: call this after it.)
     """
     torch.get_num_threads()  # settles this thread's count before the process-wide one changes
     helper = threading.Thread(target=torch.set_num_threads, args=(1,), name="em3rec-serial-threads")

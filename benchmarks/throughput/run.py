@@ -82,7 +82,7 @@ from benchmarks.throughput.variants import (
 from em3rec import cli, factory
 from em3rec.config import Config, Device, choices
 from em3rec.data.batch import Batch
-from em3rec.distributed import DistEnv, init_distributed
+from em3rec.distributed import DistEnv, init_distributed, keep_one_openmp_team
 from em3rec.precision import DTYPES, Precision, fast_bf16
 from em3rec.testing.multiprocess import run_ranks
 
@@ -110,6 +110,7 @@ def run_world(args: argparse.Namespace, env: DistEnv) -> dict[str, Any] | None:
         torch.set_num_threads(args.threads)
     elif env.world_size > 1 and env.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.world_size))  # as torchrun does
+    keep_one_openmp_team()  # again: set_num_threads above made its count the process-wide one
     base = variant_config(args, None)
     meta = factory.dataset_meta(base)
     histories = [min(h, meta.max_history) for h in args.history]
