@@ -110,9 +110,9 @@ def keep_one_openmp_team() -> None:
     cores, libgomp stops spinning between parallel regions in every thread, and each small parallel
     op of the step then waits for a futex wake-up (2 threads, a one-process gloo group: a
     (640, 2, 64) fill 5.7 -> 27.6 µs after an all-gather, 3.7 -> 3.7 µs with this;
-    ``python -m benchmarks.openmp_teams``, ``benchmarks/results/openmp_teams.md``). Under torchrun's default of one thread per rank there is
-    no team to throttle; with several threads per rank (one rank per node, or ``OMP_NUM_THREADS``
-    set) there is. torch gives a thread the process-wide count at its first parallel op, and
+    ``python -m benchmarks.openmp_teams``, ``benchmarks/results/openmp_teams.md``). Under
+    torchrun's default of one thread per rank there is no team to throttle; with several threads
+    per rank (one rank per node, or ``OMP_NUM_THREADS`` set) there is. torch gives a thread the process-wide count at its first parallel op, and
     ``torch.set_num_threads`` sets that count and the calling thread's own, so a helper thread sets
     1 after this thread has settled its own. (A later ``torch.set_num_threads(n)`` in the step's
     thread makes ``n`` the process-wide count again: call this after it.)

@@ -180,10 +180,10 @@ def prefetch(make_iterator: Callable[[], Iterator[Batch]], depth: int) -> Iterat
     def produce() -> None:
         # This thread's torch ops run serially: one OpenMP team per process, the training step's.
         # A second team (a parallel op here) makes libgomp stop spinning in every thread, and each
-        # small parallel op of the step then waits for a futex wake-up (with this line, epochs
-        # 1.22-1.25x faster on 2 cores; benchmarks/results/README.md, Cost). Set here, the OpenMP
-        # and MKL counts are this thread's; torch also keeps it as the count of threads that run
-        # their first parallel op later (gloo's workers: serial too), hence the consumer's below.
+        # small parallel op of the step then waits for a futex wake-up (prefetching on 2 cores,
+        # epochs 1.22-1.25x faster with this line; benchmarks/results/README.md, Cost). The OpenMP
+        # and MKL counts set here are this thread's, but torch also makes 1 the count of threads that
+        # run their first parallel op later, so the consumer settles its own first (below).
         torch.set_num_threads(1)
         try:
             for item in make_iterator():
