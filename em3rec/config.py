@@ -79,10 +79,10 @@ class DataConfig:
     scan_rows: int = 1_000_000
     # Batches built ahead in a background thread (its torch ops serial, so that the step's OpenMP
     # team is the process's only one). -1 = auto: 2 on CUDA (the host waits on the GPU, so building
-    # the next batch meanwhile is free), 0 on CPU (built in the step's own thread: the thread
-    # competes with the step's intra-op threads for the cores and with its Python for the GIL;
-    # ml-100k, 2 cores, 1 process, against the serial thread: din_em3's epochs 1.23x faster,
-    # din_frozen's the same; benchmarks/results/train_ab_prefetch_serial_thread_ml100k.md).
+    # the next batch meanwhile is free), 0 on CPU (built in the step's own thread: the step's
+    # intra-op threads take every core; ml-100k, 2 cores, 1 process, against the serial thread:
+    # din_em3's epochs 1.04-1.23x faster, din_frozen's 0.99-1.08x;
+    # benchmarks/results/train_ab_prefetch_serial_thread_ml100k.md).
     prefetch: int = -1
 
     def rank_batch_size(self, world_size: int) -> int:

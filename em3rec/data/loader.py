@@ -181,7 +181,7 @@ def prefetch(make_iterator: Callable[[], Iterator[Batch]], depth: int) -> Iterat
         # This thread's torch ops run serially: one OpenMP team per process, the training step's.
         # A second team (a parallel op here) makes libgomp stop spinning in every thread, and each
         # small parallel op of the step then waits for a futex wake-up (prefetching on 2 cores,
-        # epochs 1.22-1.25x faster with this line; benchmarks/results/README.md, Cost). The OpenMP
+        # epochs 1.09-1.25x faster with this line; benchmarks/results/README.md, Cost). The OpenMP
         # and MKL counts set here are this thread's, but torch also makes 1 the count of threads that
         # run their first parallel op later, so the consumer settles its own first (below).
         torch.set_num_threads(1)
