@@ -1,5 +1,5 @@
 """What a second OpenMP team costs the training step's small parallel ops on this CPU, and what
-em3rec does about it (``em3rec.distributed.keep_one_openmp_team``, the loader's serial prefetch
+em3rec does about it (``em3rec.openmp.keep_one_openmp_team``, the loader's serial prefetch
 thread).
 
 Each scenario runs in a fresh process with ``--threads`` intra-op threads: time a small parallel op
@@ -29,7 +29,7 @@ SCENARIOS = {  # name -> (the other thread, its ops serial)
     "gloo worker, ops parallel": ("gloo", False),
     "gloo worker, serial (keep_one_openmp_team)": ("gloo", True),
     "Python thread, ops parallel": ("thread", False),
-    "Python thread, serial (torch.set_num_threads(1) in it)": ("thread", True),
+    "Python thread, serial (keep_one_openmp_team before it starts)": ("thread", True),
 }
 
 
@@ -48,7 +48,7 @@ def run_scenario(name: str, threads: int, calls: int, queue: mp.Queue) -> None:
     """One scenario in this (fresh) process: puts ``(name, before µs, after µs)`` on ``queue``."""
     import torch.distributed as dist
 
-    from em3rec.distributed import keep_one_openmp_team
+    from em3rec.openmp import keep_one_openmp_team
 
     other, serial = SCENARIOS[name]
     torch.set_num_threads(threads)
@@ -67,12 +67,12 @@ def run_scenario(name: str, threads: int, calls: int, queue: mp.Queue) -> None:
         ran, done = threading.Event(), threading.Event()
 
         def work() -> None:
-            if serial:
-                torch.set_num_threads(1)
             big.index_select(0, torch.arange(0, big.numel(), 2))
             ran.set()
             done.wait()
 
+        if serial:  # as the loader's prefetch() does
+            keep_one_openmp_team()
         thread = threading.Thread(target=work)
         thread.start()
         ran.wait()

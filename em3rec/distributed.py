@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import threading
 from dataclasses import dataclass
 from collections.abc import Mapping
 from typing import Any
@@ -36,6 +35,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimiz
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim import RowWiseAdagrad
 
+from em3rec.openmp import keep_one_openmp_team
 from em3rec.config import SHARDING_TYPES, ConfigError, OptimConfig, ShardingConfig
 
 log = logging.getLogger(__name__)
@@ -98,29 +98,6 @@ def init_distributed(device: str = "auto", timeout_s: int = 300) -> DistEnv:
         )
     keep_one_openmp_team()
     return DistEnv(rank, world_size, local_rank, torch_device, backend)
-
-
-def keep_one_openmp_team() -> None:
-    """Threads that run their first parallel torch op from now on run their ops serially; the
-    calling thread (the training step's) keeps its intra-op threads.
-
-    A torch op big enough to run in parallel in another thread starts a second OpenMP team there:
-    gloo's worker threads copying a collective's tensors (DCP's plan gathers at every checkpoint,
-    the evaluation's gathers), the loader's prefetch thread. With more OpenMP threads alive than
-    cores, libgomp stops spinning between parallel regions in every thread, and each small parallel
-    op of the step then waits for a futex wake-up (2 threads, a one-process gloo group: a
-    (640, 2, 64) fill 5.7 -> 27.6 µs after an all-gather, 3.7 -> 3.7 µs with this;
-    ``python -m benchmarks.openmp_teams``, ``benchmarks/results/openmp_teams.md``). Under
-    torchrun's default of one thread per rank there is no team to throttle; with several threads
-    per rank (one rank per node, or ``OMP_NUM_THREADS`` set) there is. torch gives a thread the process-wide count at its first parallel op, and
-    ``torch.set_num_threads`` sets that count and the calling thread's own, so a helper thread sets
-    1 after this thread has settled its own. (A later ``torch.set_num_threads(n)`` in the step's
-    thread makes ``n`` the process-wide count again: call this after it.)
-    """
-    torch.get_num_threads()  # settles this thread's count before the process-wide one changes
-    helper = threading.Thread(target=torch.set_num_threads, args=(1,), name="em3rec-serial-threads")
-    helper.start()
-    helper.join()
 
 
 def _restart_safe_store(world_size: int, timeout: datetime.timedelta) -> dist.Store | None:

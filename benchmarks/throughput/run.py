@@ -82,7 +82,8 @@ from benchmarks.throughput.variants import (
 from em3rec import cli, factory
 from em3rec.config import Config, Device, choices
 from em3rec.data.batch import Batch
-from em3rec.distributed import DistEnv, init_distributed, keep_one_openmp_team
+from em3rec.distributed import DistEnv, init_distributed
+from em3rec.openmp import keep_one_openmp_team
 from em3rec.precision import DTYPES, Precision, fast_bf16
 from em3rec.testing.multiprocess import run_ranks
 

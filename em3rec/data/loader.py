@@ -37,6 +37,7 @@ from em3rec.config import ConfigError, DataConfig
 from em3rec.data.batch import CATALOGUE_FEATURE, Batch
 from em3rec.data.item_store import ItemStore
 from em3rec.data.schema import DatasetMeta
+from em3rec.openmp import keep_one_openmp_team
 from em3rec.data.validation import (
     LABEL,
     RowGroup,
@@ -178,13 +179,6 @@ def prefetch(make_iterator: Callable[[], Iterator[Batch]], depth: int) -> Iterat
         return False
 
     def produce() -> None:
-        # This thread's torch ops run serially: one OpenMP team per process, the training step's.
-        # A second team (a parallel op here) makes libgomp stop spinning in every thread, and each
-        # small parallel op of the step then waits for a futex wake-up (prefetching on 2 cores,
-        # epochs 1.09-1.25x faster with this line; benchmarks/results/README.md, Cost). The OpenMP
-        # and MKL counts set here are this thread's, but torch also makes 1 the count of threads that
-        # run their first parallel op later, so the consumer settles its own first (below).
-        torch.set_num_threads(1)
         try:
             for item in make_iterator():
                 if not put(item):
@@ -193,7 +187,10 @@ def prefetch(make_iterator: Callable[[], Iterator[Batch]], depth: int) -> Iterat
         except BaseException as e:  # handed to the consumer thread
             put(_Failure(e))
 
-    torch.get_num_threads()  # the consumer's own thread count settled before the thread sets 1
+    # The thread's torch ops run serially, the consumer's keep their threads: one OpenMP team per
+    # process (a second one slows every small parallel op of the step; prefetching on 2 cores,
+    # epochs 1.09-1.25x faster with it; benchmarks/results/README.md, Cost).
+    keep_one_openmp_team()
     thread = threading.Thread(target=produce, name="em3rec-loader-prefetch", daemon=True)
     thread.start()
     try:

@@ -90,7 +90,7 @@ def test_one_process_run_needs_no_tcp_port() -> None:
 def test_init_distributed_keeps_one_openmp_team() -> None:
     """After init_distributed, a thread that starts computing later (gloo's workers copying a
     collective's tensors) runs its torch ops serially, and the caller keeps its intra-op threads:
-    one OpenMP team per process (em3rec.distributed.keep_one_openmp_team)."""
+    one OpenMP team per process (em3rec.openmp.keep_one_openmp_team)."""
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
     code = (
         "import threading, torch; from em3rec.distributed import init_distributed; torch.set_num_threads(2); "
