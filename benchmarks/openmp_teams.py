@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         f"median of 5 blocks of {args.calls:,} calls, before and after the other thread ran one big parallel op "
         "(and while it lives)."
     )
-    watched = ["em3rec/distributed.py", "em3rec/data/loader.py", "benchmarks/openmp_teams.py"]
+    watched = ["em3rec/openmp.py", "em3rec/distributed.py", "em3rec/data/loader.py", "benchmarks/openmp_teams.py"]
     write_results(results_head("benchmarks.openmp_teams", argv, watched, note) + "\n".join(lines) + "\n", args.out)
 
 
