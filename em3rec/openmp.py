@@ -17,9 +17,9 @@ def keep_one_openmp_team() -> None:
     the evaluation's gathers) and the loader's prefetch thread, so ``init_distributed`` and
     ``em3rec.data.loader.prefetch`` call this. With more OpenMP threads alive than cores, libgomp
     stops spinning between parallel regions in every thread, and each small parallel op of the step
-    then waits for a futex wake-up (2 threads: a (640, 2, 64) fill 3.6 -> 26.2 µs after an
-    all-gather in a one-process gloo group, 3.6 -> 3.6 µs with this; 6.8 -> 51.0 µs after a live
-    thread's parallel op, 6.7 -> 6.4 µs with this; ``python -m benchmarks.openmp_teams``). Under torchrun's default of one
+    then waits for a futex wake-up (2 threads: a (640, 2, 64) fill 3.7 -> 17.0 µs after an
+    all-gather in a one-process gloo group, 3.5 -> 3.6 µs with this; 3.7 -> 33.6 µs after a live
+    thread's parallel op, 3.5 -> 3.5 µs with this; ``python -m benchmarks.openmp_teams``). Under torchrun's default of one
     thread per rank there is no team to throttle; with several threads per rank (one rank per node,
     or ``OMP_NUM_THREADS`` set) there is.
 
