@@ -64,12 +64,11 @@ def _world_size() -> int:
 
 
 def _no_dist() -> bool:
-    """Whether DCP saves and loads without collectives: in a one-process group. Its plan gathers
-    otherwise run in gloo's worker thread, whose first large torch op starts a second OpenMP team;
-    with more OpenMP threads alive than cores, libgomp stops spinning between parallel regions in
-    every thread, and each small parallel op of a training step then waits on a futex wake-up for
-    the rest of the run (ml-100k, 1 process, 2 cores: din_em3's steps 76 -> 117 ms after the first
-    checkpoint; benchmarks/results/README.md, *Cost*)."""
+    """Whether DCP saves and loads without collectives: in a one-process group, where they have
+    nothing to exchange. (They were also where a second OpenMP team was first found: their plan
+    gathers ran in gloo's worker thread, and ml-100k's din_em3 steps took 76 -> 117 ms after the
+    first checkpoint; ``em3rec.openmp.keep_one_openmp_team`` now keeps such threads serial in any
+    group. benchmarks/results/README.md, *Cost*.)"""
     return _world_size() == 1
 
 
