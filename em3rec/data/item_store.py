@@ -159,7 +159,8 @@ class ItemStore:
         if not self._arrays or mb > max_mb:
             return
         for name, arrays in self._arrays.items():
-            self._resident_pooled[name] = torch.from_numpy(np.asarray(arrays["pooled"])).to(dtype)  # (V, W)
+            # A copy even where dtype is the stored one: held in memory, not a view of the read-only map.
+            self._resident_pooled[name] = torch.from_numpy(np.array(arrays["pooled"])).to(dtype)  # (V, W)
         logger.info(
             "%s: pooled item vectors held in memory as %s (%.0f MB per process)", self._folder / "items", dtype, mb
         )

@@ -18,7 +18,7 @@ from em3rec.data.schema import DatasetMeta
 IDS = np.array([0, 3, 3, 17, 200, 42])  # the reserved item, a repeat, the last item
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])  # float16: the stored dtype
 def test_resident_tables_gather_what_the_memory_map_gives(tiny_dataset: Path, dtype: torch.dtype) -> None:
     mapped = ItemStore(tiny_dataset)
     resident = ItemStore(tiny_dataset, resident_dtype=dtype, resident_max_mb=1.0)
@@ -35,6 +35,9 @@ def test_resident_tables_gather_what_the_memory_map_gives(tiny_dataset: Path, dt
     for name in ("title", "meta"):
         assert pooled[name].dtype == dtype and expected_pooled[name].dtype == torch.float16
         torch.testing.assert_close(pooled[name], expected_pooled[name].to(dtype), rtol=0, atol=0)
+        # Held in memory even in the stored dtype: not a view of the read-only memory map.
+        mapped_pooled = np.asarray(resident._arrays[name]["pooled"])
+        assert resident._resident_pooled[name].data_ptr() != mapped_pooled.ctypes.data
     # Another dtype, or none, is read from the memory map, not from the tables.
     as_stored, _ = resident.gather(IDS)
     assert as_stored["title"].dtype == torch.float16
