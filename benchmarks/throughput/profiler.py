@@ -30,6 +30,48 @@ PARTS = (
     "cic",
 )
 
+# Operator calls by self CPU time per call, for the overhead-vs-work split of a step: a call under
+# SMALL_OP_US does too little to amortise dispatch, autograd and thread wake-up on CPU.
+SMALL_OP_US = 20.0
+LARGE_OP_US = 200.0
+MATMULS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"})
+
+
+def operator_sizes(calls: list[tuple[str, float]], steps: int) -> list[str]:
+    """Markdown table of a profile's ``aten::`` calls by self CPU time per call.
+
+    Args:
+        calls: ``(operator name, self CPU µs)`` of every profiled call (any name; only ``aten::``
+            operators are counted, plus inductor's compiled graphs as one row of their own).
+        steps: profiled steps, the divisor of every per-step figure.
+
+    Returns:
+        The table's lines: calls and self CPU ms per step in three size classes, the matmuls, the
+        compiled graphs.
+    """
+    aten = [(n, us) for n, us in calls if n.startswith("aten::")]
+    total_ms = sum(us for _, us in aten) / 1e3 / steps
+    rows = [
+        (f"aten calls under {SMALL_OP_US:.0f} µs", [us for _, us in aten if us < SMALL_OP_US]),
+        (
+            f"aten calls {SMALL_OP_US:.0f}-{LARGE_OP_US:.0f} µs",
+            [us for _, us in aten if SMALL_OP_US <= us < LARGE_OP_US],
+        ),
+        (f"aten calls of {LARGE_OP_US:.0f} µs or more", [us for _, us in aten if us >= LARGE_OP_US]),
+        ("all aten calls", [us for _, us in aten]),
+        ("of them matmuls (mm, addmm, bmm, baddbmm)", [us for n, us in aten if n in MATMULS]),
+        ("compiled graphs (inductor kernels, not in the aten rows)", [us for n, us in calls if "CompiledFxGraph" in n]),
+    ]
+    lines = [
+        "| operator calls by self CPU time per call | calls/step | self CPU ms/step | share of the aten calls' time |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, times in rows:
+        ms = sum(times) / 1e3 / steps
+        share = f"{100 * ms / total_ms:.0f}%" if total_ms and "compiled" not in label else ""
+        lines.append(f"| {label} | {len(times) / steps:,.0f} | {ms:,.1f} | {share} |")
+    return lines
+
 
 def profile_variants(args: argparse.Namespace, argv: list[str] | None = None) -> Path:
     """``--profile``: torch.profiler over ``--steps`` steps of each variant (1 process, after warm-up);
@@ -114,6 +156,8 @@ def profile_variants(args: argparse.Namespace, argv: list[str] | None = None) ->
         for e in parts:
             ms = e.cpu_time_total / 1e3 / args.steps
             lines.append(f"| {e.key[11:]} | {ms:,.1f} | {100 * ms / step_ms:.0f}% |")
+        lines += ["", "Operator calls by size (forward and backward, per step):", ""]
+        lines += operator_sizes([(e.name, e.self_cpu_time_total) for e in prof.events()], args.steps)
         lines += ["", "Top operators by self CPU time (forward and backward):", "", "```"]
         lines.append(events.table(sort_by="self_cpu_time_total", row_limit=args.profile_rows, max_name_column_width=60))
         lines += ["```", "", "Top operators by self CPU time, by input shape:", "", "```"]

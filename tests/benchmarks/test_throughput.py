@@ -149,6 +149,22 @@ def test_profile_mode_writes_a_table(tiny_dataset: Path, tmp_path: Path):
     assert "## em3-lora" in text and "| content_tower |" in text and "Top operators" in text
     assert "| backbone |" in text  # compiled (model.compile_backbone in the bundled base): its range still recorded
     assert "--profile" in text  # the command line is recorded
+    assert "| all aten calls |" in text
+
+
+def test_operator_sizes_splits_calls_by_self_time_per_step():
+    from benchmarks.throughput.profiler import operator_sizes
+
+    calls = [("aten::add", 5.0)] * 6 + [("aten::mm", 100.0)] * 2 + [("aten::mm", 1000.0)] * 2
+    calls += [("## Call CompiledFxGraph abc", 4000.0), ("## step", 9999.0)]  # not aten: own row / left out
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in operator_sizes(calls, steps=2)[2:]]
+    rows = {c[0]: c[1:] for c in cells}
+    assert rows["aten calls under 20 µs"] == ["3", "0.0", "1%"]  # 6 x 5 µs over 2 steps: 0.015 ms
+    assert rows["aten calls 20-200 µs"] == ["1", "0.1", "9%"]
+    assert rows["aten calls of 200 µs or more"] == ["1", "1.0", "90%"]
+    assert rows["all aten calls"] == ["5", "1.1", "100%"]
+    assert rows["of them matmuls (mm, addmm, bmm, baddbmm)"] == ["2", "1.1", "99%"]
+    assert rows["compiled graphs (inductor kernels, not in the aten rows)"] == ["0", "2.0", ""]
 
 
 @pytest.mark.slow
