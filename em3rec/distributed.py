@@ -52,10 +52,21 @@ class DistEnv:
     local_rank: int
     device: torch.device
     backend: str
+    local_world_size: int | None = None  # ranks on this rank's node (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def ranks_per_node(self) -> int:
+        """Ranks on this rank's node: ``LOCAL_WORLD_SIZE``, or all of them where the launcher did
+        not say (a one-node job)."""
+        return self.local_world_size or self.world_size
+
+    @property
+    def nodes(self) -> int:
+        return max(1, self.world_size // self.ranks_per_node)
 
 
 def init_distributed(device: str = "auto", timeout_s: int = 300) -> DistEnv:
@@ -72,6 +83,7 @@ def init_distributed(device: str = "auto", timeout_s: int = 300) -> DistEnv:
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world_size = int(os.environ["LOCAL_WORLD_SIZE"]) if "LOCAL_WORLD_SIZE" in os.environ else None
     backend = "nccl" if device == "cuda" else "gloo"
     if device == "cuda":
         torch.cuda.set_device(local_rank)
@@ -97,7 +109,7 @@ def init_distributed(device: str = "auto", timeout_s: int = 300) -> DistEnv:
             device_id=torch_device if device == "cuda" else None,
         )
     keep_one_openmp_team()
-    return DistEnv(rank, world_size, local_rank, torch_device, backend)
+    return DistEnv(rank, world_size, local_rank, torch_device, backend, local_world_size)
 
 
 def _restart_safe_store(world_size: int, timeout: datetime.timedelta) -> dist.Store | None:
@@ -190,10 +202,9 @@ def plan_sharding(
         )
         for table, (kind, features) in embedding_tables(model).items()
     }
-    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
     topology = TopologyFactory.create_topology(
-        trainer_config=TrainerConfig(world_size=env.world_size, local_world_size=local_world_size),
-        hardware_config=HardwareConfig(**memory_caps(env.device, local_world_size)),
+        trainer_config=TrainerConfig(world_size=env.world_size, local_world_size=env.ranks_per_node),
+        hardware_config=HardwareConfig(**memory_caps(env.device, env.ranks_per_node)),
         kernel_config=KernelConfig(compute_device=env.device.type),
     )
     planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size, constraints=constraints, debug=False)

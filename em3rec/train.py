@@ -116,9 +116,10 @@ class Recipe:
             log.info(describe_plan(self.model.plan))
             log.info(self.precision.describe())
             log.info(
-                "batch: %d training rows per step over %d rank(s), %d per rank (data.batch_scope = %r)",
+                "batch: %d training rows per step over %d rank(s) on %d node(s), %d per rank (data.batch_scope = %r)",
                 self._global_batch,
                 env.world_size,
+                env.nodes,
                 self._global_batch // env.world_size,
                 config.data.batch_scope,
             )
