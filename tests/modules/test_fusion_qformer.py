@@ -151,3 +151,33 @@ def test_flop_counter_module_hooks_run_under_no_grad(attention):
     with FlopCounterMode(qformer, display=False) as counter, torch.no_grad():
         qformer(*_inputs())
     assert counter.get_total_flops() > 0
+
+
+@pytest.mark.parametrize("num_queries", [1, 3])
+def test_one_self_attention_layer_in_two_parts_matches_the_layer_over_all_rows(num_queries):
+    # The separable path computes the queries' norm, projections, keys and values once for every
+    # item; the reference is the layer over [queries; tokens] of each item (the several-layer code).
+    # float64 and eval: outputs and every parameter's gradient must agree.
+    qformer = _qformer("self", num_layers=1, num_queries=num_queries).double()
+    tokens, mask = _inputs(U=6)
+    mask["meta"][4] = False  # a missing modality
+    Q = num_queries
+
+    def run(reference: bool):
+        qformer.zero_grad(set_to_none=True)
+        if reference:
+            x_tokens, token_mask = qformer.embed_tokens(tokens, mask)
+            U = x_tokens.shape[0]
+            x = torch.cat([qformer.queries.expand(U, -1, -1), x_tokens], dim=1)  # (U, Q + T, d)
+            key_mask = torch.cat([token_mask.new_ones(U, Q), token_mask], dim=1)
+            pooled = qformer._output(qformer.layers[0](x, key_mask, num_out=Q), None).pooled
+        else:
+            pooled = qformer(tokens, mask).pooled
+        pooled.pow(2).sum().backward()
+        return pooled.detach(), {n: p.grad.clone() for n, p in qformer.named_parameters() if p.grad is not None}
+
+    (fast, fast_grads), (ref, ref_grads) = run(reference=False), run(reference=True)
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    assert fast_grads.keys() == ref_grads.keys() and "queries" in fast_grads
+    for name in fast_grads:
+        torch.testing.assert_close(fast_grads[name], ref_grads[name], rtol=1e-10, atol=1e-12, msg=name)
