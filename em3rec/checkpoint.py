@@ -20,14 +20,16 @@ unpickles.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
+import warnings
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -70,6 +72,18 @@ def _no_dist() -> bool:
     first checkpoint; ``em3rec.openmp.keep_one_openmp_team`` now keeps such threads serial in any
     group. benchmarks/results/README.md, *Cost*.)"""
     return _world_size() == 1
+
+
+# What DCP warns at every save and load with ``no_dist``, which :func:`_no_dist` asks for on purpose.
+_NO_DIST_WARNING = r"torch\.distributed is (disabled, )?unavailable or uninitialized, assuming the intent is to"
+
+
+@contextlib.contextmanager
+def _dcp_no_dist_quiet() -> Iterator[None]:
+    """DCP's warning that it runs without collectives, silenced: :func:`_no_dist` chose that."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_NO_DIST_WARNING, category=UserWarning)
+        yield
 
 
 def _all_gather(obj: Any) -> list[Any]:
@@ -145,7 +159,8 @@ class CheckpointManager:
         _barrier()
         try:
             state = {"model": model.state_dict(), "optim": optimizer.state_dict()}
-            dcp.save(state, checkpoint_id=str(tmp), no_dist=_no_dist())
+            with _dcp_no_dist_quiet():
+                dcp.save(state, checkpoint_id=str(tmp), no_dist=_no_dist())
             torch.save(_rng_state(), tmp / f"rng_rank{_rank()}.pt")
             _barrier()
             # Each rank checksums a share of the files (all are written now); rank 0 records them all.
@@ -383,7 +398,8 @@ def load_checkpoint(
     if optimizer is not None:
         state["optim"] = optimizer.state_dict()
     try:
-        dcp.load(state, checkpoint_id=str(path), no_dist=_no_dist())
+        with _dcp_no_dist_quiet():
+            dcp.load(state, checkpoint_id=str(path), no_dist=_no_dist())
     except _FAILURES as e:  # surface as a checkpoint error naming the folder
         raise CheckpointError(f"{path}: failed to load ({_reason(e)})") from e
     model.load_state_dict(state["model"])

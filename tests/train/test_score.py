@@ -24,11 +24,11 @@ def test_scores_follow_file_order(recipe: Recipe, tmp_path: Path) -> None:
     assert scores.num_rows == rows.num_rows
     assert scores["user_idx"].to_pylist() == rows[user].to_pylist()
     assert scores["item_idx"].to_pylist() == rows[item].to_pylist()
-    s = torch.from_numpy(scores["score"].to_numpy())
+    s = torch.tensor(scores["score"].to_numpy())
     assert torch.all((s > 0) & (s < 1))
     # the scores are the logits' float32 sigmoid (which can tie where the logits do not), row for row
     torch.testing.assert_close(s, torch.sigmoid(pred.logits.float()), rtol=0, atol=0)
-    assert auc(s.double(), torch.from_numpy(scores["label"].to_numpy())) == auc(
+    assert auc(s.double(), torch.tensor(scores["label"].to_numpy())) == auc(
         torch.sigmoid(pred.logits.float()).double(), pred.labels
     )
 
