@@ -66,6 +66,7 @@ class DistEnv:
 
     @property
     def nodes(self) -> int:
+        """Nodes of the job (torchrun starts the same number of ranks on each)."""
         return max(1, self.world_size // self.ranks_per_node)
 
 

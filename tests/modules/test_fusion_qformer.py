@@ -155,9 +155,10 @@ def test_flop_counter_module_hooks_run_under_no_grad(attention):
 
 @pytest.mark.parametrize("num_queries", [1, 3])
 def test_one_self_attention_layer_in_two_parts_matches_the_layer_over_all_rows(num_queries):
-    # The separable path computes the queries' norm, projections, keys and values once for every
-    # item; the reference is the layer over [queries; tokens] of each item (the several-layer code).
-    # float64 and eval: outputs and every parameter's gradient must agree.
+    # The separable path runs the token side (projections, keys, values) and then the queries'
+    # decode over it, as the history branch and the context bank reuse it; the reference is the
+    # layer over each item's [queries; tokens] (the several-layer code). float64 and eval: outputs
+    # and every parameter's gradient must agree.
     qformer = _qformer("self", num_layers=1, num_queries=num_queries).double()
     tokens, mask = _inputs(U=6)
     mask["meta"][4] = False  # a missing modality
