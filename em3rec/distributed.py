@@ -35,8 +35,8 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimiz
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim import RowWiseAdagrad
 
-from em3rec.openmp import keep_one_openmp_team
 from em3rec.config import SHARDING_TYPES, ConfigError, OptimConfig, ShardingConfig
+from em3rec.openmp import keep_one_openmp_team
 
 log = logging.getLogger(__name__)
 

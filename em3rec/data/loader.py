@@ -37,7 +37,6 @@ from em3rec.config import ConfigError, DataConfig
 from em3rec.data.batch import CATALOGUE_FEATURE, Batch
 from em3rec.data.item_store import ItemStore
 from em3rec.data.schema import DatasetMeta
-from em3rec.openmp import keep_one_openmp_team
 from em3rec.data.validation import (
     LABEL,
     RowGroup,
@@ -48,6 +47,7 @@ from em3rec.data.validation import (
     read_error,
     validate_split,
 )
+from em3rec.openmp import keep_one_openmp_team
 
 logger = logging.getLogger(__name__)
 
